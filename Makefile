@@ -1,0 +1,28 @@
+# Two entry points, each does its own set-up: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint venv clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the daemon on its defaults (broker amqp://guest:guest@127.0.0.1:5672/, noop backend).
+run: $(STAMP)
+	$(VENV)/bin/lbactors serve
+
+## Run the whole test suite (needs RabbitMQ on 127.0.0.1:5672, see .ci/run).
+test: $(STAMP)
+	$(VENV)/bin/ruff check lbactors supervisor bench tests
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache
