@@ -16,10 +16,12 @@ venv: $(STAMP)
 
 ## Run the daemon on its defaults (broker amqp://guest:guest@127.0.0.1:5672/, noop backend).
 run: $(STAMP)
+	scripts/ensure-broker
 	$(VENV)/bin/lbactors serve
 
 ## Run the whole test suite (needs RabbitMQ on 127.0.0.1:5672, see .ci/run).
 test: $(STAMP)
+	scripts/ensure-broker
 	$(VENV)/bin/ruff check lbactors supervisor bench tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
