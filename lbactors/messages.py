@@ -232,12 +232,27 @@ METHODS = _build_args_types()
 _DECODERS = {method: msgspec.json.Decoder(spec[2]) for method, spec in METHODS.items()}
 
 
-def _merge(old: msgspec.Struct, new: msgspec.Struct) -> msgspec.Struct:
-    """The new object of a sparse update: every field ``new`` leaves unset comes from ``old``."""
+#: update method -> decoder of the keys present in its ``new_<kind>`` object
+_NEW_KEYS_DECODERS = {
+    method: msgspec.json.Decoder(
+        msgspec.defstruct(f"{method}_keys", [(f"new_{spec[0]}", dict[str, msgspec.Raw])])
+    )
+    for method, spec in METHODS.items()
+    if spec[1] == "update"
+}
+
+
+def _merge(old: msgspec.Struct, new: msgspec.Struct, present: Any) -> msgspec.Struct:
+    """The new object of a sparse update: every field ``new`` leaves out comes from ``old``.
+
+    A field that ``new`` sends, even as null, is a change: the driver's new object is
+    ``deepcopy(old)`` overlaid with the changes, and clearing a field (a listener's
+    ``default_pool_id``) is sent as null. The id is never cleared.
+    """
     changes = {
         f: getattr(new, f)
         for f in new.__struct_fields__
-        if getattr(new, f) is not None
+        if getattr(new, f) is not None or (f in present and f != "id")
     }
     return msgspec.structs.replace(old, **changes)
 
@@ -303,7 +318,8 @@ def decode_request(method: str, raw: bytes) -> Request:
 
     if action == "update":
         old = getattr(args, f"old_{kind}")
-        new = _merge(old, getattr(args, f"new_{kind}"))
+        present = getattr(_NEW_KEYS_DECODERS[method].decode(raw), f"new_{kind}")
+        new = _merge(old, getattr(args, f"new_{kind}"), present)
         obj, field = new, f"new_{kind}.id"
     else:
         old = None
