@@ -15,7 +15,7 @@ Pure: msgspec only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -242,7 +242,10 @@ _NEW_KEYS_DECODERS = {
 }
 
 
-def _merge(old: msgspec.Struct, new: msgspec.Struct, present: Any) -> msgspec.Struct:
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _merge(old: _S, new: _S, present: Any) -> _S:
     """The new object of a sparse update: every field ``new`` leaves out comes from ``old``.
 
     A field that ``new`` sends, even as null, is a change: the driver's new object is
