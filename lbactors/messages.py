@@ -263,9 +263,12 @@ def _merge(old: _S, new: _S, present: Any) -> _S:
 def _field_path(error: msgspec.ValidationError) -> str:
     text = str(error)
     marker = "at `$."
-    if marker in text:
-        return text.split(marker, 1)[1].rstrip("`")
-    return ""
+    path = text.split(marker, 1)[1].rstrip("`") if marker in text else ""
+    missing = "missing required field `"
+    if missing in text:
+        name = text.split(missing, 1)[1].split("`", 1)[0]
+        path = f"{path}.{name}" if path else name
+    return path
 
 
 def _guess_object(method: str, raw: bytes) -> tuple[str | None, str | None]:

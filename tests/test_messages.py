@@ -580,12 +580,19 @@ def test_missing_object_id(method: str, args: dict[str, Any], field: str) -> Non
     assert info.value.object_kind == method.split("_")[0]
 
 
-def test_missing_kwarg() -> None:
+@pytest.mark.parametrize(
+    ("method", "args", "field"),
+    [
+        ("member_create", {}, "member"),
+        ("member_update", {"old_member": {"id": MEMBER}}, "new_member"),
+        ("validate_availability_zone", {}, "availability_zone_metadata"),
+    ],
+)
+def test_missing_kwarg_is_named(method: str, args: dict[str, Any], field: str) -> None:
     with pytest.raises(InvalidOperation) as info:
-        decode_request("member_create", b"{}")
-    assert "member" in str(info.value)
-    with pytest.raises(InvalidOperation):
-        decode_request("validate_availability_zone", b"{}")
+        decode(method, args)
+    assert info.value.field == field
+    assert field in str(info.value)
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b'{"member": ', b"not json", b'{"member": {}}}'])
