@@ -262,8 +262,8 @@ def _check_progress(plan: list[Step], completed: int, failed: bool) -> None:
         raise ValueError(f"success means every step completed: {completed} of {len(plan)}")
 
 
-def _own_id(kind: str, obj: OctaviaObject | None) -> str:
-    if obj is None or not obj.id:
+def _own_id(kind: str, obj: OctaviaObject) -> str:
+    if not obj.id:
         raise ValueError(f"the {kind} has no id")
     return obj.id
 
@@ -295,8 +295,9 @@ def operation_status(
     if kind is None:
         raise ValueError(f"{request.method} is a query: it has no status")
     obj = request.obj
-    own_id = _own_id(kind, obj)
-    assert obj is not None  # for mypy: _own_id checked it
+    if obj is None or not obj.id:
+        raise ValueError(f"{request.method}: the {kind} has no id")
+    own_id = obj.id
     parent_prov, parent_oper = _parent_status(success, parents_on_failure)
     deleting = request.action == "delete"
 

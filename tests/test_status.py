@@ -648,3 +648,10 @@ def test_property_operation_status(request: Request, success: bool, mode: str) -
     assert set(others) == expected_parents
     for (_, parent_id), e in others.items():
         assert e == parent_entry(parent_id, success, mode)
+
+
+def test_an_object_without_id_has_no_status() -> None:
+    for obj in (None, Member(), Member(id="")):
+        request = Request(method="member_create", kind="member", action="create", obj=obj)
+        with pytest.raises(ValueError):
+            operation_status(request, success=True)
