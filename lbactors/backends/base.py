@@ -1,0 +1,176 @@
+"""The backend protocol: what an actor calls to apply an Octavia operation somewhere.
+
+One async method per object kind and action, named after the wire method
+(``member_create(member)``, ``pool_update(old, new)``, ...), plus the read side used by the
+statistics collector and the flavor / availability-zone queries.
+
+Contract for every implementation:
+
+- **Failure is an exception.** Any exception raised by a CRUD method marks the object ERROR
+  (``status-semantics.md``); :class:`BackendError` is the one to raise on purpose.
+- **Idempotence.** Operations are delivered at least once (a redelivery after a crash, a
+  replay after a worker restart), so a create of an existing object converges it to the given
+  state, an update of a missing object creates it, and a delete of a missing object succeeds.
+- **One load balancer at a time.** Calls for one load balancer never overlap (its actor runs
+  one operation at a time); calls for different load balancers do. Statistics and
+  operating-status reads may run while an operation of the same load balancer is in flight.
+- **Cancellation.** A call may be cancelled (shutdown); it must leave nothing half-locked.
+
+Layer: model and trio only (``DESIGN.md``); never AMQP, never the supervisor.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from lbactors.messages import ListenerStatistics, Request
+from lbactors.model import (
+    Certificate,
+    HealthMonitor,
+    L7Policy,
+    L7Rule,
+    Listener,
+    LoadBalancer,
+    Member,
+    Pool,
+)
+
+__all__ = ["Backend", "BackendError", "OperatingStatus"]
+
+#: ``(kind, object id, operating status)``, e.g. ``("member", "c3d4...", "ERROR")``
+OperatingStatus = tuple[str, str, str]
+
+
+class BackendError(Exception):
+    """A backend refused or failed an operation; the object goes to ERROR."""
+
+
+class Backend(abc.ABC):
+    """Base class of every backend; see the module docstring for the contract."""
+
+    #: the name :func:`lbactors.backends.load_backend` knows it by
+    name: str = ""
+
+    # ------------------------------------------------------------------ load balancer
+
+    @abc.abstractmethod
+    async def loadbalancer_create(self, lb: LoadBalancer) -> None: ...
+
+    @abc.abstractmethod
+    async def loadbalancer_update(self, old: LoadBalancer, new: LoadBalancer) -> None: ...
+
+    @abc.abstractmethod
+    async def loadbalancer_delete(self, lb: LoadBalancer) -> None:
+        """Delete the load balancer itself (a cascade deletes its children first, one call each)."""
+
+    # ------------------------------------------------------------------ listener
+
+    @abc.abstractmethod
+    async def listener_create(self, listener: Listener, cert: Certificate | None) -> None: ...
+
+    @abc.abstractmethod
+    async def listener_update(
+        self, old: Listener, new: Listener, cert: Certificate | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def listener_delete(self, listener: Listener) -> None: ...
+
+    # ------------------------------------------------------------------ pool
+
+    @abc.abstractmethod
+    async def pool_create(self, pool: Pool) -> None: ...
+
+    @abc.abstractmethod
+    async def pool_update(self, old: Pool, new: Pool) -> None: ...
+
+    @abc.abstractmethod
+    async def pool_delete(self, pool: Pool) -> None:
+        """Delete the pool itself; its health monitor and members were deleted just before."""
+
+    # ------------------------------------------------------------------ member
+
+    @abc.abstractmethod
+    async def member_create(self, member: Member) -> None: ...
+
+    @abc.abstractmethod
+    async def member_update(self, old: Member, new: Member) -> None: ...
+
+    @abc.abstractmethod
+    async def member_delete(self, member: Member) -> None: ...
+
+    # ------------------------------------------------------------------ health monitor
+
+    @abc.abstractmethod
+    async def healthmonitor_create(self, healthmonitor: HealthMonitor) -> None: ...
+
+    @abc.abstractmethod
+    async def healthmonitor_update(self, old: HealthMonitor, new: HealthMonitor) -> None: ...
+
+    @abc.abstractmethod
+    async def healthmonitor_delete(self, healthmonitor: HealthMonitor) -> None: ...
+
+    # ------------------------------------------------------------------ L7 policy
+
+    @abc.abstractmethod
+    async def l7policy_create(self, l7policy: L7Policy) -> None: ...
+
+    @abc.abstractmethod
+    async def l7policy_update(self, old: L7Policy, new: L7Policy) -> None: ...
+
+    @abc.abstractmethod
+    async def l7policy_delete(self, l7policy: L7Policy) -> None: ...
+
+    # ------------------------------------------------------------------ L7 rule
+
+    @abc.abstractmethod
+    async def l7rule_create(self, l7rule: L7Rule) -> None: ...
+
+    @abc.abstractmethod
+    async def l7rule_update(self, old: L7Rule, new: L7Rule) -> None: ...
+
+    @abc.abstractmethod
+    async def l7rule_delete(self, l7rule: L7Rule) -> None: ...
+
+    # ------------------------------------------------------------------ read side
+
+    @abc.abstractmethod
+    async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
+        """Current counters of every listener of ``lb_id`` (totals are monotonic)."""
+
+    @abc.abstractmethod
+    async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
+        """``(kind, id, operating_status)`` of every object of ``lb_id`` the backend knows."""
+
+    # ------------------------------------------------------------------ flavors and AZs
+
+    @abc.abstractmethod
+    async def flavor_metadata(self) -> dict[str, str]:
+        """Supported flavor metadata: key -> description."""
+
+    @abc.abstractmethod
+    async def validate_flavor(self, metadata: dict[str, Any]) -> str | None:
+        """``None`` when ``metadata`` is a valid flavor, else the reason, naming the bad key."""
+
+    @abc.abstractmethod
+    async def availability_zone_metadata(self) -> dict[str, str]:
+        """Supported availability-zone metadata: key -> description."""
+
+    @abc.abstractmethod
+    async def validate_availability_zone(self, metadata: dict[str, Any]) -> str | None:
+        """As :meth:`validate_flavor`, for availability-zone metadata."""
+
+    # ------------------------------------------------------------------ affinity, lifetime
+
+    def affinity_key(self, request: Request) -> str | None:
+        """The key operations that share a backend object are serialized by.
+
+        ``None`` (the default) means the load balancer id: only one load balancer's
+        operations are serialized. A backend that shares objects between load balancers
+        (DESIGN.md, "Affinity beyond one load balancer") returns e.g. the router id.
+        """
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 - a no-op default, not abstract
+        """Release connections and files; the default holds none."""

@@ -1,0 +1,323 @@
+"""The ``noop`` backend: the embedded default, an in-memory tree per load balancer.
+
+It does what a real backend must do, minus the device: every operation is idempotent
+(create of an existing object converges it, update of a missing one creates it, delete of a
+missing one succeeds), objects are kept per load balancer and forgotten with it, and
+listeners report statistics that grow like real traffic.
+
+Options (``[backend.options]`` in the configuration, or keyword arguments):
+
+- ``latency``: seconds every create / update / delete sleeps (default 0: no sleep at all,
+  which is what the in-process benchmark measures);
+- ``fail_pattern``: a regular expression; a create / update / delete of an object whose
+  ``name`` matches it (``re.search``) raises :class:`BackendError`, so every failure path
+  (a failing member in a pool delete, step k of a cascade) can be reproduced on purpose;
+- ``seed``: makes the statistics counters reproducible (default 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import msgspec
+import trio
+
+from lbactors.backends.base import Backend, BackendError, OperatingStatus
+from lbactors.messages import ListenerStatistics
+from lbactors.model import (
+    Certificate,
+    HealthMonitor,
+    L7Policy,
+    L7Rule,
+    Listener,
+    LoadBalancer,
+    Member,
+    OctaviaObject,
+    Pool,
+)
+from lbactors.status import parents_of
+
+__all__ = ["NoopBackend", "NoopOptions"]
+
+FLAVOR_METADATA: dict[str, str] = {
+    "max_connections": "Maximum concurrent connections per listener (positive integer, -1 for unlimited).",
+    "timeout_client_data": "Frontend client inactivity timeout in milliseconds (non-negative integer).",
+}
+
+AVAILABILITY_ZONE_METADATA: dict[str, str] = {
+    "zone": "Name of the backend zone the load balancers of this availability zone are placed in.",
+}
+
+_Key = tuple[str, str]
+
+
+class NoopOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The options of the noop backend; an unknown key is an error that names it."""
+
+    latency: float = 0.0
+    fail_pattern: str | None = None
+    seed: int = 0
+
+
+class _Counters:
+    __slots__ = ("active", "bytes_in", "bytes_out", "errors", "rounds", "total")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.errors = 0
+        self.rounds = 0
+        self.total = 0
+
+
+class NoopBackend(Backend):
+    """In-memory backend; see the module docstring."""
+
+    name = "noop"
+
+    def __init__(
+        self, *, latency: float = 0.0, fail_pattern: str | None = None, seed: int = 0
+    ) -> None:
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0, not {latency}")
+        self.latency = latency
+        self.fail_pattern = re.compile(fail_pattern) if fail_pattern else None
+        self.seed = seed
+        #: (kind, id) -> the object as last created / updated
+        self._objects: dict[_Key, OctaviaObject] = {}
+        #: (kind, id) -> the load balancer it belongs to
+        self._owner: dict[_Key, str] = {}
+        #: load balancer id -> (kind, id) of every object of its tree, the LB included
+        self._trees: dict[str, set[_Key]] = {}
+        #: listener id -> its traffic counters
+        self._counters: dict[str, _Counters] = {}
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | None) -> NoopBackend:
+        opts = msgspec.convert(options or {}, NoopOptions)
+        return cls(latency=opts.latency, fail_pattern=opts.fail_pattern, seed=opts.seed)
+
+    # ------------------------------------------------------------------ inspection
+
+    def tree(self, lb_id: str) -> dict[_Key, OctaviaObject]:
+        """Every object the backend holds for ``lb_id``, by ``(kind, id)``."""
+        return {key: self._objects[key] for key in self._trees.get(lb_id, ())}
+
+    def lb_ids(self) -> list[str]:
+        return list(self._trees)
+
+    # ------------------------------------------------------------------ core
+
+    async def _pause(self) -> None:
+        if self.latency:
+            await trio.sleep(self.latency)
+
+    def _check(self, kind: str, action: str, obj: OctaviaObject) -> None:
+        if self.fail_pattern is not None and self.fail_pattern.search(obj.name or ""):
+            raise BackendError(
+                f"noop: {action} of {kind} {obj.id} fails: its name {obj.name!r} "
+                f"matches fail_pattern {self.fail_pattern.pattern!r}"
+            )
+
+    def _owner_of(self, kind: str, obj: OctaviaObject, old: OctaviaObject | None) -> str:
+        key = (kind, obj.id or "")
+        known = self._owner.get(key)
+        if known is not None:
+            return known
+        if isinstance(obj, LoadBalancer):
+            return obj.id or ""
+        return parents_of(kind, obj, old).loadbalancer_id or obj.id or ""
+
+    async def _put(
+        self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None = None
+    ) -> None:
+        await self._pause()
+        self._check(kind, action, obj)
+        if not obj.id:
+            raise BackendError(f"noop: {action} of a {kind} without id")
+        key = (kind, obj.id)
+        lb_id = self._owner_of(kind, obj, old)
+        self._objects[key] = obj
+        self._owner[key] = lb_id
+        self._trees.setdefault(lb_id, set()).add(key)
+        if kind == "listener" and obj.id not in self._counters:
+            self._counters[obj.id] = _Counters()
+
+    async def _remove(self, kind: str, obj: OctaviaObject) -> None:
+        await self._pause()
+        self._check(kind, "delete", obj)
+        if not obj.id:
+            raise BackendError(f"noop: delete of a {kind} without id")
+        if kind == "loadbalancer":
+            for key in self._trees.pop(obj.id, set()):
+                self._forget(key)
+            self._forget((kind, obj.id))
+            return
+        key = (kind, obj.id)
+        lb_id = self._owner.get(key)
+        if lb_id is None:
+            return  # never seen or already deleted: done
+        tree = self._trees.get(lb_id)
+        if tree is not None:
+            tree.discard(key)
+            if not tree:
+                del self._trees[lb_id]
+        self._forget(key)
+
+    def _forget(self, key: _Key) -> None:
+        self._objects.pop(key, None)
+        self._owner.pop(key, None)
+        if key[0] == "listener":
+            self._counters.pop(key[1], None)
+
+    # ------------------------------------------------------------------ CRUD
+
+    async def loadbalancer_create(self, lb: LoadBalancer) -> None:
+        await self._put("loadbalancer", "create", lb)
+
+    async def loadbalancer_update(self, old: LoadBalancer, new: LoadBalancer) -> None:
+        await self._put("loadbalancer", "update", new, old)
+
+    async def loadbalancer_delete(self, lb: LoadBalancer) -> None:
+        await self._remove("loadbalancer", lb)
+
+    async def listener_create(self, listener: Listener, cert: Certificate | None) -> None:
+        await self._put("listener", "create", listener)
+
+    async def listener_update(
+        self, old: Listener, new: Listener, cert: Certificate | None
+    ) -> None:
+        await self._put("listener", "update", new, old)
+
+    async def listener_delete(self, listener: Listener) -> None:
+        await self._remove("listener", listener)
+
+    async def pool_create(self, pool: Pool) -> None:
+        await self._put("pool", "create", pool)
+
+    async def pool_update(self, old: Pool, new: Pool) -> None:
+        await self._put("pool", "update", new, old)
+
+    async def pool_delete(self, pool: Pool) -> None:
+        await self._remove("pool", pool)
+
+    async def member_create(self, member: Member) -> None:
+        await self._put("member", "create", member)
+
+    async def member_update(self, old: Member, new: Member) -> None:
+        await self._put("member", "update", new, old)
+
+    async def member_delete(self, member: Member) -> None:
+        await self._remove("member", member)
+
+    async def healthmonitor_create(self, healthmonitor: HealthMonitor) -> None:
+        await self._put("healthmonitor", "create", healthmonitor)
+
+    async def healthmonitor_update(self, old: HealthMonitor, new: HealthMonitor) -> None:
+        await self._put("healthmonitor", "update", new, old)
+
+    async def healthmonitor_delete(self, healthmonitor: HealthMonitor) -> None:
+        await self._remove("healthmonitor", healthmonitor)
+
+    async def l7policy_create(self, l7policy: L7Policy) -> None:
+        await self._put("l7policy", "create", l7policy)
+
+    async def l7policy_update(self, old: L7Policy, new: L7Policy) -> None:
+        await self._put("l7policy", "update", new, old)
+
+    async def l7policy_delete(self, l7policy: L7Policy) -> None:
+        await self._remove("l7policy", l7policy)
+
+    async def l7rule_create(self, l7rule: L7Rule) -> None:
+        await self._put("l7rule", "create", l7rule)
+
+    async def l7rule_update(self, old: L7Rule, new: L7Rule) -> None:
+        await self._put("l7rule", "update", new, old)
+
+    async def l7rule_delete(self, l7rule: L7Rule) -> None:
+        await self._remove("l7rule", l7rule)
+
+    # ------------------------------------------------------------------ read side
+
+    def _advance(self, listener_id: str, c: _Counters) -> None:
+        """One round of plausible traffic, a pure function of (seed, listener, round)."""
+        c.rounds += 1
+        digest = hashlib.blake2b(
+            f"{self.seed}:{listener_id}:{c.rounds}".encode(), digest_size=8
+        ).digest()
+        x = int.from_bytes(digest, "big")
+        new = 1 + x % 100  # at least one connection per round: totals always grow
+        c.total += new
+        c.active = (x >> 8) % (new + 1)
+        c.bytes_in += new * (200 + (x >> 16) % 800)
+        c.bytes_out += new * (1000 + (x >> 26) % 9000)
+        c.errors += 1 if (x >> 40) % 10 == 0 else 0
+
+    async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
+        result = []
+        for kind, object_id in sorted(self._trees.get(lb_id, ())):
+            if kind != "listener":
+                continue
+            c = self._counters.setdefault(object_id, _Counters())
+            self._advance(object_id, c)
+            result.append(
+                ListenerStatistics(
+                    id=object_id,
+                    active_connections=c.active,
+                    bytes_in=c.bytes_in,
+                    bytes_out=c.bytes_out,
+                    request_errors=c.errors,
+                    total_connections=c.total,
+                )
+            )
+        await trio.lowlevel.checkpoint()
+        return result
+
+    async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
+        result: list[OperatingStatus] = []
+        for key in sorted(self._trees.get(lb_id, ())):
+            obj = self._objects[key]
+            result.append((key[0], key[1], "OFFLINE" if obj.admin_state_up is False else "ONLINE"))
+        await trio.lowlevel.checkpoint()
+        return result
+
+    # ------------------------------------------------------------------ flavors and AZs
+
+    async def flavor_metadata(self) -> dict[str, str]:
+        await trio.lowlevel.checkpoint()
+        return dict(FLAVOR_METADATA)
+
+    async def validate_flavor(self, metadata: dict[str, Any]) -> str | None:
+        await trio.lowlevel.checkpoint()
+        for key, value in metadata.items():
+            if key not in FLAVOR_METADATA:
+                return (
+                    f"unsupported flavor metadata key {key!r}; "
+                    f"supported: {', '.join(sorted(FLAVOR_METADATA))}"
+                )
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"flavor metadata key {key!r} must be an integer, not {value!r}"
+            if key == "max_connections" and not (value > 0 or value == -1):
+                return f"flavor metadata key 'max_connections' must be positive or -1, not {value}"
+            if key == "timeout_client_data" and value < 0:
+                return f"flavor metadata key 'timeout_client_data' must be >= 0, not {value}"
+        return None
+
+    async def availability_zone_metadata(self) -> dict[str, str]:
+        await trio.lowlevel.checkpoint()
+        return dict(AVAILABILITY_ZONE_METADATA)
+
+    async def validate_availability_zone(self, metadata: dict[str, Any]) -> str | None:
+        await trio.lowlevel.checkpoint()
+        for key, value in metadata.items():
+            if key not in AVAILABILITY_ZONE_METADATA:
+                return (
+                    f"unsupported availability zone metadata key {key!r}; "
+                    f"supported: {', '.join(sorted(AVAILABILITY_ZONE_METADATA))}"
+                )
+            if not isinstance(value, str) or not value:
+                return f"availability zone metadata key {key!r} must be a non-empty string"
+        return None
