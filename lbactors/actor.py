@@ -1,0 +1,263 @@
+"""One actor per load balancer: a task with a bounded mailbox that runs one operation at a time.
+
+:func:`open_actor_system` owns the actors (tasks in its nursery) and the ``outcomes``
+channel. :meth:`ActorSystem.submit` hands an :class:`~lbactors.messages.Operation` to the
+actor of ``op.lb_id``, creating it on first use, and waits while that actor's mailbox is full
+(backpressure travels back to whoever submits, and from there to the broker's prefetch).
+
+Guarantees:
+
+- operations of one load balancer run one at a time, in submission order, and their
+  :class:`~lbactors.messages.Outcome` objects are sent to ``outcomes`` in that order, one per
+  operation; operations of different load balancers run concurrently;
+- queries (``op.lb_id == ""``: flavor / availability-zone calls, and messages too broken to
+  name a load balancer) need no actor: each runs as its own task;
+- nothing escapes an actor: decode errors, backend exceptions and our own bugs all become
+  outcomes (:func:`lbactors.dispatch.run_operation`);
+- an actor retires once its load balancer is deleted (plain or cascade delete succeeded) and
+  its mailbox is empty, so memory follows the live load balancers, not the history; an
+  operation that arrives later for that id simply starts a fresh actor.
+
+Closing (leaving the ``async with``): no new submissions; every actor finishes the
+operations already in its mailbox, then ``outcomes`` is closed. Bound the drain with a cancel
+scope around the block (trio style: the caller places timeouts).
+
+Layer: actors and backends (model, trio); never AMQP or the supervisor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import structlog
+import trio
+
+from lbactors.backends.base import Backend, OperatingStatus
+from lbactors.dispatch import run_operation
+from lbactors.messages import (
+    Failure,
+    ListenerStatistics,
+    Operation,
+    Outcome,
+    StatusEntry,
+    StatusUpdate,
+)
+from lbactors.model import PLURAL
+from lbactors.status import ParentsOnFailure
+
+__all__ = ["ActorSystem", "open_actor_system"]
+
+log = structlog.get_logger("lbactors.actor")
+
+
+class _Mailbox:
+    __slots__ = ("lb_id", "receive", "send")
+
+    def __init__(self, lb_id: str, size: int) -> None:
+        self.lb_id = lb_id
+        self.send, self.receive = trio.open_memory_channel[Operation](size)
+
+
+def _deleted_lb(outcome: Outcome, lb_id: str) -> bool:
+    """Whether ``outcome`` reports the load balancer ``lb_id`` DELETED."""
+    status = outcome.status
+    if status is None or status.loadbalancers is msgspec.UNSET:
+        return False
+    return any(
+        e.id == lb_id and e.provisioning_status == "DELETED" for e in status.loadbalancers
+    )
+
+
+class ActorSystem:
+    """The actors of one process; create with :func:`open_actor_system`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        backend: Backend,
+        outcomes: trio.MemorySendChannel[Outcome],
+        *,
+        mailbox_size: int,
+        parents_on_failure: ParentsOnFailure,
+    ) -> None:
+        if mailbox_size < 0:
+            raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
+        self._nursery = nursery
+        self._backend = backend
+        self._outcomes = outcomes
+        self._mailbox_size = mailbox_size
+        self._parents_on_failure: ParentsOnFailure = parents_on_failure
+        self._actors: dict[str, _Mailbox] = {}
+        self._closed = False
+        #: operating statuses last reported by collect_statistics, and their load balancer
+        self._last_operating: dict[tuple[str, str], str] = {}
+        self._owner_of_status: dict[tuple[str, str], str] = {}
+
+    # ------------------------------------------------------------------ public
+
+    async def submit(self, op: Operation) -> None:
+        """Hand ``op`` to the actor of ``op.lb_id``; waits while its mailbox is full.
+
+        Raises :class:`trio.ClosedResourceError` once the system is closing.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the actor system is closed")
+        if not op.lb_id:
+            self._nursery.start_soon(self._run_query, op)
+            await trio.lowlevel.checkpoint()
+            return
+        while True:
+            mailbox = self._actors.get(op.lb_id)
+            if mailbox is None:
+                mailbox = self._spawn(op.lb_id)
+            try:
+                await mailbox.send.send(op)
+                return
+            except trio.BrokenResourceError:
+                # the actor retired between the lookup and the send: a fresh one takes it
+                continue
+
+    def actor_count(self) -> int:
+        """How many actors are alive (one per load balancer with work or a live tree)."""
+        return len(self._actors)
+
+    def known_lb_ids(self) -> list[str]:
+        """The load balancers that have an actor here."""
+        return list(self._actors)
+
+    async def collect_statistics(self) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
+        """Listener counters of every known load balancer, and the operating statuses that
+        changed since the previous call (``{id, operating_status}`` entries, at most one
+        :class:`StatusUpdate`). A load balancer whose backend read fails is skipped this
+        round (logged) and keeps its previous operating statuses.
+        """
+        listeners: list[ListenerStatistics] = []
+        current: dict[tuple[str, str], str] = {}
+        for lb_id in self.known_lb_ids():
+            try:
+                stats = await self._backend.listener_statistics(lb_id)
+                statuses: list[OperatingStatus] = await self._backend.operating_statuses(lb_id)
+            except Exception as exc:
+                log.warning(
+                    "statistics read failed", lb_id=lb_id, error=f"{type(exc).__name__}: {exc}"
+                )
+                for key, value in self._last_operating.items():
+                    if self._owner_of_status.get(key) == lb_id:
+                        current[key] = value
+                continue
+            listeners.extend(stats)
+            for kind, object_id, operating in statuses:
+                current[(kind, object_id)] = operating
+                self._owner_of_status[(kind, object_id)] = lb_id
+        changed: dict[str, list[StatusEntry]] = {}
+        for (kind, object_id), operating in current.items():
+            if self._last_operating.get((kind, object_id)) != operating:
+                changed.setdefault(PLURAL[kind], []).append(
+                    StatusEntry(id=object_id, operating_status=operating)
+                )
+        self._owner_of_status = {
+            k: v for k, v in self._owner_of_status.items() if k in current
+        }
+        self._last_operating = current
+        return listeners, [StatusUpdate(**changed)] if changed else []
+
+    # ------------------------------------------------------------------ internals
+
+    def _spawn(self, lb_id: str) -> _Mailbox:
+        mailbox = _Mailbox(lb_id, self._mailbox_size)
+        self._actors[lb_id] = mailbox
+        self._nursery.start_soon(self._serve_actor, mailbox, name=f"actor {lb_id}")
+        return mailbox
+
+    def _close(self) -> None:
+        self._closed = True
+        for mailbox in self._actors.values():
+            mailbox.send.close()
+
+    async def _run_one(self, op: Operation, actor_log: Any) -> Outcome:
+        try:
+            return await run_operation(
+                self._backend, op, parents_on_failure=self._parents_on_failure
+            )
+        except Exception as exc:  # run_operation never raises; this is the last net
+            (actor_log or log).error(
+                "operation escaped", op_id=op.op_id, method=op.method, exc_info=exc
+            )
+            return Outcome(
+                op_id=op.op_id,
+                lb_id=op.lb_id,
+                failure=Failure(
+                    exc_class=type(exc).__name__, module=type(exc).__module__, message=str(exc)
+                ),
+            )
+
+    async def _run_query(self, op: Operation) -> None:
+        outcome = await self._run_one(op, None)
+        await self._outcomes.send(outcome)
+
+    async def _serve_actor(self, mailbox: _Mailbox) -> None:
+        lb_id = mailbox.lb_id
+        actor_log = log.bind(lb_id=lb_id)
+        actor_log.debug("actor started")
+        receive = mailbox.receive
+        outcomes = self._outcomes
+        with receive:
+            while True:
+                try:
+                    op = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        op = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                except trio.EndOfChannel:
+                    break
+                outcome = await self._run_one(op, actor_log)
+                retire = (
+                    op.method.startswith("loadbalancer_delete")
+                    and _deleted_lb(outcome, lb_id)
+                    and receive.statistics().current_buffer_used == 0
+                    and receive.statistics().tasks_waiting_send == 0
+                )
+                if retire:
+                    # before the outcome leaves, so whoever sees it sees the actor gone
+                    if self._actors.get(lb_id) is mailbox:
+                        del self._actors[lb_id]
+                    receive.close()
+                    actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
+                await outcomes.send(outcome)
+                if retire:
+                    return
+        if self._actors.get(lb_id) is mailbox:
+            del self._actors[lb_id]
+
+
+@asynccontextmanager
+async def open_actor_system(
+    backend: Backend,
+    outcomes: trio.MemorySendChannel[Outcome],
+    *,
+    mailbox_size: int = 64,
+    parents_on_failure: ParentsOnFailure = "active",
+) -> AsyncIterator[ActorSystem]:
+    """An :class:`ActorSystem` running ``backend``; one outcome per operation to ``outcomes``.
+
+    The system owns ``outcomes`` and closes it once every actor has finished (pass a
+    ``clone()`` to keep using it). The backend is not closed here: whoever built it calls
+    :meth:`~lbactors.backends.base.Backend.aclose`.
+    """
+    async with outcomes, trio.open_nursery() as nursery:
+        system = ActorSystem(
+            nursery,
+            backend,
+            outcomes,
+            mailbox_size=mailbox_size,
+            parents_on_failure=parents_on_failure,
+        )
+        try:
+            yield system
+        finally:
+            system._close()

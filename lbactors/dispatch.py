@@ -1,0 +1,281 @@
+"""One operation, start to finish: decode, call the backend, compute the status and the reply.
+
+:func:`run_operation` is what an actor runs for each :class:`~lbactors.messages.Operation`
+of its mailbox (and what the actor system runs directly for flavor / availability-zone
+queries). It never raises (except cancellation): every problem becomes part of the returned
+:class:`~lbactors.messages.Outcome`, following ``status-semantics.md``:
+
+- CRUD: the backend method of the wire name; success ``ACTIVE`` (``DELETED``), a backend
+  exception ``ERROR`` for the object with the parents per ``parents_on_failure``;
+- ``pool_delete``: :func:`~lbactors.cascade.pool_delete_plan` (health monitor, members, pool)
+  step by step, stopping at the first failure (:func:`~lbactors.status.pool_delete_status`);
+- ``loadbalancer_delete(cascade=True)`` and ``loadbalancer_delete_cascade``:
+  :func:`~lbactors.cascade.cascade_plan` step by step, stopping at the first failure
+  (:func:`~lbactors.status.cascade_status`);
+- the four flavor / availability-zone calls: the replies of the "Calls" table;
+- a CRUD method sent as a ``call``: reply ``True`` / ``False`` after the status;
+- a message that cannot be run (:class:`~lbactors.messages.InvalidOperation`): a failure
+  (``NoSuchMethod`` for an unknown method, as oslo's dispatcher, else ``InvalidOperation``),
+  and the named object ``ERROR`` when it can be named.
+
+Layer: actors and backends (model, trio, structlog); never AMQP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import structlog
+
+from lbactors.backends.base import Backend
+from lbactors.cascade import Step, cascade_plan, pool_delete_plan
+from lbactors.messages import (
+    Failure,
+    InvalidOperation,
+    Operation,
+    Outcome,
+    Request,
+    decode_request,
+)
+from lbactors.model import (
+    HealthMonitor,
+    L7Policy,
+    L7Rule,
+    Listener,
+    LoadBalancer,
+    Member,
+    Pool,
+)
+from lbactors.status import (
+    ParentsOnFailure,
+    cascade_status,
+    object_error_status,
+    operation_status,
+    pool_delete_status,
+)
+
+__all__ = ["run_operation"]
+
+log = structlog.get_logger("lbactors.dispatch")
+
+_Crud = Callable[[Backend, Request], Awaitable[None]]
+_Delete = Callable[[Backend, Any], Awaitable[None]]
+
+
+def _o(request: Request) -> Any:
+    return request.obj
+
+
+#: CRUD wire method -> the backend call (the request was checked by decode_request)
+_CRUD: dict[str, _Crud] = {
+    "loadbalancer_create": lambda b, r: b.loadbalancer_create(_o(r)),
+    "loadbalancer_update": lambda b, r: b.loadbalancer_update(cast(LoadBalancer, r.old), _o(r)),
+    "loadbalancer_delete": lambda b, r: b.loadbalancer_delete(_o(r)),
+    "listener_create": lambda b, r: b.listener_create(_o(r), r.cert),
+    "listener_update": lambda b, r: b.listener_update(cast(Listener, r.old), _o(r), r.cert),
+    "listener_delete": lambda b, r: b.listener_delete(_o(r)),
+    "pool_create": lambda b, r: b.pool_create(_o(r)),
+    "pool_update": lambda b, r: b.pool_update(cast(Pool, r.old), _o(r)),
+    "pool_delete": lambda b, r: b.pool_delete(_o(r)),
+    "member_create": lambda b, r: b.member_create(_o(r)),
+    "member_update": lambda b, r: b.member_update(cast(Member, r.old), _o(r)),
+    "member_delete": lambda b, r: b.member_delete(_o(r)),
+    "healthmonitor_create": lambda b, r: b.healthmonitor_create(_o(r)),
+    "healthmonitor_update": lambda b, r: b.healthmonitor_update(cast(HealthMonitor, r.old), _o(r)),
+    "healthmonitor_delete": lambda b, r: b.healthmonitor_delete(_o(r)),
+    "l7policy_create": lambda b, r: b.l7policy_create(_o(r)),
+    "l7policy_update": lambda b, r: b.l7policy_update(cast(L7Policy, r.old), _o(r)),
+    "l7policy_delete": lambda b, r: b.l7policy_delete(_o(r)),
+    "l7rule_create": lambda b, r: b.l7rule_create(_o(r)),
+    "l7rule_update": lambda b, r: b.l7rule_update(cast(L7Rule, r.old), _o(r)),
+    "l7rule_delete": lambda b, r: b.l7rule_delete(_o(r)),
+}
+
+#: kind -> the backend delete of one plan step
+_DELETE: dict[str, _Delete] = {
+    "loadbalancer": lambda b, o: b.loadbalancer_delete(o),
+    "listener": lambda b, o: b.listener_delete(o),
+    "pool": lambda b, o: b.pool_delete(o),
+    "member": lambda b, o: b.member_delete(o),
+    "healthmonitor": lambda b, o: b.healthmonitor_delete(o),
+    "l7policy": lambda b, o: b.l7policy_delete(o),
+    "l7rule": lambda b, o: b.l7rule_delete(o),
+}
+
+
+def _failure(exc: BaseException) -> Failure:
+    cls = type(exc)
+    return Failure(exc_class=cls.__name__, module=cls.__module__, message=str(exc))
+
+
+def _crud_reply(op: Operation, success: bool) -> bool | None:
+    """A CRUD method sent as a call is answered True / False (the migration tool)."""
+    return success if op.is_call else None
+
+
+async def run_operation(
+    backend: Backend, op: Operation, *, parents_on_failure: ParentsOnFailure = "active"
+) -> Outcome:
+    """Run ``op`` against ``backend``; the :class:`Outcome` to publish. Never raises."""
+    try:
+        request = decode_request(op.method, op.args)
+    except InvalidOperation as exc:
+        return _invalid(op, exc)
+    try:
+        if request.kind is None:
+            return await _query(backend, op, request)
+        if request.action == "delete":
+            if request.cascade:
+                return await _cascade(backend, op, request)
+            if request.kind == "pool":
+                return await _pool_delete(backend, op, request, parents_on_failure)
+        return await _crud(backend, op, request, parents_on_failure)
+    except Exception as exc:  # a bug on our side (status, plan): still one outcome, no escape
+        log.error(
+            "operation crashed",
+            lb_id=op.lb_id,
+            op_id=op.op_id,
+            method=op.method,
+            exc_info=exc,
+        )
+        obj = request.obj
+        status = (
+            object_error_status(request.kind, obj.id)
+            if request.kind is not None and obj is not None and obj.id
+            else None
+        )
+        return Outcome(
+            op_id=op.op_id,
+            lb_id=op.lb_id,
+            status=status,
+            reply=_crud_reply(op, False) if request.kind is not None else None,
+            failure=_failure(exc),
+        )
+
+
+def _invalid(op: Operation, exc: InvalidOperation) -> Outcome:
+    if exc.unknown_method:
+        failure = Failure(
+            exc_class="NoSuchMethod",
+            module="oslo_messaging.rpc.dispatcher",
+            message=f"Endpoint does not support RPC method {op.method}",
+        )
+    else:
+        failure = Failure(exc_class="InvalidOperation", module="lbactors.messages", message=str(exc))
+    status = (
+        object_error_status(exc.object_kind, exc.object_id)
+        if exc.object_kind and exc.object_id
+        else None
+    )
+    log.warning(
+        "invalid operation",
+        lb_id=op.lb_id,
+        op_id=op.op_id,
+        method=op.method,
+        field=exc.field,
+        reason=exc.reason,
+        object_kind=exc.object_kind,
+        object_id=exc.object_id,
+    )
+    return Outcome(op_id=op.op_id, lb_id=op.lb_id, status=status, failure=failure)
+
+
+def _log_backend_failure(op: Operation, exc: Exception, kind: str, object_id: str | None) -> None:
+    log.warning(
+        "backend failed",
+        lb_id=op.lb_id,
+        op_id=op.op_id,
+        method=op.method,
+        kind=kind,
+        object_id=object_id,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
+async def _crud(
+    backend: Backend, op: Operation, request: Request, parents_on_failure: ParentsOnFailure
+) -> Outcome:
+    try:
+        await _CRUD[request.method](backend, request)
+    except Exception as exc:
+        obj = request.obj
+        _log_backend_failure(op, exc, request.kind or "", obj.id if obj else None)
+        status = operation_status(request, success=False, parents_on_failure=parents_on_failure)
+        return Outcome(
+            op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, False)
+        )
+    log.debug("operation done", lb_id=op.lb_id, op_id=op.op_id, method=op.method)
+    status = operation_status(request, success=True, parents_on_failure=parents_on_failure)
+    return Outcome(op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, True))
+
+
+async def _run_plan(backend: Backend, op: Operation, plan: list[Step]) -> tuple[int, bool]:
+    """Run the deletes of ``plan`` in order; ``(steps completed, failed)``."""
+    for completed, step in enumerate(plan):
+        try:
+            await _DELETE[step.kind](backend, step.obj)
+        except Exception as exc:
+            _log_backend_failure(op, exc, step.kind, step.id)
+            return completed, True
+    return len(plan), False
+
+
+async def _pool_delete(
+    backend: Backend, op: Operation, request: Request, parents_on_failure: ParentsOnFailure
+) -> Outcome:
+    pool = cast(Pool, request.obj)
+    plan = pool_delete_plan(pool)
+    completed, failed = await _run_plan(backend, op, plan)
+    status = pool_delete_status(
+        pool, plan, completed=completed, failed=failed, parents_on_failure=parents_on_failure
+    )
+    if not failed:
+        log.debug("pool deleted", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
+    return Outcome(
+        op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, not failed)
+    )
+
+
+async def _cascade(backend: Backend, op: Operation, request: Request) -> Outcome:
+    lb = cast(LoadBalancer, request.obj)
+    plan = cascade_plan(lb)
+    completed, failed = await _run_plan(backend, op, plan)
+    status = cascade_status(lb, plan, completed=completed, failed=failed)
+    if not failed:
+        log.debug("cascade done", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
+    return Outcome(
+        op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, not failed)
+    )
+
+
+def _validity(reason: str | None) -> dict[str, Any]:
+    if reason is None:
+        return {"valid": True}
+    return {"valid": False, "reason": reason}
+
+
+async def _query(backend: Backend, op: Operation, request: Request) -> Outcome:
+    method = request.method
+    metadata = request.metadata or {}
+    reply: Any
+    try:
+        if method == "get_supported_flavor_metadata":
+            reply = await backend.flavor_metadata()
+        elif method == "validate_flavor":
+            reply = _validity(await backend.validate_flavor(metadata))
+        elif method == "get_supported_availability_zone_metadata":
+            reply = await backend.availability_zone_metadata()
+        elif method == "validate_availability_zone":
+            reply = _validity(await backend.validate_availability_zone(metadata))
+        else:  # pragma: no cover - decode_request knows no other query
+            raise InvalidOperation(method, "", "unknown query", unknown_method=True)
+    except Exception as exc:
+        log.warning(
+            "query failed",
+            op_id=op.op_id,
+            method=method,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return Outcome(op_id=op.op_id, lb_id=op.lb_id, failure=_failure(exc))
+    return Outcome(op_id=op.op_id, lb_id=op.lb_id, reply=reply)
