@@ -101,6 +101,9 @@ class ActorSystem:
     async def submit(self, op: Operation) -> None:
         """Hand ``op`` to the actor of ``op.lb_id``; waits while its mailbox is full.
 
+        A cancellation point, but not a schedule point when the mailbox has room (it returns
+        without yielding, like ``send_nowait``): a task that only submits, with no other
+        I/O, must checkpoint itself now and then.
         Raises :class:`trio.ClosedResourceError` once the system is closing.
         """
         if self._closed:
@@ -109,15 +112,20 @@ class ActorSystem:
             self._nursery.start_soon(self._run_query, op)
             await trio.lowlevel.checkpoint()
             return
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             mailbox = self._actors.get(op.lb_id)
             if mailbox is None:
                 mailbox = self._spawn(op.lb_id)
             try:
-                await mailbox.send.send(op)
+                try:
+                    # hot path: room in the mailbox, no trip through the scheduler
+                    mailbox.send.send_nowait(op)
+                except trio.WouldBlock:
+                    await mailbox.send.send(op)
                 return
             except trio.BrokenResourceError:
-                # the actor retired between the lookup and the send: a fresh one takes it
+                # the actor retired while we waited: a fresh one takes the operation
                 continue
 
     def actor_count(self) -> int:
@@ -228,7 +236,10 @@ class ActorSystem:
                         del self._actors[lb_id]
                     receive.close()
                     actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
-                await outcomes.send(outcome)
+                try:
+                    outcomes.send_nowait(outcome)
+                except trio.WouldBlock:
+                    await outcomes.send(outcome)
                 if retire:
                     return
         if self._actors.get(lb_id) is mailbox:

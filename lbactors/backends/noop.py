@@ -52,6 +52,17 @@ AVAILABILITY_ZONE_METADATA: dict[str, str] = {
 
 _Key = tuple[str, str]
 
+#: fields holding nested parents or children: not part of an object's own state
+_NESTED: dict[type, dict[str, None]] = {
+    LoadBalancer: dict.fromkeys(("listeners", "pools")),
+    Listener: dict.fromkeys(("default_pool", "l7policies", "loadbalancer")),
+    Pool: dict.fromkeys(("healthmonitor", "members", "listener", "listeners", "loadbalancer")),
+    Member: dict.fromkeys(("pool", "loadbalancer")),
+    HealthMonitor: dict.fromkeys(("pool", "loadbalancer")),
+    L7Policy: dict.fromkeys(("rules", "listener")),
+    L7Rule: dict.fromkeys(("policy",)),
+}
+
 
 class NoopOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The options of the noop backend; an unknown key is an error that names it."""
@@ -86,7 +97,7 @@ class NoopBackend(Backend):
         self.latency = latency
         self.fail_pattern = re.compile(fail_pattern) if fail_pattern else None
         self.seed = seed
-        #: (kind, id) -> the object as last created / updated
+        #: (kind, id) -> the object as last created / updated, without nested objects
         self._objects: dict[_Key, OctaviaObject] = {}
         #: (kind, id) -> the load balancer it belongs to
         self._owner: dict[_Key, str] = {}
@@ -140,7 +151,9 @@ class NoopBackend(Backend):
             raise BackendError(f"noop: {action} of a {kind} without id")
         key = (kind, obj.id)
         lb_id = self._owner_of(kind, obj, old)
-        self._objects[key] = obj
+        # only the object's own state: keeping the payload's nested parents alive would cost
+        # memory and garbage-collector time in proportion to every payload ever received
+        self._objects[key] = msgspec.structs.replace(obj, **_NESTED[type(obj)])
         self._owner[key] = lb_id
         self._trees.setdefault(lb_id, set()).add(key)
         if kind == "listener" and obj.id not in self._counters:
