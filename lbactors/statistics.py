@@ -21,7 +21,6 @@ import structlog
 import trio
 
 from lbactors.messages import ListenerStatistics, StatusEntry, StatusUpdate
-from lbactors.model import PLURAL
 
 log = structlog.get_logger("lbactors.statistics")
 
@@ -59,29 +58,6 @@ class DriverLink(Protocol):
     async def publish_cast(self, method: str, args_json: bytes) -> None: ...
 
     async def call_driver(self, method: str, args_json: bytes, ttl: float) -> Any: ...
-
-
-class OperatingStatusTracker:
-    """Remembers the operating statuses last reported, to send only what changed.
-
-    Each call takes the complete current picture (kind, id, operating_status) and keeps only
-    it, so objects of deleted load balancers are forgotten and memory follows the live tree.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], str] = {}
-
-    def changes(self, current: Iterable[tuple[str, str, str]]) -> StatusUpdate | None:
-        snapshot: dict[tuple[str, str], str] = {}
-        changed: dict[str, list[StatusEntry]] = {}
-        for kind, object_id, operating_status in current:
-            snapshot[(kind, object_id)] = operating_status
-            if self._last.get((kind, object_id)) != operating_status:
-                changed.setdefault(PLURAL[kind], []).append(
-                    StatusEntry(id=object_id, operating_status=operating_status)
-                )
-        self._last = snapshot
-        return StatusUpdate(**changed) if changed else None
 
 
 def batches(listeners: list[ListenerStatistics], size: int) -> Iterator[list[ListenerStatistics]]:

@@ -10,7 +10,6 @@ import trio
 
 from lbactors.messages import ListenerStatistics, StatusEntry, StatusUpdate
 from lbactors.statistics import (
-    OperatingStatusTracker,
     RoundReport,
     StatisticsSettings,
     batches,
@@ -106,26 +105,6 @@ async def test_interval_zero_disables(autojump_clock: trio.testing.MockClock) ->
     source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]))
     await serve_statistics(StatisticsSettings(interval=0), source, FakeDriver())
     assert source.rounds == []
-
-
-def test_tracker_reports_only_changes_and_forgets_deleted_objects() -> None:
-    tracker = OperatingStatusTracker()
-    first = tracker.changes([("member", "m1", "ONLINE"), ("pool", "p1", "ONLINE")])
-    assert first is not None
-    assert msgspec.to_builtins(first) == {
-        "pools": [{"id": "p1", "operating_status": "ONLINE"}],
-        "members": [{"id": "m1", "operating_status": "ONLINE"}],
-    }
-    assert tracker.changes([("member", "m1", "ONLINE"), ("pool", "p1", "ONLINE")]) is None
-    change = tracker.changes([("member", "m1", "ERROR"), ("pool", "p1", "ONLINE")])
-    assert change is not None
-    assert msgspec.to_builtins(change) == {"members": [{"id": "m1", "operating_status": "ERROR"}]}
-    # p1 and m1 disappear (deleted), then come back: reported again
-    assert tracker.changes([]) is None
-    again = tracker.changes([("pool", "p1", "ONLINE")])
-    assert again is not None and msgspec.to_builtins(again) == {
-        "pools": [{"id": "p1", "operating_status": "ONLINE"}]
-    }
 
 
 async def test_status_changes_merged_into_one_cast() -> None:
