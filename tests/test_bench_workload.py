@@ -1,0 +1,249 @@
+"""bench.workload: the plan, the payloads, matching and validation of status updates (pure)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from bench import workload
+from bench.workload import (
+    ACTIVE,
+    DELETED,
+    ERROR,
+    LoadBalancerPlan,
+    Operation,
+    latency_summary,
+    match_status,
+    operations_per_lb,
+    validate,
+)
+
+SIM = Path(__file__).resolve().parents[2] / "shared" / "baseline" / "octavia_driver_sim.py"
+
+
+def entry(oid: str, prov: str = ACTIVE, oper: str | None = "ONLINE") -> dict[str, str]:
+    e = {"id": oid, "provisioning_status": prov}
+    if oper is not None:
+        e["operating_status"] = oper
+    return e
+
+
+def run_plan(plan: LoadBalancerPlan) -> list[Operation]:
+    ops = []
+    while not plan.finished:
+        ops.append(plan.next_operation())
+        plan.advance()
+    return ops
+
+
+def good_status(plan: LoadBalancerPlan, op: Operation) -> dict[str, Any]:
+    """The status dict status-semantics.md promises for a successful ``op``."""
+    status: dict[str, Any] = {op.otype: [entry(op.oid, op.expect)]}
+    for ptype, pid in op.parents:
+        status.setdefault(ptype, []).append(entry(pid))
+    if op.cascade is not None:
+        for ctype, ids in op.cascade.items():
+            status[ctype] = [entry(i, DELETED) for i in sorted(ids)]
+    return status
+
+
+@pytest.mark.parametrize("members,updates,resident", [
+    (4, True, False), (0, True, False), (2, False, False), (4, False, True), (3, True, True),
+])
+def test_plan_length_and_order(members: int, updates: bool, resident: bool) -> None:
+    plan = LoadBalancerPlan(7, members, updates, resident=resident)
+    methods = [op.method for op in run_plan(plan)]
+    assert len(methods) == operations_per_lb(members, updates, resident=resident)
+    expected = (["loadbalancer_create", "listener_create", "pool_create"]
+                + ["member_create"] * members
+                + ["healthmonitor_create", "l7policy_create", "l7rule_create"])
+    if updates:
+        expected += ["loadbalancer_update", "listener_update", "pool_update"]
+        expected += ["member_update"] if members else []
+        expected += ["healthmonitor_update", "l7policy_update", "l7rule_update"]
+    if not resident:
+        expected.append("loadbalancer_delete")
+    assert methods == expected
+    assert operations_per_lb(4) == 18
+
+
+def test_cascade_delete_carries_the_whole_tree() -> None:
+    plan = LoadBalancerPlan(1, 3)
+    delete = run_plan(plan)[-1]
+    args = msgspec.json.decode(delete.args_json)
+    assert args["cascade"] is True
+    lb = args["loadbalancer"]
+    assert lb["id"] == plan.lb_id
+    [listener] = lb["listeners"]
+    [policy] = listener["l7policies"]
+    assert [r["id"] for r in policy["rules"]] == [plan.rule_id]
+    [pool] = lb["pools"]
+    assert [m["id"] for m in pool["members"]] == plan.member_ids
+    assert pool["healthmonitor"]["id"] == plan.hm_id
+    assert delete.expect == DELETED
+    assert delete.cascade == {
+        "listeners": {plan.listener_id}, "pools": {plan.pool_id}, "members": set(plan.member_ids),
+        "healthmonitors": {plan.hm_id}, "l7policies": {plan.policy_id}, "l7rules": {plan.rule_id},
+    }
+
+
+def _load_sim() -> Any:
+    spec = importlib.util.spec_from_file_location("octavia_driver_sim_for_tests", SIM)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved_path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved_path
+    return module
+
+
+@pytest.mark.skipif(not SIM.exists(), reason="shared/baseline/ is not next to the checkout")
+def test_payloads_and_expectations_equal_the_oslo_sim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same ids in, the same kwargs, objects, expected status and parents out, op by op."""
+    sim = _load_sim()
+    for module in (sim, workload):
+        counter = itertools.count()
+        monkeypatch.setattr(module, "_uuid", lambda c=counter: f"00000000-0000-4000-8000-{next(c):012d}")
+    ours = run_plan(LoadBalancerPlan(300, 4, True))
+    tree = sim.LBTree(300, 4, True)
+    assert len(tree.plan) == len(ours)
+    for op in ours:
+        method, kwargs, otype, oid, expect, checks = tree.next_op()
+        tree.step += 1
+        assert (op.method, op.otype, op.oid, op.expect) == (method, otype, oid, expect)
+        assert msgspec.json.decode(op.args_json) == copy.deepcopy(kwargs), method
+        assert set(op.parents) == set(checks.get("parents", [])), method
+        if op.cascade is not None:
+            assert {k: len(v) for k, v in op.cascade.items()} == checks["cascade"]
+
+
+# ---- matching ---------------------------------------------------------------------------
+
+def test_match_pops_the_pending_operation_and_counts_the_rest() -> None:
+    plan = LoadBalancerPlan(1, 1)
+    op = plan.next_operation()
+    pending = {op.key: op}
+    timed_out: dict[tuple[str, str], Operation] = {}
+    m = match_status(good_status(plan, op), pending, timed_out)
+    assert [(o, e["id"]) for o, e in m.matched] == [(op, plan.lb_id)]
+    assert m.kind is None and pending == {}
+    again = match_status(good_status(plan, op), pending, timed_out)
+    assert again.matched == [] and again.kind == "unmatched_status_updates"
+    oper_only = match_status({"members": [{"id": "x", "operating_status": "OFFLINE"}]},
+                             pending, timed_out)
+    assert oper_only.kind == "operating_status_only_updates"
+
+
+def test_a_status_for_a_timed_out_operation_is_late_not_unmatched() -> None:
+    plan = LoadBalancerPlan(1, 1)
+    op = plan.next_operation()
+    timed_out = {op.key: op}
+    m = match_status(good_status(plan, op), {}, timed_out)
+    assert m.late == 1 and m.kind is None and timed_out == {}
+
+
+def test_match_ignores_junk() -> None:
+    assert match_status(None, {}, {}).kind == "operating_status_only_updates"
+    m = match_status({"loadbalancers": "x", "pools": [1, {"id": "p"}]}, {}, {})
+    assert m.matched == [] and not m.has_prov
+
+
+# ---- validation -------------------------------------------------------------------------
+
+def every_operation_with_its_status() -> list[tuple[LoadBalancerPlan, Operation]]:
+    plan = LoadBalancerPlan(5, 2)
+    out = []
+    while not plan.finished:
+        out.append((plan, plan.next_operation()))
+        plan.advance()
+    return out
+
+
+def test_a_correct_status_validates_for_every_operation() -> None:
+    for plan, op in every_operation_with_its_status():
+        assert validate(op, entry(op.oid, op.expect), good_status(plan, op)) == (None, []), op
+
+
+def test_a_wrong_parent_is_caught() -> None:
+    for plan, op in every_operation_with_its_status():
+        for ptype, pid in op.parents:
+            status = good_status(plan, op)
+            status[ptype] = [entry("not-" + pid) if e["id"] == pid else e for e in status[ptype]]
+            kind, problems = validate(op, status[op.otype][0], status)
+            assert kind == "validation_error"
+            assert problems == [f"{op.method}: parent {ptype} {pid} not ACTIVE"]
+
+
+def test_a_parent_left_in_error_or_pending_is_caught() -> None:
+    plan, op = every_operation_with_its_status()[3]  # member_create
+    for bad in (ERROR, "PENDING_UPDATE"):
+        status = good_status(plan, op)
+        status["pools"] = [entry(plan.pool_id, bad)]
+        assert validate(op, status["members"][0], status)[0] == "validation_error"
+
+
+def test_a_missing_cascade_child_is_caught() -> None:
+    plan, op = every_operation_with_its_status()[-1]
+    assert op.cascade is not None
+    for ctype in op.cascade:
+        status = good_status(plan, op)
+        status[ctype] = status[ctype][1:]
+        kind, problems = validate(op, status["loadbalancers"][0], status)
+        assert kind == "validation_error"
+        assert "expected" in problems[0] and ctype in problems[0]
+
+
+def test_a_cascade_reporting_another_id_is_caught() -> None:
+    plan, op = every_operation_with_its_status()[-1]
+    status = good_status(plan, op)
+    status["members"][0] = entry("someone-else", DELETED)
+    kind, problems = validate(op, status["loadbalancers"][0], status)
+    assert kind == "validation_error" and "members DELETED" in problems[0]
+
+
+def test_a_cascade_child_not_deleted_is_caught() -> None:
+    plan, op = every_operation_with_its_status()[-1]
+    status = good_status(plan, op)
+    status["pools"] = [entry(plan.pool_id, ACTIVE)]
+    assert validate(op, status["loadbalancers"][0], status)[0] == "validation_error"
+
+
+def test_a_duplicate_is_caught() -> None:
+    for plan, op in every_operation_with_its_status():
+        status = good_status(plan, op)
+        status[op.otype].append(dict(status[op.otype][0]))
+        kind, problems = validate(op, status[op.otype][0], status)
+        assert kind == "validation_error"
+        assert f"{op.otype} {op.oid} listed twice" in problems[-1]
+
+
+def test_an_error_status_is_caught() -> None:
+    for plan, op in every_operation_with_its_status():
+        status = good_status(plan, op)
+        status[op.otype][0] = entry(op.oid, ERROR, "ERROR")
+        assert validate(op, status[op.otype][0], status) == (
+            "error_status", [f"{op.method} {op.oid} -> ERROR"])
+
+
+def test_a_wrong_provisioning_status_is_caught() -> None:
+    plan, op = every_operation_with_its_status()[0]
+    status = {"loadbalancers": [entry(plan.lb_id, DELETED)]}
+    kind, problems = validate(op, status["loadbalancers"][0], status)
+    assert kind == "validation_error" and problems == [
+        f"loadbalancer_create {plan.lb_id}: DELETED != ACTIVE"]
+
+
+def test_latency_summary_matches_the_sim() -> None:
+    assert latency_summary([]) == {"count": 0}
+    s = latency_summary([0.004, 0.001, 0.002, 0.003])
+    assert s == {"count": 4, "p50": 2.5, "p95": 3.85, "p99": 3.97, "mean": 2.5, "min": 1.0,
+                 "max": 4.0}
