@@ -1,0 +1,1052 @@
+"""A trio AMQP 0-9-1 client on pamqp: connection, channels, consumers, publisher confirms.
+
+Shape (see ``STYLE.md``): the protocol pieces are sans-IO in ``protocol.py``; this module is the
+plumbing around them. ``open_connection`` owns the socket and three tasks in its own nursery:
+
+- the **reader** feeds received bytes to the frame decoder and dispatches every frame
+  synchronously (it never waits on a consumer or a caller, so confirms, heartbeats and closes
+  keep flowing whatever the application does); it declares the peer dead after two heartbeat
+  intervals without a byte;
+- the **writer** is the only task that touches the socket for sending: callers append *whole
+  frame groups* to one send buffer synchronously (so cancelling a caller can never leave half
+  a frame on the wire), and the writer sends everything queued in one ``send_all`` (write
+  coalescing: under load hundreds of frames leave in one system call);
+- the **heartbeat** task sends a heartbeat frame when nothing was sent for half an interval.
+
+When the connection dies (server ``connection.close``, socket EOF or error, heartbeat timeout,
+framing error) every waiter on it (RPC calls, confirmations, consumers, blocked publishers) gets
+a ``ConnectionClosed``, the body of ``async with open_connection(...)`` is cancelled and the
+``async with`` raises ``ConnectionClosed`` (a plain exception, not an exception group).
+
+Memory bounds: the send buffer is bounded (``publish`` waits above ``SEND_HIGH_WATER``);
+a consumer's queue is a deque that the broker bounds through ``basic.qos`` prefetch when the
+consumer acks manually. A ``no_ack`` consumer has no such bound: its queue grows as fast as the
+broker delivers and the application does not read.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import msgspec
+import trio
+from pamqp import commands
+from pamqp.base import Frame
+
+from lbactors.amqp.errors import (
+    AMQPError,
+    AuthenticationError,
+    ChannelClosed,
+    ConnectionClosed,
+    FrameError,
+    PublishNacked,
+    PublishReturned,
+)
+from lbactors.amqp.protocol import (
+    HEARTBEAT_FRAME,
+    PROTOCOL_HEADER,
+    ConfirmTracker,
+    Content,
+    FrameDecoder,
+    PublishEncoder,
+    ack_frame,
+    marshal_method,
+    nack_frame,
+    reject_frame,
+)
+
+__all__ = [
+    "Channel",
+    "Confirmation",
+    "Connection",
+    "Consumer",
+    "Delivery",
+    "open_connection",
+    "reconnect_delays",
+]
+
+#: above this many queued bytes ``publish`` waits for the writer
+SEND_HIGH_WATER = 4 * 1024 * 1024
+#: above this many queued bytes ``publish`` yields once so the writer can run
+SEND_YIELD_WATER = 256 * 1024
+RECEIVE_SIZE = 256 * 1024
+CLOSE_TIMEOUT = 2.0
+CHANNEL_MAX = 2047
+
+StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+class Delivery(msgspec.Struct):
+    """One message received by a consumer."""
+
+    body: bytes
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    consumer_tag: str
+    properties: commands.Basic.Properties
+
+
+class Confirmation:
+    """The broker's verdict on one publish on a channel in confirm mode."""
+
+    __slots__ = ("_error", "_event", "delivery_tag", "done", "returned")
+
+    def __init__(self) -> None:
+        self.delivery_tag = 0
+        self.done = False
+        self.returned: PublishReturned | None = None
+        self._error: AMQPError | None = None
+        self._event: trio.Event | None = None
+
+    def _resolve(self, error: AMQPError | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._error = error
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return once the broker acked the publish.
+
+        Raises ``PublishNacked`` (basic.nack), ``PublishReturned`` (mandatory and unroutable),
+        ``ChannelClosed`` / ``ConnectionClosed`` if the channel or connection died first.
+        """
+        if not self.done:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        if self._error is not None:
+            raise copy.copy(self._error)
+
+    def __repr__(self) -> str:
+        state = (
+            "pending" if not self.done else (type(self._error).__name__ if self._error else "acked")
+        )
+        return f"<Confirmation tag={self.delivery_tag} {state}>"
+
+
+class Consumer:
+    """``async for delivery in consumer``: the deliveries of one ``basic.consume``.
+
+    Iteration ends after ``basic.cancel`` (ours or the broker's, e.g. when the queue is
+    deleted); it raises ``ChannelClosed`` / ``ConnectionClosed`` when the channel or connection
+    dies (deliveries still queued then are dropped: they were not acked and the broker
+    redelivers them).
+    """
+
+    def __init__(self, channel: Channel, consumer_tag: str, no_ack: bool) -> None:
+        self.consumer_tag = consumer_tag
+        self.no_ack = no_ack
+        self.channel = channel
+        self._items: deque[Delivery] = deque()
+        self._waiter: trio.Event | None = None
+        self._ended = False
+        self._error: AMQPError | None = None
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while True:
+            if self._error is not None:
+                raise copy.copy(self._error)
+            if self._items:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return self._items.popleft()
+            if self._ended:
+                raise StopAsyncIteration
+            waiter = self._waiter = trio.Event()
+            await waiter.wait()
+
+    def __len__(self) -> int:
+        """Deliveries received and not yet taken."""
+        return len(self._items)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def _push(self, delivery: Delivery) -> None:
+        self._items.append(delivery)
+        if self._waiter is not None:
+            self._wake()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _fail(self, error: AMQPError) -> None:
+        self._error = error
+        self._items.clear()
+        self._wake()
+
+
+class _Call:
+    """One synchronous method waiting for its reply."""
+
+    __slots__ = ("error", "event", "expected", "on_reply", "result")
+
+    def __init__(self, expected: list[str], on_reply: Callable[[Any], None] | None) -> None:
+        self.expected = expected
+        self.on_reply = on_reply
+        self.event = trio.Event()
+        self.result: Any = None
+        self.error: AMQPError | None = None
+
+
+class Channel:
+    """An AMQP channel. Synchronous methods (declare, bind, qos, ...) are serialized per
+    channel and wait for their -ok; ``publish``, ``ack``, ``nack`` and ``reject`` only queue
+    frames and return."""
+
+    def __init__(self, connection: Connection, channel_id: int) -> None:
+        self.channel_id = channel_id
+        self._connection = connection
+        self._lock = trio.Lock()
+        self._call: _Call | None = None
+        self._error: AMQPError | None = None
+        self._confirms: ConfirmTracker[Confirmation] | None = None
+        self._consumers: dict[str, Consumer] = {}
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.channel_id}{' closed' if self._error else ''}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._error is None
+
+    # -- synchronous methods ------------------------------------------------------------------
+
+    async def _rpc(self, method: Frame, on_reply: Callable[[Any], None] | None = None) -> Any:
+        async with self._lock:
+            # a call cancelled while waiting leaves its reply to come: wait for it first
+            while self._call is not None:
+                await self._call.event.wait()
+            self._raise_if_closed()
+            call = _Call(method.valid_responses, on_reply)
+            self._call = call
+            try:
+                self._connection._send(marshal_method(self.channel_id, method))
+            except BaseException:
+                self._call = None
+                raise
+            await call.event.wait()
+            if call.error is not None:
+                raise copy.copy(call.error)
+            return call.result
+
+    async def confirm_select(self) -> None:
+        """Put the channel in confirm mode: ``publish`` then returns a ``Confirmation``."""
+        if self._confirms is not None:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def selected(_: Any) -> None:
+            pass
+
+        async with self._lock:
+            while self._call is not None:
+                await self._call.event.wait()
+            self._raise_if_closed()
+            call = _Call(commands.Confirm.Select.valid_responses, selected)
+            self._call = call
+            self._connection._send(marshal_method(self.channel_id, commands.Confirm.Select()))
+            # publishes queued after this frame are in confirm mode for the broker: count them
+            self._confirms = ConfirmTracker()
+            await call.event.wait()
+            if call.error is not None:
+                raise copy.copy(call.error)
+
+    async def basic_qos(self, prefetch_count: int, *, global_: bool = False) -> None:
+        await self._rpc(commands.Basic.Qos(0, prefetch_count, global_))
+
+    async def exchange_declare(
+        self,
+        exchange: str,
+        exchange_type: str = "direct",
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        await self._rpc(
+            commands.Exchange.Declare(
+                exchange=exchange,
+                exchange_type=exchange_type,
+                passive=passive,
+                durable=durable,
+                auto_delete=auto_delete,
+                internal=internal,
+                arguments=arguments or {},
+            )
+        )
+
+    async def exchange_delete(self, exchange: str, *, if_unused: bool = False) -> None:
+        await self._rpc(commands.Exchange.Delete(exchange=exchange, if_unused=if_unused))
+
+    async def queue_declare(
+        self,
+        queue: str = "",
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> tuple[str, int, int]:
+        """Declare a queue; returns (name, message_count, consumer_count)."""
+        reply = await self._rpc(
+            commands.Queue.Declare(
+                queue=queue,
+                passive=passive,
+                durable=durable,
+                exclusive=exclusive,
+                auto_delete=auto_delete,
+                arguments=arguments or {},
+            )
+        )
+        return reply.queue, reply.message_count, reply.consumer_count
+
+    async def queue_bind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        await self._rpc(
+            commands.Queue.Bind(
+                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments or {}
+            )
+        )
+
+    async def queue_unbind(
+        self,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        await self._rpc(
+            commands.Queue.Unbind(
+                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments or {}
+            )
+        )
+
+    async def queue_delete(
+        self, queue: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many messages it held."""
+        reply = await self._rpc(
+            commands.Queue.Delete(queue=queue, if_unused=if_unused, if_empty=if_empty)
+        )
+        return int(reply.message_count or 0)
+
+    async def queue_purge(self, queue: str) -> int:
+        """Drop every ready message of a queue; returns how many."""
+        reply = await self._rpc(commands.Queue.Purge(queue=queue))
+        return int(reply.message_count or 0)
+
+    async def basic_consume(
+        self,
+        queue: str,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: dict[str, Any] | None = None,
+    ) -> Consumer:
+        """Start consuming; iterate the returned ``Consumer`` for the deliveries."""
+        consumer: Consumer | None = None
+
+        def registered(reply: Any) -> None:
+            # runs in the reader, before any delivery that follows the consume-ok
+            nonlocal consumer
+            consumer = Consumer(self, reply.consumer_tag, no_ack)
+            self._consumers[reply.consumer_tag] = consumer
+
+        await self._rpc(
+            commands.Basic.Consume(
+                queue=queue,
+                consumer_tag=consumer_tag,
+                no_ack=no_ack,
+                exclusive=exclusive,
+                arguments=arguments or {},
+            ),
+            registered,
+        )
+        assert consumer is not None
+        return consumer
+
+    async def basic_cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer: its iteration ends after the deliveries already received."""
+
+        def cancelled(_: Any) -> None:
+            consumer = self._consumers.pop(consumer_tag, None)
+            if consumer is not None:
+                consumer._end()
+
+        await self._rpc(commands.Basic.Cancel(consumer_tag=consumer_tag), cancelled)
+
+    async def close(self) -> None:
+        """Close the channel (orderly). Closing a closed channel does nothing."""
+        if self._error is not None:
+            await trio.lowlevel.checkpoint()
+            return
+
+        def closed(_: Any) -> None:
+            self._fail(ChannelClosed(200, "closed by the client", self.channel_id), orderly=True)
+            self._connection._release_channel(self.channel_id)
+
+        try:
+            await self._rpc(commands.Channel.Close(200, "Normal shutdown", 0, 0), closed)
+        except ChannelClosed:
+            pass
+
+    # -- content ------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes | bytearray | memoryview,
+        *,
+        properties: commands.Basic.Properties | None = None,
+        mandatory: bool = False,
+    ) -> Confirmation | None:
+        """Queue one message for the socket and return without waiting for the broker.
+
+        Returns a ``Confirmation`` when the channel is in confirm mode, else None. Waits only
+        while the broker has blocked the connection or the send buffer is full; a cancelled
+        publish has queued nothing.
+        """
+        connection = self._connection
+        if self._error is not None:
+            raise copy.copy(self._error)
+        if connection.blocked or len(connection._send_buffer) >= SEND_YIELD_WATER:
+            await connection._wait_writable()
+            if self._error is not None:
+                raise copy.copy(self._error)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        connection._raise_if_dead()
+        connection._encoder.append_publish(
+            connection._send_buffer,
+            self.channel_id,
+            exchange,
+            routing_key,
+            body,
+            properties,
+            mandatory,
+        )
+        connection._wake_writer()
+        confirms = self._confirms
+        if confirms is None:
+            return None
+        confirmation = Confirmation()
+        confirmation.delivery_tag = confirms.published(
+            confirmation, mandatory=mandatory, exchange=exchange, routing_key=routing_key
+        )
+        return confirmation
+
+    async def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._raise_if_closed()
+        self._connection._send(ack_frame(self.channel_id, delivery_tag, multiple))
+
+    async def nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self._raise_if_closed()
+        self._connection._send(nack_frame(self.channel_id, delivery_tag, multiple, requeue))
+
+    async def reject(self, delivery_tag: int, requeue: bool = False) -> None:
+        self._raise_if_closed()
+        self._connection._send(reject_frame(self.channel_id, delivery_tag, requeue))
+
+    # -- inbound (called by the reader, synchronously) ------------------------------------------
+
+    def _raise_if_closed(self) -> None:
+        if self._error is not None:
+            raise copy.copy(self._error)
+
+    def _on_frame(self, event: Any) -> None:
+        if isinstance(event, Content):
+            self._on_content(event)
+            return
+        name = event.name
+        if name == "Basic.Ack":
+            if self._confirms is not None:
+                for confirmation in self._confirms.settle(event.delivery_tag, event.multiple):
+                    confirmation._resolve(confirmation.returned)
+            return
+        if name == "Basic.Nack":
+            if self._confirms is not None:
+                for confirmation in self._confirms.settle(event.delivery_tag, event.multiple):
+                    confirmation._resolve(PublishNacked(confirmation.delivery_tag))
+            return
+        if name == "Channel.Close":
+            self._connection._send_nowait(
+                marshal_method(self.channel_id, commands.Channel.CloseOk())
+            )
+            self._fail(ChannelClosed(event.reply_code, event.reply_text, self.channel_id))
+            self._connection._release_channel(self.channel_id)
+            return
+        if name == "Basic.Cancel":  # the broker cancelled a consumer (queue deleted, ...)
+            consumer = self._consumers.pop(event.consumer_tag, None)
+            if consumer is not None:
+                consumer._end()
+            if not event.nowait:
+                self._connection._send_nowait(
+                    marshal_method(self.channel_id, commands.Basic.CancelOk(event.consumer_tag))
+                )
+            return
+        if name == "Channel.Flow":
+            self._connection._send_nowait(
+                marshal_method(self.channel_id, commands.Channel.FlowOk(event.active))
+            )
+            return
+        call = self._call
+        if call is not None and name in call.expected:
+            self._call = None
+            call.result = event
+            if call.on_reply is not None:
+                call.on_reply(event)
+            call.event.set()
+        # anything else is unsolicited and ignored
+
+    def _on_content(self, content: Content) -> None:
+        method: Any = content.method
+        if method.name == "Basic.Deliver":
+            consumer = self._consumers.get(method.consumer_tag)
+            if consumer is not None:
+                consumer._push(
+                    Delivery(
+                        content.body,
+                        method.delivery_tag,
+                        method.redelivered,
+                        method.exchange,
+                        method.routing_key,
+                        method.consumer_tag,
+                        content.properties,
+                    )
+                )
+        elif method.name == "Basic.Return":
+            if self._confirms is not None:
+                confirmation = self._confirms.returned(method.exchange, method.routing_key)
+                if confirmation is not None:
+                    confirmation.returned = PublishReturned(
+                        method.reply_code, method.reply_text, method.exchange, method.routing_key
+                    )
+            # without confirm mode a return has nobody to tell: it is dropped
+
+    def _fail(self, error: AMQPError, *, orderly: bool = False) -> None:
+        """The channel is gone: tell everyone who waits on it."""
+        if self._error is not None:
+            return
+        self._error = error
+        call = self._call
+        if call is not None:
+            self._call = None
+            call.error = error
+            call.event.set()
+        if self._confirms is not None:
+            for confirmation in self._confirms.settle_all():
+                confirmation._resolve(error)
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        for consumer in consumers:
+            if orderly:
+                consumer._end()
+            else:
+                consumer._fail(error)
+
+
+class _Params(msgspec.Struct):
+    scheme: str
+    host: str
+    port: int
+    username: str
+    password: str
+    vhost: str
+
+
+def _parse_url(url: str) -> _Params:
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError(f"not an amqp:// or amqps:// URL: {url!r}")
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    path = parts.path
+    vhost = unquote(path[1:]) if len(path) > 1 else "/"
+    return _Params(
+        scheme=parts.scheme,
+        host=parts.hostname or "localhost",
+        port=port,
+        username=unquote(parts.username) if parts.username is not None else "guest",
+        password=unquote(parts.password) if parts.password is not None else "guest",
+        vhost=vhost,
+    )
+
+
+class Connection:
+    """One AMQP connection; obtain it from ``open_connection``."""
+
+    def __init__(self, stream: trio.abc.Stream, *, frame_max: int) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(max(frame_max, 131072))
+        self._encoder = PublishEncoder(frame_max)
+        self._send_buffer = bytearray()
+        self._writer_wakeup: trio.Event | None = None
+        self._drained: trio.Event | None = None
+        self._writing = False
+        self._last_send = 0.0
+        self._channels: dict[int, Channel] = {}
+        self._last_channel_id = 0
+        self._error: ConnectionClosed | None = None
+        self._closed_by_us = False
+        self._close_ok = trio.Event()
+        self._unblocked = trio.Event()
+        self._cancel_scope: trio.CancelScope | None = None
+        self.blocked = False
+        self.blocked_reason = ""
+        self.server_properties: dict[str, Any] = {}
+        self.channel_max = CHANNEL_MAX
+        self.frame_max = frame_max
+        self.heartbeat = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._error is None
+
+    async def open_channel(self) -> Channel:
+        self._raise_if_dead()
+        channel_id = self._allocate_channel_id()
+        channel = Channel(self, channel_id)
+        self._channels[channel_id] = channel
+        await channel._rpc(commands.Channel.Open())
+        return channel
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _raise_if_dead(self) -> None:
+        if self._error is not None:
+            raise copy.copy(self._error)
+
+    def _send(self, data: bytes) -> None:
+        """Queue whole frames for the writer (synchronous, hence atomic)."""
+        if self._error is not None:
+            raise copy.copy(self._error)
+        self._send_buffer += data
+        if self._writer_wakeup is not None:
+            self._wake_writer()
+
+    def _send_nowait(self, data: bytes) -> None:
+        """Queue frames if the connection is alive; used from the reader."""
+        if self._error is None:
+            self._send_buffer += data
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        wakeup = self._writer_wakeup
+        if wakeup is not None:
+            self._writer_wakeup = None
+            wakeup.set()
+
+    async def _wait_writable(self) -> None:
+        """Wait while the broker blocks publishers or the send buffer is over the mark."""
+        if len(self._send_buffer) >= SEND_YIELD_WATER and not self.blocked:
+            await trio.lowlevel.checkpoint()
+        while self._error is None and (self.blocked or len(self._send_buffer) >= SEND_HIGH_WATER):
+            if self.blocked:
+                await self._unblocked.wait()
+            else:
+                if self._drained is None:
+                    self._drained = trio.Event()
+                await self._drained.wait()
+        self._raise_if_dead()
+
+    async def _wait_flushed(self) -> None:
+        while self._send_buffer or self._writing:
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
+
+    async def _writer(self) -> None:
+        stream = self._stream
+        try:
+            while True:
+                if not self._send_buffer:
+                    wakeup = self._writer_wakeup = trio.Event()
+                    await wakeup.wait()
+                    continue
+                data = self._send_buffer
+                self._send_buffer = bytearray()
+                self._writing = True
+                await stream.send_all(data)
+                self._writing = False
+                self._last_send = trio.current_time()
+                drained = self._drained
+                if drained is not None and len(self._send_buffer) < SEND_HIGH_WATER:
+                    self._drained = None
+                    drained.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+            self._die(ConnectionClosed(0, f"could not send to the server: {error!r}"))
+
+    async def _heartbeat(self) -> None:
+        interval = self.heartbeat / 2
+        while True:
+            await trio.sleep_until(self._last_send + interval)
+            now = trio.current_time()
+            if now - self._last_send >= interval:
+                self._last_send = now
+                self._send_nowait(HEARTBEAT_FRAME)
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        stream = self._stream
+        decoder = self._decoder
+        channels = self._channels
+        timeout = self.heartbeat * 2 if self.heartbeat else math.inf
+        while True:
+            try:
+                with trio.move_on_after(timeout) as scope:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                self._die(ConnectionClosed(0, f"could not receive from the server: {error!r}"))
+                return
+            if scope.cancelled_caught:
+                self._die(
+                    ConnectionClosed(
+                        0,
+                        f"heartbeat timeout: nothing received from the server for {timeout:g} s "
+                        f"(2 heartbeat intervals)",
+                    )
+                )
+                return
+            if not data:
+                if self._closed_by_us:
+                    return
+                self._die(
+                    ConnectionClosed(0, "the server closed the socket without connection.close")
+                )
+                return
+            try:
+                events = decoder.feed(data)
+            except FrameError as error:
+                self._send_nowait(
+                    marshal_method(
+                        0, commands.Connection.Close(501, f"FRAME_ERROR - {error}"[:255], 0, 0)
+                    )
+                )
+                await self._die_after_flush(ConnectionClosed(501, f"FRAME_ERROR - {error}"))
+                return
+            for channel_id, event in events:
+                if channel_id:
+                    channel = channels.get(channel_id)
+                    if channel is not None:
+                        channel._on_frame(event)
+                elif isinstance(event, Frame):
+                    method: Any = event
+                    name = method.name
+                    if name == "Connection.Close":
+                        self._send_nowait(marshal_method(0, commands.Connection.CloseOk()))
+                        await self._die_after_flush(
+                            ConnectionClosed(method.reply_code or 0, method.reply_text)
+                        )
+                        return
+                    if name == "Connection.CloseOk":
+                        self._close_ok.set()
+                    elif name == "Connection.Blocked":
+                        self.blocked = True
+                        self.blocked_reason = method.reason
+                    elif name == "Connection.Unblocked":
+                        self.blocked = False
+                        self.blocked_reason = ""
+                        self._unblocked.set()
+                        self._unblocked = trio.Event()
+
+    async def _die_after_flush(self, error: ConnectionClosed) -> None:
+        self._fail_everyone(error)
+        with trio.move_on_after(1.0):
+            await self._wait_flushed()
+        self._die(error)
+
+    def _fail_everyone(self, error: ConnectionClosed) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        for channel in list(self._channels.values()):
+            channel._fail(error)
+        self._close_ok.set()
+        self._unblocked.set()
+        if self._drained is not None:
+            self._drained.set()
+
+    def _die(self, error: ConnectionClosed) -> None:
+        self._fail_everyone(error)
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    # -- channels -------------------------------------------------------------------------------
+
+    def _allocate_channel_id(self) -> int:
+        for offset in range(1, self.channel_max + 1):
+            candidate = (self._last_channel_id + offset - 1) % self.channel_max + 1
+            if candidate not in self._channels:
+                self._last_channel_id = candidate
+                return candidate
+        raise AMQPError(f"all {self.channel_max} channels are in use")
+
+    def _release_channel(self, channel_id: int) -> None:
+        self._channels.pop(channel_id, None)
+
+    # -- handshake and close --------------------------------------------------------------------
+
+    async def _next_method(self, phase: str, pending: deque[tuple[int, Any]]) -> Any:
+        while not pending:
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                raise ConnectionClosed(0, f"connection lost during {phase}: {error!r}") from error
+            if not data:
+                if phase == "login":
+                    raise AuthenticationError(
+                        0,
+                        "the server closed the connection after the login: "
+                        "wrong user name or password?",
+                    )
+                raise ConnectionClosed(0, f"the server closed the socket during {phase}")
+            pending.extend(self._decoder.feed(data))
+        return pending.popleft()[1]
+
+    async def _handshake(
+        self, params: _Params, *, heartbeat: int, frame_max: int, client_name: str
+    ) -> None:
+        stream = self._stream
+        pending: deque[tuple[int, Any]] = deque()
+        await stream.send_all(PROTOCOL_HEADER)
+        start = await self._next_method("the protocol negotiation", pending)
+        if not isinstance(start, commands.Connection.Start):
+            raise ConnectionClosed(0, f"expected connection.start from the server, got {start!r}")
+        self.server_properties = dict(start.server_properties or {})
+        mechanisms = str(start.mechanisms).split()
+        if "PLAIN" not in mechanisms:
+            raise ConnectionClosed(
+                0, f"the server does not offer PLAIN authentication: {mechanisms}"
+            )
+        client_properties: dict[str, Any] = {
+            "product": "lbactors.amqp",
+            "platform": "Python/trio",
+            "connection_name": client_name,
+            "capabilities": {
+                "publisher_confirms": True,
+                "basic.nack": True,
+                "consumer_cancel_notify": True,
+                "connection.blocked": True,
+                "authentication_failure_close": True,
+                "exchange_exchange_bindings": True,
+                "per_consumer_qos": True,
+            },
+        }
+        await stream.send_all(
+            marshal_method(
+                0,
+                commands.Connection.StartOk(
+                    client_properties=client_properties,
+                    mechanism="PLAIN",
+                    response=f"\0{params.username}\0{params.password}",
+                    locale="en_US",
+                ),
+            )
+        )
+        tune = await self._next_method("login", pending)
+        if isinstance(tune, commands.Connection.Close):
+            await self._answer_close()
+            if tune.reply_code == 403:
+                raise AuthenticationError(
+                    tune.reply_code,
+                    f"user {params.username!r} refused by {params.host}:{params.port}: {tune.reply_text}",
+                )
+            raise ConnectionClosed(tune.reply_code or 0, tune.reply_text)
+        if not isinstance(tune, commands.Connection.Tune):
+            raise ConnectionClosed(0, f"expected connection.tune from the server, got {tune!r}")
+        self.channel_max = min(tune.channel_max or CHANNEL_MAX, CHANNEL_MAX)
+        self.frame_max = min(frame_max, tune.frame_max) if tune.frame_max else frame_max
+        if heartbeat == 0:
+            self.heartbeat = 0
+        elif tune.heartbeat == 0:
+            self.heartbeat = heartbeat
+        else:
+            self.heartbeat = min(heartbeat, tune.heartbeat)
+        self._decoder.frame_max = self.frame_max
+        self._encoder = PublishEncoder(self.frame_max)
+        await stream.send_all(
+            marshal_method(
+                0, commands.Connection.TuneOk(self.channel_max, self.frame_max, self.heartbeat)
+            )
+            + marshal_method(0, commands.Connection.Open(virtual_host=params.vhost))
+        )
+        open_ok = await self._next_method("connection.open", pending)
+        if isinstance(open_ok, commands.Connection.Close):
+            await self._answer_close()
+            if open_ok.reply_code in (403, 530):
+                raise AuthenticationError(
+                    open_ok.reply_code,
+                    f"user {params.username!r} may not open vhost {params.vhost!r}: {open_ok.reply_text}",
+                )
+            raise ConnectionClosed(open_ok.reply_code or 0, open_ok.reply_text)
+        if not isinstance(open_ok, commands.Connection.OpenOk):
+            raise ConnectionClosed(
+                0, f"expected connection.open-ok from the server, got {open_ok!r}"
+            )
+        if pending:
+            raise ConnectionClosed(
+                0, f"unexpected frames after connection.open-ok: {list(pending)!r}"
+            )
+        self._last_send = trio.current_time()
+
+    async def _answer_close(self) -> None:
+        try:
+            await self._stream.send_all(marshal_method(0, commands.Connection.CloseOk()))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _close(self) -> None:
+        """Orderly connection.close / close-ok (bounded by CLOSE_TIMEOUT)."""
+        if self._error is not None:
+            return
+        self._closed_by_us = True
+        self._send(marshal_method(0, commands.Connection.Close(200, "Normal shutdown", 0, 0)))
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await self._close_ok.wait()
+        self._die(ConnectionClosed(200, "closed by the client"))
+
+
+async def _connect(
+    params: _Params, ssl_context: ssl.SSLContext | None, stream_factory: StreamFactory | None
+) -> trio.abc.Stream:
+    if stream_factory is not None:
+        return await stream_factory()
+    where = f"{params.host}:{params.port}"
+    try:
+        tcp = await trio.open_tcp_stream(params.host, params.port)
+    except OSError as error:
+        raise ConnectionClosed(0, f"could not connect to {where}: {error}") from error
+    if params.scheme != "amqps":
+        return tcp
+    tls = trio.SSLStream(
+        tcp, ssl_context or ssl.create_default_context(), server_hostname=params.host
+    )
+    try:
+        await tls.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError, OSError) as error:
+        await trio.aclose_forcefully(tcp)
+        raise ConnectionClosed(0, f"TLS handshake with {where} failed: {error}") from error
+    return tls
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exception in group.exceptions:
+        if isinstance(exception, BaseExceptionGroup):
+            leaves.extend(_leaves(exception))
+        else:
+            leaves.append(exception)
+    return leaves
+
+
+@asynccontextmanager
+async def open_connection(
+    url: str,
+    *,
+    heartbeat: int = 60,
+    ssl_context: ssl.SSLContext | None = None,
+    client_name: str = "lbactors",
+    frame_max: int = 131072,
+    connect_timeout: float = 10.0,
+    stream_factory: StreamFactory | None = None,
+) -> AsyncIterator[Connection]:
+    """Connect, log in and open the vhost of ``url``; close in order on exit.
+
+    ``amqp://user:password@host:port/vhost`` (the vhost URL-quoted, ``/`` by default) or
+    ``amqps://...`` (TLS with ``ssl_context``, default ``ssl.create_default_context()``).
+    ``heartbeat`` is in seconds, 0 disables heartbeats. If the connection dies the body is
+    cancelled and ``ConnectionClosed`` is raised out of the ``async with``; a refused login
+    raises ``AuthenticationError``. ``stream_factory`` replaces the TCP/TLS connect (tests).
+    """
+    params = _parse_url(url)
+    with trio.move_on_after(connect_timeout) as connect_scope:
+        stream = await _connect(params, ssl_context, stream_factory)
+    if connect_scope.cancelled_caught:
+        raise ConnectionClosed(
+            0, f"could not connect to {params.host}:{params.port} within {connect_timeout:g} s"
+        )
+    connection = Connection(stream, frame_max=frame_max)
+    try:
+        with trio.move_on_after(connect_timeout) as handshake_scope:
+            await connection._handshake(
+                params, heartbeat=heartbeat, frame_max=frame_max, client_name=client_name
+            )
+        if handshake_scope.cancelled_caught:
+            raise ConnectionClosed(
+                0,
+                f"no AMQP handshake with {params.host}:{params.port} within {connect_timeout:g} s",
+            )
+        unwrapped: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                connection._cancel_scope = nursery.cancel_scope
+                nursery.start_soon(connection._reader)
+                nursery.start_soon(connection._writer)
+                if connection.heartbeat:
+                    nursery.start_soon(connection._heartbeat)
+                try:
+                    yield connection
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await connection._close()
+        except BaseExceptionGroup as group:
+            leaves = _leaves(group)
+            died = connection._error is not None and not connection._closed_by_us
+            if died and all(isinstance(leaf, AMQPError | trio.Cancelled) for leaf in leaves):
+                unwrapped = copy.copy(connection._error)
+            elif len(leaves) == 1:
+                unwrapped = leaves[0]
+            else:
+                raise
+        if unwrapped is not None:
+            raise unwrapped
+        if connection._error is not None and not connection._closed_by_us:
+            raise copy.copy(connection._error)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def reconnect_delays(
+    initial: float = 0.5, maximum: float = 30.0, *, jitter: float = 0.25
+) -> Iterator[float]:
+    """Endless reconnect delays: ``initial``, doubling up to ``maximum``, each ± ``jitter``
+    (a fraction) at random so that many clients do not reconnect in lockstep."""
+    if initial <= 0 or maximum < initial:
+        raise ValueError(f"need 0 < initial <= maximum, got {initial} and {maximum}")
+    if not 0 <= jitter < 1:
+        raise ValueError(f"jitter is a fraction in [0, 1), got {jitter}")
+    delay = initial
+    while True:
+        yield delay * (1 + random.uniform(-jitter, jitter))
+        delay = min(maximum, delay * 2)
