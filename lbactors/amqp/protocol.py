@@ -135,14 +135,14 @@ class FrameDecoder:
             while available - pos >= 7:
                 frame_type, channel_id, size = _HEAD.unpack_from(buf, pos)
                 end = pos + 8 + size
-                if frame_max and size + FRAME_OVERHEAD > frame_max:
-                    raise FrameError(
-                        f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
-                    )
                 if frame_type == 65 and buf[pos : pos + 4] == b"AMQP":
                     raise FrameError(
                         "the server answered with a protocol header: it does not speak "
                         f"AMQP 0-9-1 (got {bytes(buf[pos : pos + 8])!r})"
+                    )
+                if frame_max and size + FRAME_OVERHEAD > frame_max:
+                    raise FrameError(
+                        f"frame of {size + FRAME_OVERHEAD} bytes exceeds frame_max {frame_max}"
                     )
                 if end > available:
                     break

@@ -1,0 +1,426 @@
+"""The trio AMQP client against the real RabbitMQ on 127.0.0.1 (unique names per test), plus
+heartbeat and flow-control behaviour against an in-memory fake server under the autojump clock.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import deque
+from urllib.parse import quote
+
+import pytest
+import trio
+import trio.testing
+from pamqp import commands, frame
+
+from lbactors.amqp import protocol
+from lbactors.amqp.connection import Connection, open_connection, reconnect_delays
+from lbactors.amqp.errors import (
+    AuthenticationError,
+    ChannelClosed,
+    ConnectionClosed,
+    PublishNacked,
+    PublishReturned,
+)
+from lbactors.amqp.protocol import HEARTBEAT_FRAME
+
+broker = pytest.mark.broker
+
+
+async def fresh_queue(channel, name: str, **kw) -> str:
+    queue, _, _ = await channel.queue_declare(name, auto_delete=False, **kw)
+    return queue
+
+
+@broker
+async def test_declare_bind_publish_consume_ack_round_trip(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        async with open_connection(amqp_url, client_name=unique_prefix) as conn:
+            assert conn.server_properties["product"] == "RabbitMQ"
+            channel = await conn.open_channel()
+            exchange, queue = f"{unique_prefix}.ex", f"{unique_prefix}.q"
+            await channel.exchange_declare(exchange, "topic", auto_delete=True)
+            assert await channel.queue_declare(queue, exclusive=True) == (queue, 0, 0)
+            await channel.queue_bind(queue, exchange, "lb.*")
+            await channel.basic_qos(10)
+            props = commands.Basic.Properties(
+                content_type="application/json",
+                headers={"x-actor": "lb-1", "n": 3},
+                delivery_mode=2,
+            )
+            assert (
+                await channel.publish(exchange, "lb.create", b'{"a": 1}', properties=props) is None
+            )
+            consumer = await channel.basic_consume(queue)
+            delivery = await consumer.__anext__()
+            assert delivery.body == b'{"a": 1}'
+            assert (delivery.exchange, delivery.routing_key) == (exchange, "lb.create")
+            assert delivery.consumer_tag == consumer.consumer_tag
+            assert delivery.redelivered is False
+            assert delivery.properties.headers == {"x-actor": "lb-1", "n": 3}
+            assert delivery.properties.content_type == "application/json"
+            await channel.ack(delivery.delivery_tag)
+            await channel.basic_cancel(consumer.consumer_tag)
+            with pytest.raises(StopAsyncIteration):
+                await consumer.__anext__()
+            # acked: nothing left, and no consumer
+            assert await channel.queue_declare(queue, passive=True) == (queue, 0, 0)
+            assert await channel.queue_purge(queue) == 0
+            await channel.queue_delete(queue)
+            await channel.exchange_delete(exchange)
+            await channel.close()
+            with pytest.raises(ChannelClosed):
+                await channel.publish("", queue, b"x")
+
+
+@broker
+async def test_bodies_over_several_frames_and_empty_bodies_arrive_intact(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            await channel.confirm_select()
+            queue = await fresh_queue(channel, f"{unique_prefix}.q", exclusive=True)
+            big = bytes(i % 251 for i in range(3 * conn.frame_max + 1))
+            bodies = [big, b"", b"x" * (conn.frame_max - 8), b"y" * (conn.frame_max - 7)]
+            confirmations = [await channel.publish("", queue, body) for body in bodies]
+            for confirmation in confirmations:
+                await confirmation.wait()
+            consumer = await channel.basic_consume(queue, no_ack=True)
+            received = [(await consumer.__anext__()).body for _ in bodies]
+            assert received == bodies
+
+
+@broker
+async def test_inequivalent_redeclare_closes_only_that_channel(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            queue = f"{unique_prefix}.q"
+            await channel.queue_declare(queue, exclusive=True)
+            with pytest.raises(ChannelClosed) as info:
+                await channel.queue_declare(queue, exclusive=True, arguments={"x-max-length": 5})
+            assert info.value.reply_code == 406
+            assert "PRECONDITION_FAILED" in info.value.reply_text
+            assert info.value.channel_id == channel.channel_id
+            with pytest.raises(ChannelClosed):  # the channel stays dead
+                await channel.queue_declare(queue, passive=True)
+            with pytest.raises(ChannelClosed) as missing:
+                other = await conn.open_channel()
+                await other.queue_declare(f"{unique_prefix}.missing", passive=True)
+            assert missing.value.reply_code == 404
+            again = await conn.open_channel()
+            assert (await again.queue_declare(queue, passive=True))[0] == queue
+
+
+@broker
+async def test_many_confirms_in_flight_are_all_settled_including_multiple_acks(
+    amqp_url, unique_prefix, monkeypatch
+):
+    seen_multiple = []
+    settle = protocol.ConfirmTracker.settle
+
+    def spy(self, delivery_tag, multiple):
+        seen_multiple.append(multiple)
+        return settle(self, delivery_tag, multiple)
+
+    monkeypatch.setattr(protocol.ConfirmTracker, "settle", spy)
+    with trio.fail_after(15):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            await channel.confirm_select()
+            queue = await fresh_queue(channel, f"{unique_prefix}.q", exclusive=True)
+            confirmations = [await channel.publish("", queue, b"m%d" % i) for i in range(5000)]
+            assert [c.delivery_tag for c in confirmations] == list(range(1, 5001))
+            for confirmation in confirmations:
+                await confirmation.wait()
+            assert all(c.done for c in confirmations)
+            await confirmations[0].wait()  # waiting twice is fine
+            assert (await channel.queue_declare(queue, passive=True))[1] == 5000
+    assert any(seen_multiple), "the broker coalesced no acks: multiple=True was not exercised"
+    assert len(seen_multiple) < 5000
+
+
+@broker
+async def test_mandatory_unroutable_publish_is_returned(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            await channel.confirm_select()
+            queue = await fresh_queue(channel, f"{unique_prefix}.q", exclusive=True)
+            routed = await channel.publish("", queue, b"ok", mandatory=True)
+            lost = await channel.publish("", f"{unique_prefix}.nowhere", b"lost", mandatory=True)
+            unchecked = await channel.publish("", f"{unique_prefix}.nowhere", b"dropped")
+            after = await channel.publish("", queue, b"ok too", mandatory=True)
+            with pytest.raises(PublishReturned) as info:
+                await lost.wait()
+            assert info.value.reply_code == 312
+            assert info.value.reply_text == "NO_ROUTE"
+            assert info.value.routing_key == f"{unique_prefix}.nowhere"
+            for confirmation in (routed, unchecked, after):
+                await confirmation.wait()
+
+
+@broker
+async def test_publish_the_broker_rejects_is_nacked(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            await channel.confirm_select()
+            queue = await fresh_queue(
+                channel,
+                f"{unique_prefix}.q",
+                exclusive=True,
+                arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
+            )
+            first = await channel.publish("", queue, b"1")
+            second = await channel.publish("", queue, b"2")
+            await first.wait()
+            with pytest.raises(PublishNacked):
+                await second.wait()
+            with pytest.raises(PublishNacked):
+                await second.wait()
+
+
+@broker
+async def test_reject_and_nack_with_requeue_come_back_redelivered(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            queue = await fresh_queue(channel, f"{unique_prefix}.q", exclusive=True)
+            await channel.basic_qos(1)
+            await channel.publish("", queue, b"again")
+            consumer = await channel.basic_consume(queue)
+            first = await consumer.__anext__()
+            assert not first.redelivered
+            await channel.reject(first.delivery_tag, requeue=True)
+            second = await consumer.__anext__()
+            assert second.redelivered and second.body == b"again"
+            await channel.nack(second.delivery_tag, requeue=True)
+            third = await consumer.__anext__()
+            assert third.redelivered and third.body == b"again"
+            await channel.nack(third.delivery_tag, requeue=False)  # dropped (no DLX)
+            await channel.basic_cancel(consumer.consumer_tag)
+            assert (await channel.queue_declare(queue, passive=True))[1] == 0
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, text=True, timeout=30
+    ).stdout
+
+
+@pytest.fixture
+def vhost(unique_prefix):
+    """A vhost of our own, so that closing all its connections touches nobody else's."""
+    name = f"{unique_prefix}/vh"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield name
+    rabbitmqctl("delete_vhost", name)
+
+
+@broker
+async def test_forced_close_raises_connection_closed_and_reconnect_gets_back_in(
+    vhost, unique_prefix
+):
+    url = f"amqp://guest:guest@127.0.0.1:5672/{quote(vhost, safe='')}"
+    attempts = 0
+    errors = []
+    with trio.fail_after(20):
+        for delay in reconnect_delays(0.05, 1.0):
+            attempts += 1
+            try:
+                async with open_connection(url) as conn:
+                    channel = await conn.open_channel()
+                    await channel.confirm_select()
+                    queue = await fresh_queue(channel, f"{unique_prefix}.q")
+                    await (await channel.publish("", queue, b"attempt %d" % attempts)).wait()
+                    if attempts == 1:
+                        pending = await channel.publish("", queue, b"x" * 10)
+                        await trio.to_thread.run_sync(
+                            rabbitmqctl, "close_all_connections", "-p", vhost, "test"
+                        )
+                        await trio.sleep_forever()  # cancelled when the connection dies
+                    assert (await channel.queue_declare(queue, passive=True))[1] >= 2
+                    break
+            except ConnectionClosed as error:
+                errors.append(error)
+                await trio.sleep(delay)
+    assert attempts == 2
+    (error,) = errors
+    assert error.reply_code == 320
+    assert "test" in error.reply_text
+    assert pending.done
+
+
+@broker
+async def test_wrong_password_is_an_authentication_error(amqp_url):
+    url = amqp_url.replace("guest:guest", "guest:not-the-password")
+    with trio.fail_after(10):
+        with pytest.raises(AuthenticationError) as info:
+            async with open_connection(url):
+                pytest.fail("logged in with a wrong password")
+    assert info.value.reply_code == 403
+    assert "ACCESS_REFUSED" in str(info.value)
+    assert "'guest'" in str(info.value)
+
+
+@broker
+async def test_cancelled_publishes_of_big_bodies_never_corrupt_the_stream(amqp_url, unique_prefix):
+    big = bytes(i % 249 for i in range(6 * 1024 * 1024))
+    with trio.fail_after(20):
+        async with open_connection(amqp_url) as conn:
+            channel = await conn.open_channel()
+            await channel.confirm_select()
+            queue = await fresh_queue(channel, f"{unique_prefix}.q", exclusive=True)
+            accepted, cancelled = [], 0
+            for i in range(6):
+                with trio.move_on_after(0.001 * i) as scope:
+                    accepted.append(await channel.publish("", queue, big[:-i] if i else big))
+                cancelled += scope.cancelled_caught
+            assert cancelled, "no publish was cancelled: the test does not test anything"
+            assert accepted
+            accepted.append(await channel.publish("", queue, b"small"))
+            for confirmation in accepted:
+                await confirmation.wait()
+            consumer = await channel.basic_consume(queue, no_ack=True)
+            bodies = [(await consumer.__anext__()).body for _ in accepted]
+            assert bodies[-1] == b"small"
+            for body in bodies[:-1]:
+                assert body == big[: len(body)] and len(body) >= len(big) - 5
+
+
+# -- a fake server on an in-memory stream (autojump clock) -----------------------------------
+
+
+class FakeServer:
+    """Plays RabbitMQ's side of the handshake, then does what the test tells it to."""
+
+    def __init__(self, stream: trio.abc.Stream, heartbeat: int) -> None:
+        self.stream = stream
+        self.heartbeat = heartbeat
+        self.buffer = bytearray()
+        self.received: deque = deque()
+        self.heartbeats_received: list[float] = []
+
+    async def send(self, channel: int, method) -> None:
+        await self.stream.send_all(frame.marshal(method, channel))
+
+    async def receive(self):
+        while not self.received:
+            data = await self.stream.receive_some()
+            if not data:
+                raise EOFError
+            self.buffer += data
+            while len(self.buffer) >= 7 and len(self.buffer) >= 8 + int.from_bytes(
+                self.buffer[3:7]
+            ):
+                size = 8 + int.from_bytes(self.buffer[3:7])
+                raw, self.buffer = bytes(self.buffer[:size]), self.buffer[size:]
+                if raw == HEARTBEAT_FRAME:
+                    self.heartbeats_received.append(trio.current_time())
+                else:
+                    self.received.append(frame.unmarshal(raw)[2])
+        return self.received.popleft()
+
+    async def handshake(self) -> None:
+        assert await self.stream.receive_some(8) == protocol.PROTOCOL_HEADER
+        await self.send(
+            0, commands.Connection.Start(server_properties={"product": "Fake"}, mechanisms="PLAIN")
+        )
+        assert (await self.receive()).response == "\0guest\0guest"
+        await self.send(0, commands.Connection.Tune(2047, 131072, self.heartbeat))
+        tune_ok = await self.receive()
+        assert tune_ok.heartbeat == self.heartbeat
+        assert (await self.receive()).virtual_host == "/"
+        await self.send(0, commands.Connection.OpenOk())
+
+    async def drain(self) -> None:
+        """Keep reading (and counting heartbeats) without ever answering."""
+        try:
+            while True:
+                await self.receive()
+        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def fake_connection(heartbeat: int):
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = FakeServer(server_stream, heartbeat)
+
+    async def factory():
+        return client_stream
+
+    return server, factory
+
+
+async def test_silent_server_is_declared_dead_within_two_heartbeat_intervals(autojump_clock):
+    server, factory = fake_connection(heartbeat=10)
+    async with trio.open_nursery() as nursery:
+
+        async def serve():
+            await server.handshake()
+            await server.drain()
+
+        nursery.start_soon(serve)
+        with pytest.raises(ConnectionClosed) as info:
+            async with open_connection(
+                "amqp://guest:guest@fake/", heartbeat=10, stream_factory=factory
+            ):
+                opened = trio.current_time()
+                await trio.sleep_forever()
+        dead_after = trio.current_time() - opened
+        nursery.cancel_scope.cancel()
+    assert 10 < dead_after <= 20 + 0.01
+    assert info.value.reply_code == 0
+    assert "heartbeat timeout" in info.value.reply_text
+    # meanwhile the client sent its own heartbeats, one per half interval while idle
+    gaps = [
+        b - a
+        for a, b in zip(
+            [opened, *server.heartbeats_received], server.heartbeats_received, strict=False
+        )
+    ]
+    assert len(server.heartbeats_received) >= 3
+    assert all(gap <= 5 + 0.01 for gap in gaps)
+
+
+async def test_server_connection_close_and_blocked_publishers(autojump_clock):
+    server, factory = fake_connection(heartbeat=0)
+    async with trio.open_nursery() as nursery:
+        publish_done = trio.Event()
+        conn_holder: list[Connection] = []
+
+        async def serve():
+            await server.handshake()
+            opened = await server.receive()
+            assert isinstance(opened, commands.Channel.Open)
+            await server.send(1, commands.Channel.OpenOk())
+            await server.send(0, commands.Connection.Blocked("low on memory"))
+            await trio.sleep(5)
+            assert conn_holder[0].blocked and not publish_done.is_set()
+            await server.send(0, commands.Connection.Unblocked())
+            publish = await server.receive()
+            assert isinstance(publish, commands.Basic.Publish)
+            await trio.sleep(1)
+            await server.send(0, commands.Connection.Close(320, "CONNECTION_FORCED - test", 0, 0))
+            frames = [await server.receive() for _ in range(3)]  # header, body, close-ok
+            assert frames[1].value == b"waits while blocked"
+            assert isinstance(frames[2], commands.Connection.CloseOk)
+
+        nursery.start_soon(serve)
+        with pytest.raises(ConnectionClosed) as info:
+            async with open_connection(
+                "amqp://guest:guest@fake/", heartbeat=0, stream_factory=factory
+            ) as conn:
+                conn_holder.append(conn)
+                channel = await conn.open_channel()
+                await trio.sleep(1)
+                started = trio.current_time()
+                await channel.publish("", "q", b"waits while blocked")
+                assert trio.current_time() - started >= 4
+                assert not conn.blocked
+                publish_done.set()
+                await trio.sleep_forever()
+    assert info.value.reply_code == 320
+    assert info.value.reply_text == "CONNECTION_FORCED - test"
