@@ -127,7 +127,7 @@ class Confirmation:
                 self._event = trio.Event()
             await self._event.wait()
         else:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint_if_cancelled()
         if self._error is not None:
             raise copy.copy(self._error)
 
