@@ -113,6 +113,19 @@ async def test_inequivalent_redeclare_closes_only_that_channel(amqp_url, unique_
 
 
 @broker
+async def test_errors_of_the_body_leave_the_async_with_as_plain_exceptions(amqp_url, unique_prefix):
+    with trio.fail_after(10):
+        with pytest.raises(ChannelClosed) as info:  # not an ExceptionGroup
+            async with open_connection(amqp_url) as conn:
+                channel = await conn.open_channel()
+                await channel.queue_declare(f"{unique_prefix}.missing", passive=True)
+        assert info.value.reply_code == 404
+        with pytest.raises(KeyError):
+            async with open_connection(amqp_url):
+                raise KeyError("mine")
+
+
+@broker
 async def test_many_confirms_in_flight_are_all_settled_including_multiple_acks(
     amqp_url, unique_prefix, monkeypatch
 ):
@@ -251,6 +264,8 @@ async def test_forced_close_raises_connection_closed_and_reconnect_gets_back_in(
     assert error.reply_code == 320
     assert "test" in error.reply_text
     assert pending.done
+    with pytest.raises(ConnectionClosed):
+        await pending.wait()
 
 
 @broker
@@ -356,6 +371,19 @@ def fake_connection(heartbeat: int):
 
 async def test_silent_server_is_declared_dead_within_two_heartbeat_intervals(autojump_clock):
     server, factory = fake_connection(heartbeat=10)
+    with trio.fail_after(60):
+        dead_after, info, opened = await _run_until_heartbeat_timeout(server, factory)
+    assert 10 < dead_after <= 20 + 0.01
+    assert info.value.reply_code == 0
+    assert "heartbeat timeout" in info.value.reply_text
+    # meanwhile the client sent its own heartbeats, one per half interval while idle
+    times = [opened, *server.heartbeats_received]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(server.heartbeats_received) >= 3
+    assert all(gap <= 5 + 0.01 for gap in gaps)
+
+
+async def _run_until_heartbeat_timeout(server, factory):
     async with trio.open_nursery() as nursery:
 
         async def serve():
@@ -371,22 +399,18 @@ async def test_silent_server_is_declared_dead_within_two_heartbeat_intervals(aut
                 await trio.sleep_forever()
         dead_after = trio.current_time() - opened
         nursery.cancel_scope.cancel()
-    assert 10 < dead_after <= 20 + 0.01
-    assert info.value.reply_code == 0
-    assert "heartbeat timeout" in info.value.reply_text
-    # meanwhile the client sent its own heartbeats, one per half interval while idle
-    gaps = [
-        b - a
-        for a, b in zip(
-            [opened, *server.heartbeats_received], server.heartbeats_received, strict=False
-        )
-    ]
-    assert len(server.heartbeats_received) >= 3
-    assert all(gap <= 5 + 0.01 for gap in gaps)
+    return dead_after, info, opened
 
 
 async def test_server_connection_close_and_blocked_publishers(autojump_clock):
     server, factory = fake_connection(heartbeat=0)
+    with trio.fail_after(60):
+        info = await _run_blocked_then_closed(server, factory)
+    assert info.value.reply_code == 320
+    assert info.value.reply_text == "CONNECTION_FORCED - test"
+
+
+async def _run_blocked_then_closed(server, factory):
     async with trio.open_nursery() as nursery:
         publish_done = trio.Event()
         conn_holder: list[Connection] = []
@@ -422,5 +446,4 @@ async def test_server_connection_close_and_blocked_publishers(autojump_clock):
                 assert not conn.blocked
                 publish_done.set()
                 await trio.sleep_forever()
-    assert info.value.reply_code == 320
-    assert info.value.reply_text == "CONNECTION_FORCED - test"
+    return info

@@ -119,6 +119,10 @@ class Confirmation:
     async def wait(self) -> None:
         """Return once the broker acked the publish.
 
+        If the verdict is already in, this only checks for cancellation (no scheduling round):
+        a publisher that waits on its oldest confirmation can then publish a burst up to its
+        window without yielding per message, which is where the throughput comes from.
+
         Raises ``PublishNacked`` (basic.nack), ``PublishReturned`` (mandatory and unroutable),
         ``ChannelClosed`` / ``ConnectionClosed`` if the channel or connection died first.
         """
@@ -435,7 +439,9 @@ class Channel:
 
         Returns a ``Confirmation`` when the channel is in confirm mode, else None. Waits only
         while the broker has blocked the connection or the send buffer is full; a cancelled
-        publish has queued nothing.
+        publish has queued nothing. Otherwise it only checks for cancellation and yields once
+        the send buffer holds more than ``SEND_YIELD_WATER`` bytes, so a loop of publishes
+        fills the buffer and the writer sends it in one go.
         """
         connection = self._connection
         if self._error is not None:
@@ -740,6 +746,7 @@ class Connection:
                 return
             if not data:
                 if self._closed_by_us:
+                    self._close_ok.set()  # the server hung up on our close: nothing to wait for
                     return
                 self._die(
                     ConnectionClosed(0, "the server closed the socket without connection.close")
@@ -831,7 +838,10 @@ class Connection:
                         "wrong user name or password?",
                     )
                 raise ConnectionClosed(0, f"the server closed the socket during {phase}")
-            pending.extend(self._decoder.feed(data))
+            try:
+                pending.extend(self._decoder.feed(data))
+            except FrameError as error:
+                raise ConnectionClosed(501, f"FRAME_ERROR during {phase}: {error}") from error
         return pending.popleft()[1]
 
     async def _handshake(
