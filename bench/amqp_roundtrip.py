@@ -87,7 +87,9 @@ async def aio_pika_rate(url: str, messages: int, window: int, prefetch: int, siz
         in_flight: deque = deque()
         for _ in range(messages):
             in_flight.append(
-                asyncio.ensure_future(exchange.publish(aio_pika.Message(body), routing_key=queue.name))
+                asyncio.ensure_future(
+                    exchange.publish(aio_pika.Message(body), routing_key=queue.name)
+                )
             )
             if len(in_flight) >= window:
                 await in_flight.popleft()
@@ -119,7 +121,9 @@ def main() -> None:
     if not args.skip_aiopika:
         for _ in range(args.trials):
             rate = asyncio.run(
-                aio_pika_rate(args.url, args.aiopika_messages, args.window, args.prefetch, args.size)
+                aio_pika_rate(
+                    args.url, args.aiopika_messages, args.window, args.prefetch, args.size
+                )
             )
             pika_rates.append(rate)
             print(f"aio-pika       {args.aiopika_messages} round trips: {rate:,.0f}/s", flush=True)
