@@ -6,7 +6,7 @@ Scenarios (``python -m bench <scenario> --help`` for the options):
                  original listener, ``lbactors serve``, anything consuming ``--topic``);
                  ``--target-pid`` adds that process tree's CPU per operation
 ``concurrency``  throughput and latency at 1, 10, 50, 200 load balancers in flight, against a
-                 ``lbactors serve`` started here (``--baseline``: also the original listener)
+                 ``lbactors serve`` started here (and the original listener)
 ``latency``      the same at backend latencies of 0, 5 and 50 ms
 ``cpu``          the daemon's CPU per operation (all its processes, /proc), ``--repeat`` runs
 ``compare``      the same workload in one run against ``lbactors serve`` and the original
@@ -157,6 +157,23 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def _starters(args: argparse.Namespace, *, backend_latency_ms: float = 0.0
+              ) -> list[Callable[[], procs.Target]]:
+    """How to start each of ``--targets`` (``lbactors``, ``seed``), in that order."""
+    out: list[Callable[[], procs.Target]] = []
+    for name in args.targets.split(","):
+        if name == "lbactors":
+            out.append(lambda: start_daemon(args, backend_latency_ms=backend_latency_ms))
+        elif name == "seed":
+            if not procs.baseline_available(Path(args.baseline_dir)):
+                _log(f"no baseline at {args.baseline_dir}: skipping the original listener")
+                continue
+            out.append(lambda: start_seed(args, backend_latency_ms=backend_latency_ms))
+        else:
+            raise SystemExit(f"unknown target {name!r} (lbactors, seed)")
+    return out
+
+
 def config_for(args: argparse.Namespace, target: procs.Target | None, **over: Any) -> DriverConfig:
     fields: dict[str, Any] = dict(
         amqp_url=args.amqp_url, lbs=args.lbs, members=args.members,
@@ -208,11 +225,8 @@ def _levels(text: str) -> list[float]:
 def scenario_concurrency(args: argparse.Namespace) -> int:
     writer = report.ResultsWriter("concurrency", Path(args.results))
     latencies: dict[str, list[float]] = {}
-    starters: list[Callable[[], procs.Target]] = [lambda: start_daemon(args)]
-    if args.baseline and procs.baseline_available(Path(args.baseline_dir)):
-        starters.append(lambda: start_seed(args))
     ok = True
-    for start in starters:
+    for start in _starters(args):
         target = start()
         try:
             for level in _levels(args.levels):
@@ -239,11 +253,7 @@ def scenario_latency(args: argparse.Namespace) -> int:
     latencies: dict[str, list[float]] = {}
     ok = True
     for ms in _levels(args.backend_latencies):
-        targets: list[Callable[[], procs.Target]] = [
-            lambda ms=ms: start_daemon(args, backend_latency_ms=ms)]
-        if args.baseline and procs.baseline_available(Path(args.baseline_dir)):
-            targets.append(lambda ms=ms: start_seed(args, backend_latency_ms=ms))
-        for start in targets:
+        for start in _starters(args, backend_latency_ms=ms):
             target = start()
             try:
                 row, lat = measure(config_for(args, target), target=target, keep_latencies=True,
@@ -262,19 +272,22 @@ def scenario_latency(args: argparse.Namespace) -> int:
 
 def scenario_cpu(args: argparse.Namespace) -> int:
     writer = report.ResultsWriter("cpu", Path(args.results))
-    target = start_daemon(args)
     ok = True
-    try:
-        for i in range(args.repeat):
-            row, _ = measure(config_for(args, target), target=target, extra={"repeat": i + 1})
-            writer.add(row)
-            ok &= row["ok"]
-            _log(_summary_line(row))
-    finally:
-        stop_target(args, target)
-    per_op = [r["target_cpu_ms_per_op"] for r in writer.rows]
-    _log(f"daemon CPU ms/op over {len(per_op)} runs: min {min(per_op)} median "
-         f"{statistics.median(per_op)} max {max(per_op)} (target <= 0.2)")
+    for start in _starters(args):
+        target = start()
+        try:
+            for i in range(args.repeat):
+                row, _ = measure(config_for(args, target), target=target,
+                                 extra={"repeat": i + 1})
+                writer.add(row)
+                ok &= row["ok"]
+                _log(_summary_line(row))
+        finally:
+            stop_target(args, target)
+    for name in sorted({r["target"] for r in writer.rows}):
+        per_op = [r["target_cpu_ms_per_op"] for r in writer.rows if r["target"] == name]
+        _log(f"{name} CPU ms/op over {len(per_op)} runs: min {min(per_op)} median "
+             f"{statistics.median(per_op)} max {max(per_op)}")
     writer.write_table(title="Daemon CPU per operation (all processes, /proc)",
                        notes=[_conditions(args)])
     return 0 if ok else 2
@@ -501,16 +514,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     c = sub.add_parser("concurrency", help="throughput and latency at C = 1, 10, 50, 200")
     common(c)
     c.add_argument("--levels", default="1,10,50,200")
-    c.add_argument("--baseline", action="store_true", help="also the original listener")
+    c.add_argument("--targets", default="lbactors,seed",
+                   help="comma-separated: lbactors, seed (the original listener)")
 
     la = sub.add_parser("latency", help="backend latency 0, 5, 50 ms")
     common(la)
     la.add_argument("--backend-latencies", default="0,5,50")
-    la.add_argument("--baseline", action="store_true", help="also the original listener")
+    la.add_argument("--targets", default="lbactors",
+                    help="comma-separated: lbactors, seed (the original listener)")
 
     cp = sub.add_parser("cpu", help="the daemon's CPU per operation")
     common(cp)
     cp.add_argument("--repeat", type=int, default=3)
+    cp.add_argument("--targets", default="lbactors",
+                    help="comma-separated: lbactors, seed (the original listener)")
 
     cm = sub.add_parser("compare", help="lbactors serve against the original listener")
     common(cm)

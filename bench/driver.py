@@ -377,6 +377,8 @@ class Driver:
             "driver_cpu_s": round(cpu_s, 3),
             "driver_cpu_ms_per_op": (round(cpu_s * 1000 / c["ops_completed"], 4)
                                      if c["ops_completed"] else None),
+            "driver_cpu_user_s": round(cpu1.ru_utime - cpu0.ru_utime, 3),
+            "driver_cpu_system_s": round(cpu1.ru_stime - cpu0.ru_stime, 3),
             "driver_process_cpu_s": round(cpu1.ru_utime + cpu1.ru_stime, 3),
             "timeout_s": cfg.timeout,
             "samples": dict(self.samples),
