@@ -263,7 +263,8 @@ async def test_forced_close_raises_connection_closed_and_reconnect_gets_back_in(
     (error,) = errors
     assert error.reply_code == 320
     assert "test" in error.reply_text
-    assert pending.done  # acked before the close, or failed with ConnectionClosed: never left hanging
+    # acked before the close, or failed with ConnectionClosed: never left hanging
+    assert pending.done
 
 
 @broker
