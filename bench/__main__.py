@@ -205,7 +205,7 @@ def scenario_driver(args: argparse.Namespace) -> int:
         amqp_url=args.amqp_url, topic=args.topic, driver_topic=args.driver_topic,
         lbs=args.lbs, members=args.members, concurrency=args.concurrency, timeout=args.timeout,
         max_duration=args.max_duration, updates=not args.no_updates, drain=args.drain,
-        resident=args.resident_only, confirm=args.confirm,
+        resident=args.resident_only, confirm=args.confirm, templates=not args.no_templates,
     )
     row, _ = measure(config, target=None, target_pid=args.target_pid, label=args.label,
                      idle_seconds=0)
@@ -508,6 +508,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="create (and update) the trees but never delete them")
     d.add_argument("--confirm", action="store_true",
                    help="publisher confirms on casts, each awaited (as oslo.messaging 18)")
+    d.add_argument("--no-templates", action="store_true",
+                   help="build every payload as the sim does instead of from a template")
     d.add_argument("--full", action="store_true",
                    help="print the driver's result in the sim's format only")
 

@@ -19,11 +19,14 @@ from bench.workload import (
     ERROR,
     LoadBalancerPlan,
     Operation,
+    PlanTemplate,
+    TemplatedPlan,
     latency_summary,
     match_status,
     operations_per_lb,
     validate,
 )
+from lbactors.amqp import oslo
 
 SIM = Path(__file__).resolve().parents[2] / "shared" / "baseline" / "octavia_driver_sim.py"
 
@@ -247,3 +250,44 @@ def test_latency_summary_matches_the_sim() -> None:
     s = latency_summary([0.004, 0.001, 0.002, 0.003])
     assert s == {"count": 4, "p50": 2.5, "p95": 3.85, "p99": 3.97, "mean": 2.5, "min": 1.0,
                  "max": 4.0}
+
+
+# ---- pre-rendered plans -----------------------------------------------------------------
+
+@pytest.mark.parametrize("members,updates,resident", [(4, True, False), (0, True, False),
+                                                      (1, False, True)])
+def test_a_templated_plan_casts_the_same_bytes_and_expects_the_same(
+        members: int, updates: bool, resident: bool) -> None:
+    template = PlanTemplate(members, updates, resident=resident)
+    templated = TemplatedPlan(70000, template)
+    direct = LoadBalancerPlan(70000, members, updates, resident=resident, ids=templated.ids)
+    assert "@@" not in str(templated.ids)
+    n = 0
+    while not direct.finished:
+        ours, theirs = templated.next_operation(), direct.next_operation()
+        assert ours.lb is templated
+        assert ours.body is not None
+        message = oslo.decode_message(ours.body)
+        assert message.method == theirs.method
+        assert msgspec.json.decode(message.args) == msgspec.json.decode(theirs.args_json)
+        unique = message.unique_id
+        assert unique is not None and len(unique) == 32
+        # byte for byte, once the per-message _unique_id is set aside
+        expected = oslo.encode_cast(theirs.method, theirs.args_json)
+        expected_unique = oslo.decode_message(expected).unique_id
+        assert expected_unique is not None
+        assert ours.body.replace(unique.encode(), b"-") == expected.replace(
+            expected_unique.encode(), b"-")
+        assert (ours.method, ours.otype, ours.oid, ours.expect, ours.parents, ours.cascade) == (
+            theirs.method, theirs.otype, theirs.oid, theirs.expect, theirs.parents, theirs.cascade)
+        assert templated.advance() == direct.advance()
+        n += 1
+    assert templated.finished and n == len(template)
+
+
+def test_every_templated_cast_has_its_own_unique_id() -> None:
+    template = PlanTemplate(1)
+    a, b = TemplatedPlan(1, template), TemplatedPlan(2, template)
+    ids = {oslo.decode_message(p.next_operation().body or b"").unique_id for p in (a, a, b)}
+    assert len(ids) == 3
+    assert a.ids["lb_id"] != b.ids["lb_id"]
