@@ -260,15 +260,20 @@ async def open_actor_system(
     ``clone()`` to keep using it). The backend is not closed here: whoever built it calls
     :meth:`~lbactors.backends.base.Backend.aclose`.
     """
-    async with outcomes, trio.open_nursery() as nursery:
-        system = ActorSystem(
-            nursery,
-            backend,
-            outcomes,
-            mailbox_size=mailbox_size,
-            parents_on_failure=parents_on_failure,
-        )
-        try:
-            yield system
-        finally:
-            system._close()
+    # ``outcomes.close()``, not ``async with outcomes``: the latter's ``aclose`` checkpoints,
+    # and in a cancelled scope its Cancelled would replace (and so hide) the body's exception.
+    try:
+        async with trio.open_nursery() as nursery:
+            system = ActorSystem(
+                nursery,
+                backend,
+                outcomes,
+                mailbox_size=mailbox_size,
+                parents_on_failure=parents_on_failure,
+            )
+            try:
+                yield system
+            finally:
+                system._close()
+    finally:
+        outcomes.close()

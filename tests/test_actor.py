@@ -376,3 +376,18 @@ async def test_logs_carry_lb_op_and_method_and_successes_stay_below_info() -> No
     assert (failures[0]["op_id"], failures[0]["method"]) == (1, "member_create")
     actor_lines = [e for e in logs if e["event"] == "actor started"]
     assert actor_lines and actor_lines[0]["lb_id"] == LB
+
+
+async def test_an_error_in_the_body_is_never_hidden_by_a_cancelled_scope() -> None:
+    """Closing the outcome channel must not checkpoint: in a cancelled scope, the Cancelled
+    would replace the body's exception and the surrounding scope would swallow it."""
+    send, receive = trio.open_memory_channel[Outcome](4)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery, open_actor_system(NoopBackend(), send):
+            nursery.start_soon(trio.sleep_forever)
+            try:
+                raise RuntimeError("must propagate")
+            finally:
+                nursery.cancel_scope.cancel()
+    assert caught.group_contains(RuntimeError, match="must propagate")
+    assert receive.statistics().open_send_channels == 0
