@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,3 +31,26 @@ def amqp_url() -> str:
 def unique_prefix() -> str:
     """A name prefix no other test uses, so tests never see each other's messages."""
     return f"lbt_{uuid.uuid4().hex[:12]}"
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "--quiet", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+@pytest.fixture
+def vhost_url(amqp_url: str, unique_prefix: str) -> Iterator[str]:
+    """The URL of a vhost of this test's own (deleted afterwards, with all it holds): for
+    tests that close every connection, or that use oslo's fixed production names."""
+    name = f"{unique_prefix}_vh"
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    yield f"{amqp_url.rstrip('/')}/{name}"
+    rabbitmqctl("delete_vhost", name)
+
+
+def close_vhost_connections(url: str) -> None:
+    """Make the broker drop every connection to the vhost of ``url``."""
+    vhost = url.rsplit("/", 1)[1]
+    rabbitmqctl("close_all_connections", "-p", vhost, "lbactors test: forced close")

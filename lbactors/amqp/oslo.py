@@ -14,7 +14,7 @@ message itself (oslo's pre-envelope format).
 from __future__ import annotations
 
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from pamqp.commands import Basic
@@ -33,6 +33,7 @@ __all__ = [
     "encode_cast",
     "encode_failure",
     "encode_reply",
+    "with_headers",
 ]
 
 ENVELOPE_VERSION = "2.0"
@@ -54,6 +55,27 @@ def call_properties(ttl: float) -> Basic.Properties:
         delivery_mode=2,
         priority=0,
         expiration=str(max(1, int(ttl * 1000))),
+    )
+
+
+def with_headers(properties: Basic.Properties, headers: dict[str, Any]) -> Basic.Properties:
+    """A copy of ``properties`` with ``headers`` (for republishing a received message).
+
+    ``user_id`` is left out: the broker checks it against the publishing connection's user.
+    """
+    return Basic.Properties(
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        headers=headers,
+        delivery_mode=properties.delivery_mode,
+        priority=properties.priority,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        expiration=properties.expiration,
+        message_id=properties.message_id,
+        timestamp=properties.timestamp,
+        message_type=properties.message_type,
+        app_id=properties.app_id,
     )
 
 
@@ -213,9 +235,12 @@ def encode_failure(exc_class: str, module: str, message: str) -> str:
 
 
 class FailureLike(Protocol):
-    exc_class: str
-    module: str
-    message: str
+    @property
+    def exc_class(self) -> str: ...
+    @property
+    def module(self) -> str: ...
+    @property
+    def message(self) -> str: ...
 
 
 def encode_reply(

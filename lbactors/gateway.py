@@ -1,0 +1,615 @@
+"""The AMQP gateway actor: the daemon's only broker connection.
+
+Consumes driver operations exactly where oslo.messaging's RPC server would (queues ``T`` and
+``T.<host>`` on topic exchange ``common``, a ``T_fanout_<uuid>`` queue on fanout exchange
+``T_fanout``), hands them on as :class:`~lbactors.messages.Operation` to a :class:`Sink` (the
+in-process actor system, or the supervisor's router to worker processes), and publishes each
+:class:`~lbactors.messages.Outcome` as oslo does: an ``update_loadbalancer_status`` cast to
+``common`` / the driver topic, and a reply to ``_reply_q`` for a call.
+
+The promise that the original listener breaks: a delivery is acked only after its outcome was
+published *and confirmed* by the broker. A connection that drops loses nothing: every
+unacked delivery comes back (redelivered) and is run again; backends are idempotent.
+
+Outcomes are published in the order the sink produced them, so status casts of one load
+balancer leave in the order its operations ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import ssl
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+import trio
+
+from lbactors.amqp import oslo
+from lbactors.amqp.connection import (
+    Channel,
+    Confirmation,
+    Delivery,
+    open_connection,
+    reconnect_delays,
+)
+from lbactors.amqp.errors import (
+    AMQPError,
+    ChannelClosed,
+    ConnectionClosed,
+    PublishNacked,
+    PublishReturned,
+)
+from lbactors.messages import (
+    Failure,
+    InvalidOperation,
+    Operation,
+    Outcome,
+    decode_request,
+)
+from lbactors.routing import owner_of
+
+log = structlog.get_logger("lbactors.gateway")
+
+RPC_NAMESPACE = "control"
+RPC_VERSION = (1, 0)
+STATUS_METHOD = "update_loadbalancer_status"
+STATISTICS_METHOD = "update_listener_statistics"
+
+#: failures that mean "this message can never be run": the delivery is rejected, not acked
+INVALID_FAILURES = frozenset({"NoSuchMethod", "InvalidOperation", "UnsupportedVersion"})
+
+
+class GatewaySettings(msgspec.Struct, kw_only=True):
+    """What the gateway needs to know; filled from the ``[amqp]`` configuration section."""
+
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    topic: str = "vmware_nsx__lb_listener"
+    driver_topic: str = "vmware_nsx__driver_listener"
+    exchange: str = "common"
+    host: str = "localhost"
+    durable_queues: bool = False
+    quorum_queues: bool = False
+    ha_queues: bool = False
+    transient_queues_ttl: int = 1800
+    prefetch: int = 256
+    heartbeat: int = 60
+    max_body_bytes: int = 1 << 20
+    dead_letter_exchange: str = ""
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+    ca_file: str = ""
+
+
+class Sink(Protocol):
+    """Where operations go: ``submit`` may wait (backpressure)."""
+
+    async def submit(self, op: Operation) -> None: ...
+
+
+class RemoteFailure(Exception):
+    """The driver answered our call with a failure (oslo's serialized exception)."""
+
+
+class GatewaySetupError(Exception):
+    """The broker refused our topology (e.g. PRECONDITION_FAILED: inequivalent arguments)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A delivery whose outcome has not been confirmed yet."""
+
+    generation: int
+    channel: Channel
+    delivery: Delivery
+    method: str
+    lb_id: str
+    msg_id: str | None
+    reply_q: str | None
+
+
+@dataclass(slots=True)
+class _Published:
+    pending: _Pending
+    status: Confirmation | None
+    reply: Confirmation | None
+    #: why the message can never be run (it is dead-lettered, not acked), or None
+    reject: str | None
+
+
+@dataclass
+class GatewayCounters:
+    received: int = 0
+    completed: int = 0
+    rejected: int = 0
+    republished: int = 0
+    reconnects: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+_status_encoder = msgspec.json.Encoder()
+
+
+def _queue_arguments(settings: GatewaySettings) -> dict[str, Any]:
+    """Arguments of the topic queues, as oslo.messaging declares them (facts §5.2)."""
+    arguments: dict[str, Any] = {}
+    if settings.quorum_queues:
+        arguments["x-queue-type"] = "quorum"
+    elif settings.ha_queues:
+        arguments["x-ha-policy"] = "all"
+    return arguments
+
+
+def _version_supported(version: str | None) -> bool:
+    """oslo's rule: same major, endpoint minor >= requested; a missing version means 1.0."""
+    if version is None:
+        return True
+    try:
+        major, minor = (int(part) for part in version.split(".", 1))
+    except ValueError:
+        return False
+    return major == RPC_VERSION[0] and minor <= RPC_VERSION[1]
+
+
+def route(method: str, raw_args: bytes) -> str:
+    """The actor key of an operation: its load balancer id (see :func:`routing.owner_of`).
+
+    Broken operations go to the actor of the object they name, or to the query path (``""``),
+    where the actor layer turns them into an error outcome.
+    """
+    try:
+        request = decode_request(method, raw_args)
+    except InvalidOperation as exc:
+        return exc.object_id or ""
+    lb_id, found = owner_of(request)
+    if not found:
+        log.warning("no load balancer found for object", method=method, object_id=lb_id)
+    return lb_id
+
+
+def encode_status_cast(outcome: Outcome) -> bytes:
+    args = b'{"status":' + _status_encoder.encode(outcome.status) + b"}"
+    return oslo.encode_cast(STATUS_METHOD, args)
+
+
+class Gateway:
+    """Owns the broker connection; see the module docstring. Start with :meth:`serve`."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        sink: Sink,
+        outcomes: trio.MemoryReceiveChannel[Outcome],
+        *,
+        route: Callable[[str, bytes], str] = route,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.outcomes = outcomes
+        self._route = route
+        self._op_ids = itertools.count(1)
+        self._ledger: dict[int, _Pending] = {}
+        self._generation = 0
+        self._publish_channel: Channel | None = None
+        self._connected = trio.Event()
+        self._fanout_queue = f"{settings.topic}_fanout_{uuid.uuid4().hex}"
+        self._reply_queue = f"reply_{uuid.uuid4().hex}"
+        self._reply_waiters: dict[str, trio.MemorySendChannel[tuple[Any, Any]]] = {}
+        self.counters = GatewayCounters()
+        self._unsettled = 0
+        self._all_settled = trio.Event()
+        self._draining = False
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries handed on whose outcome is not yet settled (acked, nacked or rejected)."""
+        return self._unsettled
+
+    async def drain(self) -> None:
+        """Stop handing on new deliveries and wait until every in-flight one is settled.
+
+        New deliveries stay unacked: the broker redelivers them once the connection closes.
+        The caller bounds the wait with its own cancel scope (the grace period).
+        """
+        self._draining = True
+        while self._unsettled:
+            self._all_settled = trio.Event()
+            await self._all_settled.wait()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, consume and publish until cancelled; reconnect with backoff on failures."""
+        started = False
+        delays = reconnect_delays(
+            initial=self.settings.reconnect_initial, maximum=self.settings.reconnect_max
+        )
+        while True:
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._serve_connection)
+                    if not started:
+                        task_status.started(self)
+                        started = True
+                    delays = reconnect_delays(
+                        initial=self.settings.reconnect_initial,
+                        maximum=self.settings.reconnect_max,
+                    )
+            except* GatewaySetupError:
+                raise
+            except* (AMQPError, OSError) as group:
+                self._on_disconnect(group)
+            delay = next(delays)
+            log.info("reconnecting to the broker", delay_s=round(delay, 2))
+            await trio.sleep(delay)
+
+    async def publish_cast(self, method: str, args_json: bytes) -> None:
+        """Publish one cast to the driver topic and wait for the broker's confirm.
+
+        Used for statistics; waits while the broker is unreachable.
+        """
+        body = oslo.encode_cast(method, args_json)
+        while True:
+            await self._connected.wait()
+            channel = self._publish_channel
+            assert channel is not None
+            try:
+                confirmation = await channel.publish(
+                    self.settings.exchange,
+                    self.settings.driver_topic,
+                    body,
+                    properties=oslo.CAST_PROPERTIES,
+                    mandatory=True,
+                )
+                assert confirmation is not None  # the publish channel is in confirm mode
+                await confirmation.wait()
+                return
+            except (ConnectionClosed, ChannelClosed, PublishNacked, PublishReturned) as exc:
+                log.warning("cast not confirmed; retrying", method=method, error=repr(exc))
+                await trio.sleep(0.5)  # meanwhile the connection loop notices and reconnects
+
+    async def call_driver(self, method: str, args_json: bytes, ttl: float) -> Any:
+        """An RPC call to the driver topic (``get_active_loadbalancers``), as oslo's RPCClient does.
+
+        Returns the decoded result; raises :class:`RemoteFailure` for a failure reply. The caller
+        bounds the wait with its own cancel scope; ``ttl`` (seconds) is the message's expiration.
+        """
+        await self._connected.wait()
+        channel = self._publish_channel
+        assert channel is not None
+        msg_id = uuid.uuid4().hex
+        body = oslo.encode_call(method, args_json, msg_id=msg_id, reply_q=self._reply_queue)
+        send, receive = trio.open_memory_channel[tuple[Any, Any]](1)
+        self._reply_waiters[msg_id] = send
+        try:
+            confirmation = await channel.publish(
+                self.settings.exchange,
+                self.settings.driver_topic,
+                body,
+                properties=oslo.call_properties(ttl),
+                mandatory=True,
+            )
+            assert confirmation is not None  # the publish channel is in confirm mode
+            await confirmation.wait()
+            result, failure = await receive.receive()
+        finally:
+            self._reply_waiters.pop(msg_id, None)
+        if failure is not None:
+            raise RemoteFailure(failure)
+        return result
+
+    # ------------------------------------------------------------------ connection
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.settings.url.startswith("amqps://"):
+            return None
+        context = ssl.create_default_context(cafile=self.settings.ca_file or None)
+        return context
+
+    async def _serve_connection(self, *, task_status: trio.TaskStatus[None]) -> None:
+        settings = self.settings
+        async with open_connection(
+            settings.url,
+            heartbeat=settings.heartbeat,
+            ssl_context=self._ssl_context(),
+            client_name=f"lbactors gateway {settings.host}",
+        ) as connection:
+            publish_channel = await connection.open_channel()
+            await publish_channel.confirm_select()
+            consume_channel = await connection.open_channel()
+            try:
+                queues = await self._declare_topology(consume_channel, publish_channel)
+            except ChannelClosed as exc:
+                raise GatewaySetupError(
+                    f"the broker refused the topology: {exc.reply_code} {exc.reply_text}"
+                ) from exc
+            await consume_channel.basic_qos(settings.prefetch)
+
+            self._generation += 1
+            generation = self._generation
+            self._publish_channel = publish_channel
+            published_send, published_receive = trio.open_memory_channel[_Published](
+                settings.prefetch * 4
+            )
+            await consume_channel.queue_declare(
+                self._reply_queue, arguments={"x-expires": settings.transient_queues_ttl * 1000}
+            )
+            async with trio.open_nursery() as nursery:
+                for queue in queues:
+                    consumer = await consume_channel.basic_consume(queue)
+                    nursery.start_soon(self._consume, consumer, consume_channel, generation)
+                replies = await consume_channel.basic_consume(self._reply_queue, no_ack=True)
+                nursery.start_soon(self._consume_replies, replies)
+                nursery.start_soon(
+                    self._publish_outcomes, publish_channel, generation, published_send
+                )
+                nursery.start_soon(self._settle, published_receive)
+                self._connected.set()
+                log.info(
+                    "gateway connected",
+                    queues=queues,
+                    exchange=settings.exchange,
+                    driver_topic=settings.driver_topic,
+                    generation=generation,
+                )
+                task_status.started()
+
+    async def _declare_topology(self, channel: Channel, publish_channel: Channel) -> list[str]:
+        """Declare what oslo.messaging's RPC server declares (facts §5.2), plus the driver's queue."""
+        s = self.settings
+        durable = s.durable_queues or s.quorum_queues
+        arguments = _queue_arguments(s)
+        await channel.exchange_declare(s.exchange, "topic", durable=durable)
+        server_queue = f"{s.topic}.{s.host}"
+        for queue in (s.topic, server_queue):
+            await channel.queue_declare(queue, durable=durable, arguments=arguments or None)
+            await channel.queue_bind(queue, s.exchange, queue)
+        fanout_exchange = f"{s.topic}_fanout"
+        await channel.exchange_declare(fanout_exchange, "fanout", auto_delete=True)
+        await channel.queue_declare(
+            self._fanout_queue, arguments={"x-expires": s.transient_queues_ttl * 1000}
+        )
+        await channel.queue_bind(self._fanout_queue, fanout_exchange, s.topic)
+        # The driver's own queue, declared exactly as its oslo RPC server does, so that a
+        # status cast is queued even while the driver agent is down (never silently dropped).
+        await channel.queue_declare(s.driver_topic, durable=durable, arguments=arguments or None)
+        await channel.queue_bind(s.driver_topic, s.exchange, s.driver_topic)
+        return [s.topic, server_queue, self._fanout_queue]
+
+    def _on_disconnect(self, group: BaseExceptionGroup[BaseException]) -> None:
+        self._connected = trio.Event()
+        self._publish_channel = None
+        lost = len(self._ledger)
+        # Deliveries of the dead connection will be redelivered by the broker; outcomes of the
+        # operations already handed on are dropped when they arrive (stale generation).
+        self._ledger.clear()
+        self._unsettled = 0
+        self._all_settled.set()
+        self.counters.reconnects += 1
+        log.warning(
+            "broker connection lost",
+            error=[repr(exc) for exc in group.exceptions],
+            unacked_deliveries=lost,
+        )
+
+    # ------------------------------------------------------------------ inbound
+
+    async def _consume(self, consumer: Any, channel: Channel, generation: int) -> None:
+        async for delivery in consumer:
+            await self._on_delivery(delivery, channel, generation)
+
+    async def _consume_replies(self, consumer: Any) -> None:
+        async for delivery in consumer:
+            try:
+                msg_id, result, failure, ending = oslo.decode_reply(delivery.body)
+            except oslo.MalformedMessage as exc:
+                log.warning("malformed reply", reason=str(exc))
+                continue
+            waiter = self._reply_waiters.get(msg_id or "")
+            if waiter is None or not ending:
+                continue
+            try:
+                value = msgspec.json.decode(result) if result is not None else None
+            except msgspec.DecodeError:
+                value = None
+            waiter.send_nowait((value, failure))
+
+    async def _on_delivery(self, delivery: Delivery, channel: Channel, generation: int) -> None:
+        if self._draining:
+            return  # left unacked: redelivered to the next consumer once we close
+        self.counters.received += 1
+        try:
+            message = oslo.decode_message(delivery.body, max_bytes=self.settings.max_body_bytes)
+        except oslo.MalformedMessage as exc:
+            log.error(
+                "rejected malformed message",
+                reason=str(exc),
+                routing_key=delivery.routing_key,
+                size=len(delivery.body),
+                redelivered=delivery.redelivered,
+            )
+            await self._reject(channel, delivery, f"malformed: {exc}")
+            return
+
+        if message.namespace != RPC_NAMESPACE or not _version_supported(message.version):
+            version = message.version or "1.0"
+            failure = Failure(
+                exc_class="UnsupportedVersion",
+                module="oslo_messaging.rpc.dispatcher",
+                message=(
+                    f"Endpoint does not support RPC version {version}. "
+                    f"Attempted method: {message.method}"
+                ),
+            )
+            log.error(
+                "rejected message for another endpoint",
+                method=message.method,
+                namespace=message.namespace,
+                version=message.version,
+            )
+            await self._reply_now(message, failure)
+            await self._reject(channel, delivery, f"UnsupportedVersion: {failure.message}")
+            return
+
+        args = bytes(message.args)
+        lb_id = self._route(message.method, args)
+        op_id = next(self._op_ids)
+        is_call = bool(message.msg_id and message.reply_q)
+        self._ledger[op_id] = _Pending(
+            generation=generation,
+            channel=channel,
+            delivery=delivery,
+            method=message.method,
+            lb_id=lb_id,
+            msg_id=message.msg_id if is_call else None,
+            reply_q=message.reply_q if is_call else None,
+        )
+        self._unsettled += 1
+        await self.sink.submit(
+            Operation(op_id=op_id, method=message.method, args=args, lb_id=lb_id, is_call=is_call)
+        )
+
+    async def _reject(self, channel: Channel, delivery: Delivery, reason: str) -> None:
+        """Take a message that can never be run off the queue, never requeued.
+
+        With ``dead_letter_exchange`` set, the message is first republished there (same body
+        and routing key, ``x-lbactors-reason`` header) and confirmed; otherwise it is rejected,
+        which a broker policy may still dead-letter. The topic queues keep exactly oslo's
+        arguments either way, so oslo servers and lbactors declare them alike.
+        """
+        self.counters.rejected += 1
+        exchange = self.settings.dead_letter_exchange
+        publish_channel = self._publish_channel
+        if exchange and publish_channel is not None:
+            headers = dict(delivery.properties.headers or {})
+            headers["x-lbactors-reason"] = reason[:1000]
+            headers["x-original-exchange"] = delivery.exchange
+            headers["x-original-routing-key"] = delivery.routing_key
+            try:
+                confirmation = await publish_channel.publish(
+                    exchange,
+                    delivery.routing_key,
+                    delivery.body,
+                    properties=oslo.with_headers(delivery.properties, headers),
+                )
+                if confirmation is not None:
+                    await confirmation.wait()
+            except (PublishNacked, PublishReturned, ChannelClosed) as exc:
+                log.error(
+                    "dead-letter publish failed; rejecting", error=repr(exc), exchange=exchange
+                )
+            else:
+                await channel.ack(delivery.delivery_tag)
+                return
+        await channel.reject(delivery.delivery_tag, requeue=False)
+
+    async def _reply_now(self, message: oslo.OsloMessage, failure: Failure) -> None:
+        """Answer a call that never reaches an actor (wrong namespace or version)."""
+        if not (message.msg_id and message.reply_q) or self._publish_channel is None:
+            return
+        body = oslo.encode_reply(message.msg_id, failure=failure)
+        await self._publish_channel.publish(
+            "", message.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+        )
+
+    # ------------------------------------------------------------------ outbound
+
+    async def _publish_outcomes(
+        self,
+        channel: Channel,
+        generation: int,
+        published: trio.MemorySendChannel[_Published],
+    ) -> None:
+        """Publish each outcome's status cast and reply, in outcome order."""
+        settings = self.settings
+        try:
+            async for outcome in self.outcomes:
+                pending = self._ledger.pop(outcome.op_id, None)
+                if pending is None or pending.generation != generation:
+                    log.debug("dropped outcome of a lost delivery", op_id=outcome.op_id)
+                    continue
+                status_confirmation: Confirmation | None = None
+                if outcome.status is not None:
+                    status_confirmation = await channel.publish(
+                        settings.exchange,
+                        settings.driver_topic,
+                        encode_status_cast(outcome),
+                        properties=oslo.CAST_PROPERTIES,
+                        mandatory=True,
+                    )
+                reply_confirmation: Confirmation | None = None
+                if pending.reply_q and pending.msg_id:
+                    body = oslo.encode_reply(
+                        pending.msg_id,
+                        result_json=_status_encoder.encode(outcome.reply),
+                        failure=outcome.failure,
+                    )
+                    reply_confirmation = await channel.publish(
+                        "", pending.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+                    )
+                reject = None
+                if outcome.failure is not None and outcome.failure.exc_class in INVALID_FAILURES:
+                    reject = f"{outcome.failure.exc_class}: {outcome.failure.message}"
+                await published.send(
+                    _Published(pending, status_confirmation, reply_confirmation, reject)
+                )
+        finally:
+            published.close()
+
+    async def _settle(self, published: trio.MemoryReceiveChannel[_Published]) -> None:
+        """Ack (or reject) each delivery once its publishes are confirmed, in order."""
+        async for item in published:
+            pending = item.pending
+            done = await self._confirmed(item.status, pending, what="status")
+            await self._confirmed(item.reply, pending, what="reply")
+            if not done:
+                # Not treated as done: the broker redelivers it and the operation runs again.
+                self.counters.republished += 1
+                await pending.channel.nack(pending.delivery.delivery_tag, requeue=True)
+            elif item.reject is not None:
+                await self._reject(pending.channel, pending.delivery, item.reject)
+            else:
+                self.counters.completed += 1
+                await pending.channel.ack(pending.delivery.delivery_tag)
+            self._unsettled -= 1
+            if not self._unsettled:
+                self._all_settled.set()
+
+    @staticmethod
+    async def _confirmed(
+        confirmation: Confirmation | None, pending: _Pending, *, what: str
+    ) -> bool:
+        if confirmation is None:
+            return True
+        try:
+            await confirmation.wait()
+        except (PublishNacked, PublishReturned) as exc:
+            log.error(
+                f"{what} publish not confirmed",
+                error=repr(exc),
+                method=pending.method,
+                lb_id=pending.lb_id,
+            )
+            return False
+        return True
+
+
+async def serve_gateway(
+    settings: GatewaySettings,
+    sink: Sink,
+    outcomes: trio.MemoryReceiveChannel[Outcome],
+    *,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a :class:`Gateway`; ``task_status.started(gateway)`` once it consumes."""
+    gateway = Gateway(settings, sink, outcomes)
+    await gateway.serve(task_status=task_status)

@@ -1,0 +1,131 @@
+"""The gateway's settle rule without a broker: a delivery is acked only once every publish of
+its outcome is confirmed; a nacked or returned status publish is not treated as done."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from lbactors.amqp import oslo
+from lbactors.amqp.connection import Delivery
+from lbactors.amqp.errors import PublishNacked, PublishReturned
+from lbactors.gateway import Gateway, GatewaySettings, _Pending, _Published, route
+from lbactors.messages import Operation, Outcome
+
+
+class FakeConfirmation:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    async def wait(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.error is not None:
+            raise self.error
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, bool | None]] = []
+
+    async def ack(self, tag: int, multiple: bool = False) -> None:
+        self.calls.append(("ack", tag, None))
+
+    async def nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.calls.append(("nack", tag, requeue))
+
+    async def reject(self, tag: int, requeue: bool = False) -> None:
+        self.calls.append(("reject", tag, requeue))
+
+
+class NullSink:
+    async def submit(self, op: Operation) -> None:
+        raise AssertionError("not used")
+
+
+def make_gateway() -> Gateway:
+    _, receive = trio.open_memory_channel[Outcome](1)
+    return Gateway(GatewaySettings(), NullSink(), receive)
+
+
+def published(
+    channel: FakeChannel, tag: int, status: Any, reply: Any = None, reject: str | None = None
+) -> _Published:
+    delivery = Delivery(
+        body=b"{}",
+        delivery_tag=tag,
+        redelivered=False,
+        exchange="common",
+        routing_key="t",
+        consumer_tag="c",
+        properties=oslo.CAST_PROPERTIES,
+    )
+    pending = _Pending(
+        generation=1,
+        channel=channel,  # type: ignore[arg-type]
+        delivery=delivery,
+        method="member_create",
+        lb_id="lb",
+        msg_id=None,
+        reply_q=None,
+    )
+    return _Published(pending, status, reply, reject)
+
+
+@pytest.mark.parametrize(
+    ("status", "reply", "reject", "expected"),
+    [
+        (FakeConfirmation(), None, None, ("ack", 1, None)),
+        (FakeConfirmation(PublishNacked(1)), None, None, ("nack", 1, True)),
+        (
+            FakeConfirmation(PublishReturned(312, "NO_ROUTE", "common", "t")),
+            None,
+            None,
+            ("nack", 1, True),
+        ),
+        # a reply nobody waits for any more (caller gone) does not undo the work
+        (
+            FakeConfirmation(),
+            FakeConfirmation(PublishReturned(312, "NO_ROUTE", "", "q")),
+            None,
+            ("ack", 1, None),
+        ),
+        # no dead-letter exchange configured: rejected without requeue
+        (None, FakeConfirmation(), "NoSuchMethod: m", ("reject", 1, False)),
+    ],
+)
+async def test_settle(
+    status: Any, reply: Any, reject: str | None, expected: tuple[str, int, bool | None]
+) -> None:
+    gateway = make_gateway()
+    channel = FakeChannel()
+    send, receive = trio.open_memory_channel[_Published](4)
+    gateway._unsettled = 1
+    async with send:
+        await send.send(published(channel, 1, status, reply, reject))
+    await gateway._settle(receive)
+    assert channel.calls == [expected]
+    assert gateway.in_flight == 0
+
+
+async def test_settle_keeps_delivery_order() -> None:
+    gateway = make_gateway()
+    channel = FakeChannel()
+    send, receive = trio.open_memory_channel[_Published](8)
+    gateway._unsettled = 3
+    async with send:
+        for tag in (1, 2, 3):
+            await send.send(published(channel, tag, FakeConfirmation()))
+    await gateway._settle(receive)
+    assert [tag for _, tag, _ in channel.calls] == [1, 2, 3]
+
+
+def test_route_of_broken_operations() -> None:
+    assert (
+        route("member_create", b'{"member": {"id": "m", "pool": {"loadbalancer_id": "lb-9"}}}')
+        == "lb-9"
+    )
+    # an unknown method or missing object goes to the query path, which answers with an error
+    assert route("frobnicate", b"{}") == ""
+    assert route("member_create", b"{}") == ""
