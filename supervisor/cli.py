@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
@@ -68,6 +69,10 @@ def _keys_help() -> str:
     return "\n".join(lines)
 
 
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
+
 def _set_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -80,7 +85,7 @@ def _set_pair(text: str) -> tuple[str, str]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description=(
+        description=_wrap(
             "lbactors: the backend half of an Octavia provider. Consumes the driver's "
             "oslo.messaging casts from RabbitMQ, runs them on a backend through one actor per "
             "load balancer in worker processes, and casts the status updates back."
@@ -94,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the daemon (until SIGTERM / SIGINT)",
-        description=(
+        description=_wrap(
             "Run the daemon: connect to the broker, start the worker processes, consume "
             "operations. Under systemd (Type=notify) it sends READY=1 once the broker is "
             "connected and every worker is up, WATCHDOG=1 and STATUS= while running, "
@@ -151,12 +156,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check-config",
         help="validate a configuration file without starting anything",
-        description=(
+        description=_wrap(
             "Validate FILE as `lbactors serve --config FILE` would (environment overrides "
             "included) and print the effective configuration (the broker password masked). "
             "Nothing is started and the broker is not contacted."
         ),
-        epilog=f"{OVERRIDES}\n{EXIT_CODES}",
+        epilog=f"{OVERRIDES}\n{_keys_help()}\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("file", metavar="FILE", help="the TOML configuration file")
