@@ -202,6 +202,7 @@ class Gateway:
         self._unsettled = 0
         self._all_settled = trio.Event()
         self._draining = False
+        self._stop_requested = trio.Event()
 
     # ------------------------------------------------------------------ public
 
@@ -225,10 +226,16 @@ class Gateway:
             self._all_settled = trio.Event()
             await self._all_settled.wait()
 
+    def stop(self) -> None:
+        """Close the broker connection in order (unacked deliveries go back to the queue) and
+        make :meth:`serve` return."""
+        self._stop_requested.set()
+
     async def serve(
         self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Connect, consume and publish until cancelled; reconnect with backoff on failures."""
+        """Connect, consume and publish until :meth:`stop` (or cancelled); reconnect with
+        backoff on failures."""
         started = False
         delays = reconnect_delays(
             initial=self.settings.reconnect_initial, maximum=self.settings.reconnect_max
@@ -248,6 +255,10 @@ class Gateway:
                 raise
             except* (AMQPError, OSError) as group:
                 self._on_disconnect(group)
+            if self._stop_requested.is_set():
+                self._connected = trio.Event()
+                log.info("broker connection closed")
+                return
             delay = next(delays)
             log.info("reconnecting to the broker", delay_s=round(delay, 2))
             await trio.sleep(delay)
@@ -362,6 +373,9 @@ class Gateway:
                     generation=generation,
                 )
                 task_status.started()
+                await self._stop_requested.wait()
+                nursery.cancel_scope.cancel()
+        # leaving ``open_connection`` normally: connection.close / close-ok
 
     async def _declare_topology(self, channel: Channel, publish_channel: Channel) -> list[str]:
         """Declare what oslo.messaging's RPC server declares (facts §5.2), plus the driver's queue."""

@@ -168,5 +168,14 @@ class FrameStream:
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
 
+    async def send_eof(self) -> None:
+        """Tell the peer that no more frames come (it still may send); falls back to closing
+        for a stream that cannot half-close."""
+        async with self._send_lock:
+            if isinstance(self._stream, trio.abc.HalfCloseableStream):
+                await self._stream.send_eof()
+            else:
+                await self._stream.aclose()
+
     async def aclose(self) -> None:
         await self._stream.aclose()

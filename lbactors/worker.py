@@ -1,0 +1,126 @@
+"""A worker process: hosts one actor per load balancer for its shard of the load balancers.
+
+Started by the supervisor as ``python -m lbactors.worker --fd N`` with one end of a socket
+pair on file descriptor N. The supervisor speaks first (:class:`~lbactors.ipc.Spawn`, with the
+configuration); the worker answers :class:`~lbactors.ipc.Ready` once its backend and actor
+system are up, then runs every :class:`~lbactors.ipc.Submit` it receives and sends back one
+:class:`~lbactors.ipc.Done` per operation, in the order its actors ran them. End of stream
+from the supervisor means: finish and exit.
+
+Never touches AMQP (DESIGN.md, layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+
+import msgspec
+import structlog
+import trio
+
+from lbactors import ipc
+from lbactors.actor import ActorSystem, open_actor_system
+from lbactors.backends import load_backend
+from lbactors.config import Config
+from lbactors.logs import configure_logging
+from lbactors.messages import Outcome
+
+log = structlog.get_logger("lbactors.worker")
+
+#: how many finished outcomes are sent in one write at most
+OUTCOME_BATCH = 256
+
+
+async def _forward_outcomes(
+    outcomes: trio.MemoryReceiveChannel[Outcome], frames: ipc.FrameStream
+) -> None:
+    """Send outcomes back in order, coalescing whatever is ready into one write."""
+    async for outcome in outcomes:
+        batch: list[ipc.Frame] = [ipc.Done(outcome=outcome)]
+        while len(batch) < OUTCOME_BATCH:
+            try:
+                batch.append(ipc.Done(outcome=outcomes.receive_nowait()))
+            except trio.WouldBlock:
+                break
+        await frames.send_many(batch)
+
+
+async def _answer_stats(system: ActorSystem, request: ipc.CollectStats, frames: ipc.FrameStream) -> None:
+    owned = sorted(system.known_lb_ids()) if request.with_owned_ids else None
+    listeners, changes = await system.collect_statistics()
+    await frames.send(
+        ipc.StatsReport(
+            round=request.round, listeners=listeners, status_changes=changes, owned_lb_ids=owned
+        )
+    )
+
+
+async def serve_worker(
+    stream: trio.abc.Stream, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve the supervisor on ``stream`` until it closes its end."""
+    frames = ipc.FrameStream(stream)
+    spawn = await frames.receive()
+    if not isinstance(spawn, ipc.Spawn):
+        raise ipc.ProtocolError(f"expected Spawn first, got {type(spawn).__name__}")
+    config = msgspec.json.decode(spawn.config, type=Config)
+    configure_logging(config.log.level, config.log.format)
+    structlog.contextvars.bind_contextvars(
+        worker=spawn.worker_index, incarnation=spawn.incarnation, pid=os.getpid()
+    )
+    backend = load_backend(config.backend)
+    outcomes_send, outcomes_receive = trio.open_memory_channel[Outcome](config.daemon.mailbox_size)
+    try:
+        async with trio.open_nursery() as nursery:
+            async with open_actor_system(
+                backend,
+                outcomes_send,
+                mailbox_size=config.daemon.mailbox_size,
+                parents_on_failure=config.status.parents_on_failure,
+            ) as system:
+                nursery.start_soon(_forward_outcomes, outcomes_receive, frames)
+                await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
+                log.info("worker ready", backend=config.backend.name)
+                task_status.started()
+                async for frame in frames:
+                    if isinstance(frame, ipc.Submit):
+                        await system.submit(frame.op)
+                    elif isinstance(frame, ipc.CollectStats):
+                        nursery.start_soon(_answer_stats, system, frame, frames)
+                    elif isinstance(frame, ipc.Ping):
+                        await frames.send(ipc.Pong())
+                    else:
+                        log.warning("unexpected frame", frame=type(frame).__name__)
+            # the actor system has finished every operation it was given; outcomes drain
+    finally:
+        await backend.aclose()
+    log.info("worker stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lbactors.worker",
+        description="lbactors worker process (started by `lbactors serve`, not by hand).",
+    )
+    parser.add_argument("--fd", type=int, required=True, help="socket file descriptor to the supervisor")
+    args = parser.parse_args(argv)
+    # The supervisor decides when a worker stops (it closes the stream after draining); a
+    # Ctrl-C on the terminal or systemd's SIGTERM to the whole group must not cut it short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+
+    async def run() -> None:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        await serve_worker(stream)
+
+    trio.run(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

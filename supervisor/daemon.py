@@ -1,0 +1,152 @@
+"""``lbactors serve``: the supervisor process.
+
+It owns the structured-concurrency root: the worker processes (through the
+:class:`~supervisor.router.Router`), the gateway (the only broker connection), the statistics
+timer and the systemd notifications. Shutdown on SIGTERM / SIGINT: ``STOPPING=1``, stop
+handing on new deliveries, let in-flight operations finish within the grace period (their
+outcomes are published, confirmed and acked), stop the workers, close the connection, exit 0.
+Whatever did not finish stays unacked and the broker redelivers it to the next daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import structlog
+import trio
+
+from lbactors.config import Config
+from lbactors.gateway import Gateway, GatewaySettings, GatewaySetupError, serve_gateway
+from lbactors.logs import configure_logging
+from lbactors.messages import Outcome
+from lbactors.statistics import StatisticsSettings, serve_statistics
+from supervisor.router import RestartBudgetExceeded, Router
+from supervisor.sdnotify import notify, watchdog_period
+
+log = structlog.get_logger("lbactors.supervisor")
+
+MIGRATION_SUFFIX = "_migration"
+
+
+def gateway_settings(config: Config) -> GatewaySettings:
+    """The gateway's view of the ``[amqp]`` section (``api_replay_mode`` picks the migration topics)."""
+    amqp = config.amqp
+    suffix = MIGRATION_SUFFIX if amqp.api_replay_mode else ""
+    return GatewaySettings(
+        url=amqp.url,
+        topic=amqp.topic + suffix,
+        driver_topic=amqp.driver_topic + suffix,
+        exchange=amqp.exchange,
+        host=amqp.host,
+        durable_queues=amqp.durable_queues,
+        quorum_queues=amqp.quorum_queues,
+        ha_queues=amqp.ha_queues,
+        transient_queues_ttl=amqp.transient_queues_ttl,
+        prefetch=amqp.prefetch,
+        heartbeat=amqp.heartbeat,
+        max_body_bytes=amqp.max_body_bytes,
+        dead_letter_exchange=amqp.dead_letter_exchange,
+        reconnect_initial=amqp.reconnect_initial,
+        reconnect_max=amqp.reconnect_max,
+        ca_file=amqp.ca_file,
+    )
+
+
+def statistics_settings(config: Config) -> StatisticsSettings:
+    stats = config.stats
+    return StatisticsSettings(
+        interval=stats.interval,
+        batch=stats.batch,
+        sync_every=stats.sync_every,
+        worker_timeout=stats.worker_timeout,
+        sync_timeout=stats.sync_timeout,
+    )
+
+
+def _status_line(router: Router, gateway: Gateway) -> str:
+    alive = sum(worker.alive for worker in router.workers)
+    counters = gateway.counters
+    return (
+        f"STATUS=workers {alive}/{len(router.workers)}, "
+        f"broker {'connected' if gateway.connected else 'DISCONNECTED'}, "
+        f"in flight {gateway.in_flight}, completed {counters.completed}, "
+        f"rejected {counters.rejected}, reconnects {counters.reconnects}"
+    )
+
+
+async def _watchdog(router: Router, gateway: Gateway) -> None:
+    """``WATCHDOG=1`` from the supervisor loop, with ``STATUS=`` counts.
+
+    The ping proves that this event loop runs; a worker that is down is restarted by its own
+    supervising task and shows in STATUS.
+    """
+    period = watchdog_period() or 10.0
+    while True:
+        await trio.sleep(period)
+        await notify("WATCHDOG=1", _status_line(router, gateway))
+
+
+async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the daemon until SIGTERM or SIGINT, then drain and return."""
+    outcomes_send, outcomes_receive = trio.open_memory_channel[Outcome](
+        max(config.amqp.prefetch * 4, 64)
+    )
+    router = Router(config, outcomes_send)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(router.serve)
+            gateway: Gateway = await nursery.start(
+                serve_gateway, gateway_settings(config), router, outcomes_receive
+            )
+            with trio.CancelScope() as helpers:
+                async with trio.open_nursery() as helper_nursery:
+                    if config.stats.interval > 0:
+                        helper_nursery.start_soon(
+                            serve_statistics, statistics_settings(config), router, gateway
+                        )
+                    helper_nursery.start_soon(_watchdog, router, gateway)
+                    await notify("READY=1", _status_line(router, gateway))
+                    log.info(
+                        "lbactors ready",
+                        workers=len(router.workers),
+                        topic=gateway.settings.topic,
+                        pid=os.getpid(),
+                    )
+                    task_status.started(gateway)
+
+                    async for signum in signals:
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        break
+                    helpers.cancel()
+            await notify("STOPPING=1")
+            with trio.move_on_after(config.daemon.grace_period) as grace:
+                await gateway.drain()
+            if grace.cancelled_caught:
+                log.warning(
+                    "grace period over; unfinished operations stay unacked for redelivery",
+                    in_flight=gateway.in_flight,
+                )
+            # workers finish what they hold; their outcomes of dropped deliveries are ignored
+            await router.stop(within=5.0)
+            # orderly connection close: whatever is still unacked goes back to the queue
+            gateway.stop()
+    log.info("lbactors stopped")
+
+
+def run(config: Config) -> int:
+    """Entry point of ``lbactors serve``: the exit code."""
+    configure_logging(config.log.level, config.log.format)
+    code = 0
+    try:
+        trio.run(serve_daemon, config)
+    except* RestartBudgetExceeded as group:
+        log.critical(
+            "restart budget exceeded; exiting for systemd to restart the service",
+            error=str(group.exceptions[0]),
+        )
+        code = 1
+    except* GatewaySetupError as group:
+        log.critical("cannot set up the broker topology", error=str(group.exceptions[0]))
+        code = 1
+    return code

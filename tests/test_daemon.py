@@ -1,0 +1,271 @@
+"""End to end: ``lbactors serve`` as a subprocess, the real broker, the real oslo.messaging as Octavia.
+
+Every status dict is compared with what ``status-semantics.md`` promises (computed
+independently in ``tests/octavia_side.py``); operations are gated as Octavia gates them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.daemon_process import DaemonProcess, NotifySocket
+from tests.octavia_side import GatedRun, LoadBalancerTree, OsloDriver
+
+pytestmark = pytest.mark.broker
+
+BASELINE = Path(__file__).resolve().parents[2] / "shared" / "baseline"
+
+
+@pytest.fixture
+def names(unique_prefix: str) -> dict[str, str]:
+    return {
+        "topic": f"{unique_prefix}_lb_listener",
+        "driver_topic": f"{unique_prefix}_driver_listener",
+        "exchange": f"{unique_prefix}_common",
+    }
+
+
+@pytest.fixture
+def daemon_env(amqp_url: str, names: dict[str, str]) -> dict[str, str]:
+    return {
+        "LBACTORS_AMQP_URL": amqp_url,
+        "LBACTORS_AMQP_TOPIC": names["topic"],
+        "LBACTORS_AMQP_DRIVER_TOPIC": names["driver_topic"],
+        "LBACTORS_AMQP_EXCHANGE": names["exchange"],
+        "LBACTORS_DAEMON_WORKERS": "2",
+        "LBACTORS_STATS_INTERVAL": "0",
+    }
+
+
+@pytest.fixture
+async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
+    socket = NotifySocket()
+    await socket.bind()
+    nursery.start_soon(socket.serve)
+    yield socket
+    socket.close()
+
+
+@pytest.fixture
+def driver(amqp_url: str, names: dict[str, str]) -> Iterator[OsloDriver]:
+    oslo_driver = OsloDriver(
+        amqp_url, topic=names["topic"], driver_topic=names["driver_topic"], exchange=names["exchange"]
+    ).start()
+    yield oslo_driver
+    oslo_driver.stop()
+
+
+async def start_daemon(
+    env: dict[str, str], notify: NotifySocket, tmp_path: Path, name: str = "daemon"
+) -> DaemonProcess:
+    daemon = DaemonProcess(env, notify, tmp_path / f"{name}.log")
+    await daemon.start()
+    return daemon
+
+
+async def run_gated(run: GatedRun) -> GatedRun:
+    return await trio.to_thread.run_sync(run.run)
+
+
+def assert_clean(run: GatedRun) -> None:
+    problems = run.mismatches()
+    assert not problems, "\n".join(problems[:10])
+    planned = sum(len(tree.lifecycle()) for tree in run.trees)
+    assert sum(len(results) for results in run.results.values()) == planned
+
+
+async def test_lifecycle_of_20_load_balancers(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    daemon = await start_daemon(daemon_env, notify_socket, tmp_path)
+    try:
+        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+        with trio.fail_after(120):
+            run = await run_gated(GatedRun(driver, trees))
+        assert_clean(run)
+        assert run.duplicates == 0
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait(timeout=30) == 0
+    finally:
+        await daemon.stop()
+    assert any(m.startswith("READY=1") for m in notify_socket.messages)
+    assert any("STOPPING=1" in m.splitlines() for m in notify_socket.messages)
+    ready = next(m for m in notify_socket.messages if m.startswith("READY=1"))
+    assert "STATUS=workers 2/2, broker connected" in ready
+
+
+async def test_worker_killed_mid_load_loses_nothing(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02"}
+    daemon = await start_daemon(env, notify_socket, tmp_path)
+    try:
+        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+        run = GatedRun(driver, trees, timeout=60)
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def drive() -> None:
+                await run_gated(run)
+                done.set()
+
+            nursery.start_soon(drive)
+            # kill one worker once a fair share of the work is done
+            while sum(len(r) for r in run.results.values()) < 100:
+                await trio.sleep(0.05)
+            victim = daemon.worker_pids()[0]
+            os.kill(victim, signal.SIGKILL)
+            with trio.fail_after(180):
+                await done.wait()
+        assert_clean(run)
+        assert victim not in daemon.worker_pids()
+        assert len(daemon.worker_pids()) == 2
+    finally:
+        await daemon.stop()
+    events = [line.get("event") for line in daemon.log_lines()]
+    assert "worker died" in events
+
+
+async def test_daemon_killed_mid_load_then_restarted_loses_nothing(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02"}
+    first = await start_daemon(env, notify_socket, tmp_path, "first")
+    second: DaemonProcess | None = None
+    try:
+        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+        run = GatedRun(driver, trees, timeout=90)
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def drive() -> None:
+                await run_gated(run)
+                done.set()
+
+            nursery.start_soon(drive)
+            while sum(len(r) for r in run.results.values()) < 100:
+                await trio.sleep(0.05)
+            for pid in first.worker_pids():
+                os.kill(pid, signal.SIGKILL)
+            first.signal(signal.SIGKILL)
+            await first.wait(timeout=10)
+            notify_socket.messages.clear()
+            second = await start_daemon(env, notify_socket, tmp_path, "second")
+            with trio.fail_after(240):
+                await done.wait()
+        assert_clean(run)
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()
+
+
+async def test_sigterm_under_load_exits_zero_and_loses_nothing(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02", "LBACTORS_DAEMON_GRACE_PERIOD": "10"}
+    first = await start_daemon(env, notify_socket, tmp_path, "first")
+    second: DaemonProcess | None = None
+    try:
+        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+        run = GatedRun(driver, trees, timeout=90)
+        async with trio.open_nursery() as nursery:
+            done = trio.Event()
+
+            async def drive() -> None:
+                await run_gated(run)
+                done.set()
+
+            nursery.start_soon(drive)
+            while sum(len(r) for r in run.results.values()) < 100:
+                await trio.sleep(0.05)
+            first.signal(signal.SIGTERM)
+            started = trio.current_time()
+            assert await first.wait(timeout=20) == 0
+            assert trio.current_time() - started < 10 + 5
+            second = await start_daemon(env, notify_socket, tmp_path, "second")
+            with trio.fail_after(240):
+                await done.wait()
+        assert_clean(run)
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()
+
+
+async def test_calls_are_answered_through_workers(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    daemon = await start_daemon(daemon_env, notify_socket, tmp_path)
+    try:
+        metadata = await trio.to_thread.run_sync(driver.call, "get_supported_flavor_metadata")
+        assert isinstance(metadata, dict) and metadata
+        key = next(iter(metadata))
+        valid = await trio.to_thread.run_sync(
+            lambda: driver.call("validate_flavor", flavor_metadata={key: 1})
+        )
+        assert valid == {"valid": True}
+        invalid = await trio.to_thread.run_sync(
+            lambda: driver.call("validate_flavor", flavor_metadata={"no_such_key": 1})
+        )
+        assert invalid["valid"] is False and "no_such_key" in invalid["reason"]
+        az = await trio.to_thread.run_sync(driver.call, "get_supported_availability_zone_metadata")
+        assert isinstance(az, dict)
+        tree = LoadBalancerTree(1)
+        created = await trio.to_thread.run_sync(
+            lambda: driver.call("loadbalancer_create", loadbalancer=tree.lb())
+        )
+        assert created is True
+        status = await trio.to_thread.run_sync(driver.next_status)
+        assert status == {
+            "loadbalancers": [
+                {"id": tree.lb_id, "provisioning_status": "ACTIVE", "operating_status": "ONLINE"}
+            ]
+        }
+    finally:
+        await daemon.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BASELINE.is_dir(), reason="../shared/baseline is not next to the checkout")
+async def test_baseline_driver_sim_reports_no_errors(
+    amqp_url: str, notify_socket: NotifySocket, tmp_path: Path
+) -> None:
+    # The driver simulator uses the fixed production topics: isolate it in its own vhost.
+    vhost = f"lbactors-{uuid.uuid4().hex[:8]}"
+    await trio.run_process(["rabbitmqctl", "-q", "add_vhost", vhost])
+    await trio.run_process(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
+    url = f"{amqp_url.rstrip('/')}/{vhost}"
+    daemon = await start_daemon(
+        {"LBACTORS_AMQP_URL": url, "LBACTORS_STATS_INTERVAL": "0"}, notify_socket, tmp_path
+    )
+    try:
+        result = await trio.run_process(
+            [
+                sys.executable, str(BASELINE / "octavia_driver_sim.py"),
+                "--amqp-url", url.replace("amqp://", "rabbit://", 1),
+                "--lbs", "200", "--members", "4", "--concurrency", "50",
+                "--timeout", "60", "--max-duration", "280",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        lines = result.stdout.decode().strip().splitlines()
+        assert lines, f"no result from the driver sim: {result.stderr.decode()[-3000:]}"
+        report = json.loads(lines[-1])
+        assert report["errors"] == 0, report.get("samples")
+        assert report["missing_status_updates"] == 0, report.get("samples")
+        assert report["ops_completed"] == report["ops_planned"] == 200 * 18
+    finally:
+        await daemon.stop()
+        await trio.run_process(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
