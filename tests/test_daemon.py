@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import sys
 import uuid
@@ -269,3 +270,58 @@ async def test_baseline_driver_sim_reports_no_errors(
     finally:
         await daemon.stop()
         await trio.run_process(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+
+
+async def test_statistics_operating_status_and_out_of_sync_repair(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    env = daemon_env | {"LBACTORS_STATS_INTERVAL": "0.3", "LBACTORS_STATS_SYNC_EVERY": "1"}
+    trees = [LoadBalancerTree(i) for i in range(3)]
+    driver.endpoint.active_lb_ids = [tree.lb_id for tree in trees] + ["lb-unknown-to-lbactors"]
+    daemon = await start_daemon(env, notify_socket, tmp_path)
+    try:
+        for tree in trees:
+            for method, kwargs, _ in tree.lifecycle()[:2]:  # the load balancer and a listener
+                await trio.to_thread.run_sync(lambda: driver.cast(method, **kwargs))  # noqa: B023
+        listener_ids = {tree.listener_id for tree in trees}
+        stats_seen: dict[str, dict[str, int]] = {}
+        offline: set[str] = set()
+        online: set[str] = set()
+        with trio.fail_after(30):
+            while not (
+                set(stats_seen) == listener_ids
+                and "lb-unknown-to-lbactors" in offline
+                and online >= {tree.lb_id for tree in trees}
+            ):
+                try:
+                    stats = driver.endpoint.statistics.get_nowait()
+                except queue.Empty:
+                    stats = None
+                if stats is not None:
+                    assert stats["listeners"], "never an empty statistics cast"
+                    for entry in stats["listeners"]:
+                        assert set(entry) == {
+                            "id", "bytes_in", "bytes_out", "active_connections",
+                            "total_connections", "request_errors",
+                        }
+                        assert all(isinstance(v, int) for k, v in entry.items() if k != "id")
+                        assert entry["id"] in listener_ids
+                        stats_seen[entry["id"]] = entry
+                try:
+                    status = driver.endpoint.statuses.get_nowait()
+                except queue.Empty:
+                    await trio.sleep(0.05)
+                    continue
+                for entry in status.get("loadbalancers", []):
+                    if "provisioning_status" in entry:
+                        continue
+                    # operating-status reports carry id and operating_status only
+                    assert set(entry) == {"id", "operating_status"}
+                    if entry["operating_status"] == "OFFLINE":
+                        offline.add(entry["id"])
+                    elif entry["operating_status"] == "ONLINE":
+                        online.add(entry["id"])
+        # the load balancers lbactors owns are never reported OFFLINE
+        assert offline == {"lb-unknown-to-lbactors"}
+    finally:
+        await daemon.stop()
