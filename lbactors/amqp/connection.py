@@ -966,7 +966,11 @@ async def _connect(
         await tls.do_handshake()
     except (trio.BrokenResourceError, ssl.SSLError, OSError) as error:
         await trio.aclose_forcefully(tcp)
-        raise ConnectionClosed(0, f"TLS handshake with {where} failed: {error}") from error
+        # trio wraps the ssl module's error (e.g. CERTIFICATE_VERIFY_FAILED) in its own
+        reason = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
+        raise ConnectionClosed(
+            0, f"TLS handshake with {where} failed: {reason or type(error).__name__}"
+        ) from error
     return tls
 
 
