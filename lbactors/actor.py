@@ -35,7 +35,7 @@ import msgspec
 import structlog
 import trio
 
-from lbactors.backends.base import Backend, OperatingStatus
+from lbactors.backends.base import Backend
 from lbactors.dispatch import run_operation
 from lbactors.messages import (
     Failure,
@@ -144,11 +144,10 @@ class ActorSystem:
         """
         listeners: list[ListenerStatistics] = []
         current: dict[tuple[str, str], str] = {}
-        for lb_id in self.known_lb_ids():
-            try:
-                stats = await self._backend.listener_statistics(lb_id)
-                statuses: list[OperatingStatus] = await self._backend.operating_statuses(lb_id)
-            except Exception as exc:
+        for reading in await self._backend.read_many(self.known_lb_ids()):
+            lb_id = reading.lb_id
+            if reading.error is not None:
+                exc = reading.error
                 log.warning(
                     "statistics read failed", lb_id=lb_id, error=f"{type(exc).__name__}: {exc}"
                 )
@@ -156,8 +155,8 @@ class ActorSystem:
                     if self._owner_of_status.get(key) == lb_id:
                         current[key] = value
                 continue
-            listeners.extend(stats)
-            for kind, object_id, operating in statuses:
+            listeners.extend(reading.listeners)
+            for kind, object_id, operating in reading.statuses:
                 current[(kind, object_id)] = operating
                 self._owner_of_status[(kind, object_id)] = lb_id
         changed: dict[str, list[StatusEntry]] = {}

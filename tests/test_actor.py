@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,8 +14,9 @@ import trio.testing
 
 import lbactors.actor
 from lbactors.actor import ActorSystem, open_actor_system
+from lbactors.backends.base import Backend, Reading
 from lbactors.backends.noop import NoopBackend
-from lbactors.messages import Operation, Outcome
+from lbactors.messages import ListenerStatistics, Operation, Outcome
 from tests.test_messages import LB, LISTENER, MEMBER, POOL, Payloads
 
 P = Payloads()
@@ -358,6 +359,60 @@ async def test_collect_statistics_gives_growing_counters_and_operating_status_ch
         assert msgspec.to_builtins(changes[0]) == {
             "members": [{"id": MEMBER, "operating_status": "OFFLINE"}]
         }
+
+
+class FlakyReadBackend(NoopBackend):
+    """Reads of the load balancers in ``broken`` fail, through the base class's per-LB path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken: set[str] = set()
+
+    async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
+        if lb_id in self.broken:
+            raise ConnectionError("stats socket gone")
+        return await super().listener_statistics(lb_id)
+
+    async def read_many(self, lb_ids: Sequence[str]) -> list[Reading]:
+        return await Backend.read_many(self, lb_ids)
+
+
+async def test_a_failed_read_skips_that_lb_and_keeps_its_operating_statuses() -> None:
+    backend = FlakyReadBackend()
+    other = lb_args("lb-other")
+    async with running(backend) as h:
+        await h.system.submit(make_op(0, "loadbalancer_create"))
+        await h.system.submit(make_op(1, "listener_create"))
+        await h.system.submit(make_op(2, "loadbalancer_create", lb_id="lb-other", args=other))
+        await h.wait_for(3)
+        await h.system.collect_statistics()
+        backend.broken.add(LB)
+        with structlog.testing.capture_logs() as logs:
+            listeners, changes = await h.system.collect_statistics()
+        assert listeners == []  # LB's listener is skipped this round, lb-other has none
+        assert changes == []  # and LB's objects are not reported as changed (or gone)
+        assert [e["lb_id"] for e in logs if e["event"] == "statistics read failed"] == [LB]
+        backend.broken.clear()
+        listeners, changes = await h.system.collect_statistics()
+        assert [s.id for s in listeners] == [LISTENER]
+        assert changes == []
+
+
+async def test_noop_bulk_read_equals_the_per_lb_reads() -> None:
+    one, two = NoopBackend(seed=3), NoopBackend(seed=3)
+    for backend in (one, two):
+        async with running(backend) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(make_op(1, "listener_create"))
+            await h.system.submit(make_op(2, "member_create"))
+            await h.wait_for(3)
+    bulk = await one.read_many([LB, "lb-unknown"])
+    single = [
+        Reading(lb_id, await two.listener_statistics(lb_id), await two.operating_statuses(lb_id))
+        for lb_id in (LB, "lb-unknown")
+    ]
+    assert bulk == single
+    assert bulk[0].listeners and bulk[0].statuses
 
 
 # --------------------------------------------------------------------------- logging

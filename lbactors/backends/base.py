@@ -22,6 +22,8 @@ Layer: model and trio only (``DESIGN.md``); never AMQP, never the supervisor.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from lbactors.messages import ListenerStatistics, Request
@@ -40,6 +42,16 @@ __all__ = ["Backend", "BackendError", "OperatingStatus"]
 
 #: ``(kind, object id, operating status)``, e.g. ``("member", "c3d4...", "ERROR")``
 OperatingStatus = tuple[str, str, str]
+
+
+@dataclass(slots=True)
+class Reading:
+    """One load balancer's part of a statistics round (see :meth:`Backend.read_many`)."""
+
+    lb_id: str
+    listeners: list[ListenerStatistics] = field(default_factory=list)
+    statuses: list[OperatingStatus] = field(default_factory=list)
+    error: Exception | None = None
 
 
 class BackendError(Exception):
@@ -142,6 +154,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
         """``(kind, id, operating_status)`` of every object of ``lb_id`` the backend knows."""
+
+    async def read_many(self, lb_ids: Sequence[str]) -> list[Reading]:
+        """Statistics and operating statuses of many load balancers (one statistics round).
+
+        A load balancer whose read fails gets a :class:`Reading` with ``error`` set; the
+        others are unaffected. The default calls the two per-load-balancer methods; a backend
+        that can read in bulk overrides it (it must still checkpoint now and then, so that
+        operations keep running during a round).
+        """
+        readings = []
+        for lb_id in lb_ids:
+            try:
+                listeners = await self.listener_statistics(lb_id)
+                statuses = await self.operating_statuses(lb_id)
+            except Exception as exc:
+                readings.append(Reading(lb_id, [], [], exc))
+            else:
+                readings.append(Reading(lb_id, listeners, statuses))
+        return readings
 
     # ------------------------------------------------------------------ flavors and AZs
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import trio
 
-from lbactors.backends.base import Backend, BackendError, OperatingStatus
+from lbactors.backends.base import Backend, BackendError, OperatingStatus, Reading
 from lbactors.messages import ListenerStatistics
 from lbactors.model import (
     Certificate,
@@ -38,6 +39,9 @@ from lbactors.model import (
     Pool,
 )
 from lbactors.status import parents_of
+
+#: load balancers read between two checkpoints in a statistics round
+READ_CHUNK = 500
 
 __all__ = ["NoopBackend", "NoopOptions"]
 
@@ -72,16 +76,21 @@ class NoopOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int = 0
 
 
-class _Counters:
-    __slots__ = ("active", "bytes_in", "bytes_out", "errors", "rounds", "total")
+_MASK = (1 << 64) - 1
 
-    def __init__(self) -> None:
+
+class _Counters:
+    __slots__ = ("active", "bytes_in", "bytes_out", "errors", "rounds", "state", "total")
+
+    def __init__(self, state: int = 0) -> None:
         self.active = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.errors = 0
         self.rounds = 0
         self.total = 0
+        #: a 64-bit LCG state, seeded from (seed, listener id): counters are reproducible
+        self.state = state
 
 
 class NoopBackend(Backend):
@@ -157,7 +166,7 @@ class NoopBackend(Backend):
         self._owner[key] = lb_id
         self._trees.setdefault(lb_id, set()).add(key)
         if kind == "listener" and obj.id not in self._counters:
-            self._counters[obj.id] = _Counters()
+            self._counters[obj.id] = self._new_counters(obj.id)
 
     async def _remove(self, kind: str, obj: OctaviaObject) -> None:
         await self._pause()
@@ -255,13 +264,16 @@ class NoopBackend(Backend):
 
     # ------------------------------------------------------------------ read side
 
-    def _advance(self, listener_id: str, c: _Counters) -> None:
+    def _new_counters(self, listener_id: str) -> _Counters:
+        digest = hashlib.blake2b(f"{self.seed}:{listener_id}".encode(), digest_size=8).digest()
+        return _Counters(int.from_bytes(digest, "big"))
+
+    @staticmethod
+    def _advance(listener_id: str, c: _Counters) -> None:
         """One round of plausible traffic, a pure function of (seed, listener, round)."""
         c.rounds += 1
-        digest = hashlib.blake2b(
-            f"{self.seed}:{listener_id}:{c.rounds}".encode(), digest_size=8
-        ).digest()
-        x = int.from_bytes(digest, "big")
+        c.state = x = (c.state * 6364136223846793005 + 1442695040888963407) & _MASK
+        x >>= 16  # the low bits of an LCG are weak
         new = 1 + x % 100  # at least one connection per round: totals always grow
         c.total += new
         c.active = (x >> 8) % (new + 1)
@@ -269,12 +281,14 @@ class NoopBackend(Backend):
         c.bytes_out += new * (1000 + (x >> 26) % 9000)
         c.errors += 1 if (x >> 40) % 10 == 0 else 0
 
-    async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
+    def _listener_statistics_now(self, lb_id: str) -> list[ListenerStatistics]:
         result = []
         for kind, object_id in sorted(self._trees.get(lb_id, ())):
             if kind != "listener":
                 continue
-            c = self._counters.setdefault(object_id, _Counters())
+            c = self._counters.get(object_id) or self._counters.setdefault(
+                object_id, self._new_counters(object_id)
+            )
             self._advance(object_id, c)
             result.append(
                 ListenerStatistics(
@@ -286,16 +300,37 @@ class NoopBackend(Backend):
                     total_connections=c.total,
                 )
             )
-        await trio.lowlevel.checkpoint()
         return result
 
-    async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
+    def _operating_statuses_now(self, lb_id: str) -> list[OperatingStatus]:
         result: list[OperatingStatus] = []
         for key in sorted(self._trees.get(lb_id, ())):
             obj = self._objects[key]
             result.append((key[0], key[1], "OFFLINE" if obj.admin_state_up is False else "ONLINE"))
-        await trio.lowlevel.checkpoint()
         return result
+
+    async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
+        await trio.lowlevel.checkpoint()
+        return self._listener_statistics_now(lb_id)
+
+    async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
+        await trio.lowlevel.checkpoint()
+        return self._operating_statuses_now(lb_id)
+
+    async def read_many(self, lb_ids: Sequence[str]) -> list[Reading]:
+        """In memory: no per-load-balancer checkpoint, one every ``READ_CHUNK`` of them."""
+        readings = []
+        for start in range(0, len(lb_ids), READ_CHUNK):
+            for lb_id in lb_ids[start : start + READ_CHUNK]:
+                readings.append(
+                    Reading(
+                        lb_id,
+                        self._listener_statistics_now(lb_id),
+                        self._operating_statuses_now(lb_id),
+                    )
+                )
+            await trio.lowlevel.checkpoint()
+        return readings
 
     # ------------------------------------------------------------------ flavors and AZs
 
