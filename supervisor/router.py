@@ -31,6 +31,9 @@ from supervisor.sdnotify import child_environment
 
 log = structlog.get_logger("lbactors.supervisor")
 
+#: operations queued for one worker before ``submit`` waits
+OUTBOX_LIMIT = 4096
+
 
 class RestartBudgetExceeded(Exception):
     """Workers died more often than the restart budget allows."""
@@ -45,6 +48,10 @@ class WorkerHandle:
     frames: ipc.FrameStream | None = None
     #: held while sending, so a replay and new submissions never interleave
     send_lock: trio.Lock = field(default_factory=trio.Lock)
+    #: operations submitted but not yet written to the worker, sent in one write per batch
+    outbox: list[Operation] = field(default_factory=list)
+    outbox_ready: trio.Event = field(default_factory=trio.Event)
+    outbox_taken: trio.Event = field(default_factory=trio.Event)
     ready: trio.Event = field(default_factory=trio.Event)
     restarts: int = 0
     stats_replies: dict[int, trio.MemorySendChannel[ipc.StatsReport]] = field(default_factory=dict)
@@ -71,16 +78,32 @@ class Router:
     # ------------------------------------------------------------------ sink
 
     async def submit(self, op: Operation) -> None:
+        """Record ``op`` in its worker's ledger and queue it for that worker.
+
+        Queued operations are written by the worker's sender task, many per write (one
+        system call per operation was the supervisor's largest cost). Waits while
+        ``OUTBOX_LIMIT`` operations are queued for the worker (backpressure).
+        """
         worker = self.workers[shard(op.lb_id, len(self.workers))]
-        async with worker.send_lock:
-            worker.ledger[op.op_id] = op
-            frames = worker.frames
-            if frames is None:
-                return  # replayed when the worker is back
-            try:
-                await frames.send(ipc.Submit(op=op))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the worker died; its reader notices and the ledger is replayed
+        while len(worker.outbox) >= OUTBOX_LIMIT and worker.frames is not None:
+            await worker.outbox_taken.wait()
+        worker.ledger[op.op_id] = op
+        if worker.frames is None:
+            return  # replayed when the worker is back
+        worker.outbox.append(op)
+        worker.outbox_ready.set()
+
+    async def _send_outbox(self, worker: WorkerHandle, frames: ipc.FrameStream) -> None:
+        """Write whatever is queued for this incarnation of ``worker``, in order."""
+        while True:
+            await worker.outbox_ready.wait()
+            worker.outbox_ready = trio.Event()
+            batch, worker.outbox = worker.outbox, []
+            taken, worker.outbox_taken = worker.outbox_taken, trio.Event()
+            taken.set()
+            if batch:
+                async with worker.send_lock:
+                    await frames.send_many([ipc.Submit(op=op) for op in batch])
 
     @property
     def in_flight(self) -> int:
@@ -157,37 +180,15 @@ class Router:
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
         frames = ipc.FrameStream(stream)
         try:
-            await frames.send(
-                ipc.Spawn(
-                    worker_index=worker.index,
-                    incarnation=worker.incarnation,
-                    config=self._config_json,
-                )
+            async with trio.open_nursery() as nursery:
+                await self._serve_incarnation(worker, frames, nursery)
+                nursery.cancel_scope.cancel()
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ipc.ProtocolError) as group:
+            log.warning(
+                "worker connection broken",
+                worker=worker.index,
+                error=[repr(exc) for exc in group.exceptions],
             )
-            async for frame in frames:
-                if isinstance(frame, ipc.Done):
-                    worker.ledger.pop(frame.outcome.op_id, None)
-                    await self.outcomes.send(frame.outcome)
-                elif isinstance(frame, ipc.Ready):
-                    async with worker.send_lock:
-                        replay = list(worker.ledger.values())
-                        if replay:
-                            log.warning(
-                                "replaying in-flight operations",
-                                worker=worker.index,
-                                count=len(replay),
-                            )
-                            await frames.send_many([ipc.Submit(op=op) for op in replay])
-                        worker.frames = frames
-                    worker.ready.set()
-                elif isinstance(frame, ipc.StatsReport):
-                    reply = worker.stats_replies.pop(frame.round, None)
-                    if reply is not None:
-                        reply.send_nowait(frame)
-                else:
-                    log.warning("unexpected frame from worker", frame=type(frame).__name__)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ipc.ProtocolError) as exc:
-            log.warning("worker connection broken", worker=worker.index, error=repr(exc))
         finally:
             worker.frames = None
             with trio.CancelScope(shield=True):
@@ -198,6 +199,45 @@ class Router:
                     process.kill()
                     await process.wait()
         return process.returncode
+
+    async def _serve_incarnation(
+        self, worker: WorkerHandle, frames: ipc.FrameStream, nursery: trio.Nursery
+    ) -> None:
+        """Speak to one worker process until it closes its end."""
+        await frames.send(
+            ipc.Spawn(
+                worker_index=worker.index,
+                incarnation=worker.incarnation,
+                config=self._config_json,
+            )
+        )
+        async for frame in frames:
+            if isinstance(frame, ipc.Done):
+                worker.ledger.pop(frame.outcome.op_id, None)
+                await self.outcomes.send(frame.outcome)
+            elif isinstance(frame, ipc.Ready):
+                async with worker.send_lock:
+                    # the ledger holds everything queued too, in submission order
+                    worker.outbox.clear()
+                    taken, worker.outbox_taken = worker.outbox_taken, trio.Event()
+                    taken.set()
+                    replay = list(worker.ledger.values())
+                    if replay:
+                        log.warning(
+                            "replaying in-flight operations",
+                            worker=worker.index,
+                            count=len(replay),
+                        )
+                        await frames.send_many([ipc.Submit(op=op) for op in replay])
+                    worker.frames = frames
+                nursery.start_soon(self._send_outbox, worker, frames)
+                worker.ready.set()
+            elif isinstance(frame, ipc.StatsReport):
+                reply = worker.stats_replies.pop(frame.round, None)
+                if reply is not None:
+                    reply.send_nowait(frame)
+            else:
+                log.warning("unexpected frame from worker", frame=type(frame).__name__)
 
     async def stop(self, within: float = 10.0) -> None:
         """Tell every worker that nothing more comes (end of stream): each finishes what it
