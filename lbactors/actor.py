@@ -54,11 +54,15 @@ log = structlog.get_logger("lbactors.actor")
 
 
 class _Mailbox:
-    __slots__ = ("lb_id", "receive", "send")
+    __slots__ = ("busy", "last_used", "lb_id", "receive", "send")
 
     def __init__(self, lb_id: str, size: int) -> None:
         self.lb_id = lb_id
         self.send, self.receive = trio.open_memory_channel[Operation](size)
+        #: running an operation now
+        self.busy = False
+        #: when an operation was last handed over or finished (trio clock)
+        self.last_used = 0.0
 
 
 def _deleted_lb(outcome: Outcome, lb_id: str) -> bool:
@@ -82,6 +86,7 @@ class ActorSystem:
         *,
         mailbox_size: int,
         parents_on_failure: ParentsOnFailure,
+        idle_timeout: float = 60.0,
     ) -> None:
         if mailbox_size < 0:
             raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
@@ -91,6 +96,9 @@ class ActorSystem:
         self._mailbox_size = mailbox_size
         self._parents_on_failure: ParentsOnFailure = parents_on_failure
         self._actors: dict[str, _Mailbox] = {}
+        #: load balancers with a live tree here (an idle one has no actor until its next op)
+        self._owned: set[str] = set()
+        self._idle_timeout = idle_timeout
         self._closed = False
         #: operating statuses last reported by collect_statistics, and their load balancer
         self._last_operating: dict[tuple[str, str], str] = {}
@@ -118,6 +126,8 @@ class ActorSystem:
             if mailbox is None:
                 mailbox = self._spawn(op.lb_id)
             try:
+                # before the handover: the idle sweep never closes a mailbox just used
+                mailbox.last_used = trio.current_time()
                 try:
                     # hot path: room in the mailbox, no trip through the scheduler
                     mailbox.send.send_nowait(op)
@@ -129,12 +139,36 @@ class ActorSystem:
                 continue
 
     def actor_count(self) -> int:
-        """How many actors are alive (one per load balancer with work or a live tree)."""
+        """How many actors are alive (load balancers used within ``idle_timeout``)."""
         return len(self._actors)
 
     def known_lb_ids(self) -> list[str]:
-        """The load balancers that have an actor here."""
-        return list(self._actors)
+        """The load balancers that have a live tree here (an actor now or when next used)."""
+        return list(self._owned)
+
+    async def sweep_idle(self) -> None:
+        """Retire idle actors every ``idle_timeout / 2`` seconds, until cancelled.
+
+        An actor whose mailbox is empty, that runs nothing and got nothing for
+        ``idle_timeout`` seconds ends; its load balancer's next operation starts a fresh
+        one. Resident load balancers then cost their backend state, not a task and a channel
+        each (about 5 KB).
+        """
+        if self._idle_timeout <= 0:
+            return
+        while True:
+            await trio.sleep(self._idle_timeout / 2)
+            deadline = trio.current_time() - self._idle_timeout
+            idle = [
+                mailbox
+                for mailbox in self._actors.values()
+                if not mailbox.busy
+                and mailbox.last_used < deadline
+                and mailbox.receive.statistics().current_buffer_used == 0
+            ]
+            for mailbox in idle:
+                del self._actors[mailbox.lb_id]
+                mailbox.send.close()  # the actor sees the end of its mailbox and returns
 
     async def collect_statistics(self) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
         """Listener counters of every known load balancer, and the operating statuses that
@@ -222,7 +256,11 @@ class ActorSystem:
                         break
                 except trio.EndOfChannel:
                     break
+                mailbox.busy = True
+                self._owned.add(lb_id)
                 outcome = await self._run_one(op, actor_log)
+                mailbox.busy = False
+                mailbox.last_used = trio.current_time()
                 retire = (
                     op.method.startswith("loadbalancer_delete")
                     and _deleted_lb(outcome, lb_id)
@@ -233,6 +271,7 @@ class ActorSystem:
                     # before the outcome leaves, so whoever sees it sees the actor gone
                     if self._actors.get(lb_id) is mailbox:
                         del self._actors[lb_id]
+                    self._owned.discard(lb_id)
                     receive.close()
                     actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
                 try:
@@ -252,6 +291,7 @@ async def open_actor_system(
     *,
     mailbox_size: int = 64,
     parents_on_failure: ParentsOnFailure = "active",
+    idle_timeout: float = 60.0,
 ) -> AsyncIterator[ActorSystem]:
     """An :class:`ActorSystem` running ``backend``; one outcome per operation to ``outcomes``.
 
@@ -269,10 +309,19 @@ async def open_actor_system(
                 outcomes,
                 mailbox_size=mailbox_size,
                 parents_on_failure=parents_on_failure,
+                idle_timeout=idle_timeout,
             )
+            sweeper = trio.CancelScope()
+
+            async def sweep() -> None:
+                with sweeper:
+                    await system.sweep_idle()
+
+            nursery.start_soon(sweep)
             try:
                 yield system
             finally:
+                sweeper.cancel()
                 system._close()
     finally:
         outcomes.close()

@@ -91,6 +91,7 @@ class DaemonSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
 
     workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
     mailbox_size: _PosInt = 64
+    actor_idle_timeout: _NonNegFloat = 60.0
     grace_period: _NonNegFloat = 30.0
     restart_limit: _NonNegInt = 5
     restart_window: _PosFloat = 60.0

@@ -81,6 +81,7 @@ async def serve_worker(
                 outcomes_send,
                 mailbox_size=config.daemon.mailbox_size,
                 parents_on_failure=config.status.parents_on_failure,
+                idle_timeout=config.daemon.actor_idle_timeout,
             ) as system:
                 nursery.start_soon(_forward_outcomes, outcomes_receive, frames)
                 await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))

@@ -333,6 +333,41 @@ async def test_cancelling_the_block_cancels_the_actors(autojump_clock: trio.abc.
     assert trio.current_time() == pytest.approx(2.5)
 
 
+async def test_idle_actors_retire_but_their_load_balancers_stay_known(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with running(NoopBackend(), idle_timeout=10) as h:
+        await h.system.submit(make_op(0, "loadbalancer_create"))
+        await h.system.submit(make_op(1, "listener_create"))
+        await h.wait_for(2)
+        assert h.system.actor_count() == 1
+        await trio.sleep(16)  # idle for more than 10 s, seen by a sweep every 5 s
+        assert h.system.actor_count() == 0
+        assert h.system.known_lb_ids() == [LB]
+        listeners, _ = await h.system.collect_statistics()
+        assert [s.id for s in listeners] == [LISTENER]
+        # the next operation starts a fresh actor and runs normally
+        await h.system.submit(make_op(2, "pool_create"))
+        outcomes = await h.wait_for(3)
+        assert outcomes[2].failure is None
+        assert h.system.actor_count() == 1
+
+
+async def test_a_busy_or_queued_actor_is_never_retired(autojump_clock: trio.abc.Clock) -> None:
+    """Operations far longer than the idle timeout, queued behind each other: the sweep never
+    closes a mailbox with work in it, so they still run one at a time and in order."""
+    backend = InstrumentedBackend(duration=25)
+    async with running(backend, idle_timeout=4) as h:
+        await h.system.submit(make_op(0, "loadbalancer_create"))
+        await trio.sleep(20)  # op 0 runs alone (nothing queued) far past the idle timeout
+        for op_id, method in enumerate(["listener_create", "pool_create"], start=1):
+            await h.system.submit(make_op(op_id, method))
+        outcomes = await h.wait_for(3)
+    assert [o.op_id for o in outcomes] == [0, 1, 2]
+    spans = sorted(backend.spans, key=lambda span: span[2])
+    assert all(a[3] <= b[2] for a, b in zip(spans, spans[1:], strict=False))
+
+
 # --------------------------------------------------------------------------- statistics
 
 
