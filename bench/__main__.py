@@ -394,6 +394,7 @@ def scenario_scale(args: argparse.Namespace) -> int:
         columns=[("resident_lbs", "resident LBs"), ("objects", "objects"),
                  ("startup_s", "start-up s"), ("idle_rss_mib", "idle RSS MiB"),
                  ("rss_mib", "RSS MiB (all processes)"), ("pss_mib", "PSS MiB"),
+                 ("settled_rss_mib", "settled RSS MiB"), ("settled_pss_mib", "settled PSS MiB"),
                  ("processes", "processes"), ("create_ops_per_s", "create ops/s"),
                  ("errors_and_missing", "errors"),
                  ("stats_round_cpu_s", "stats round CPU s"),
@@ -437,6 +438,11 @@ async def _scale_run(args: argparse.Namespace, daemon: procs.Daemon, n: int) -> 
                 "stats_messages_per_round": (statistics.median(len(r) for r in rounds)
                                              if rounds else None),
             }
+        # after the statistics window: actors idle longer than daemon.actor_idle_timeout
+        # have retired, what stays is the resident state
+        settled = procs.memory_kib(daemon.pids())
+        stats["settled_rss_mib"] = round(settled["rss_kib"] / 1024, 1)
+        stats["settled_pss_mib"] = round(settled["pss_kib"] / 1024, 1)
     per_lb_objects = 6 + args.scale_members
     row: Row = {
         "ok": driver.ok(result),
