@@ -13,6 +13,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,10 @@ async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
 @pytest.fixture
 def driver(amqp_url: str, names: dict[str, str]) -> Iterator[OsloDriver]:
     oslo_driver = OsloDriver(
-        amqp_url, topic=names["topic"], driver_topic=names["driver_topic"], exchange=names["exchange"]
+        amqp_url,
+        topic=names["topic"],
+        driver_topic=names["driver_topic"],
+        exchange=names["exchange"],
     ).start()
     yield oslo_driver
     oslo_driver.stop()
@@ -75,6 +79,27 @@ async def start_daemon(
 
 async def run_gated(run: GatedRun) -> GatedRun:
     return await trio.to_thread.run_sync(run.run)
+
+
+@asynccontextmanager
+async def gated_load(
+    run: GatedRun, *, interrupt_after: int = 100, finish_within: float = 240
+) -> AsyncIterator[None]:
+    """Drive ``run`` in the background; the body runs once ``interrupt_after`` operations got
+    their status (to break something), then the load must finish within ``finish_within``."""
+    async with trio.open_nursery() as nursery:
+        done = trio.Event()
+
+        async def drive() -> None:
+            await run_gated(run)
+            done.set()
+
+        nursery.start_soon(drive)
+        while sum(len(r) for r in run.results.values()) < interrupt_after:
+            await trio.sleep(0.05)
+        yield
+        with trio.fail_after(finish_within):
+            await done.wait()
 
 
 def assert_clean(run: GatedRun) -> None:
@@ -112,21 +137,10 @@ async def test_worker_killed_mid_load_loses_nothing(
     try:
         trees = [LoadBalancerTree(i, members=2) for i in range(20)]
         run = GatedRun(driver, trees, timeout=60)
-        async with trio.open_nursery() as nursery:
-            done = trio.Event()
-
-            async def drive() -> None:
-                await run_gated(run)
-                done.set()
-
-            nursery.start_soon(drive)
-            # kill one worker once a fair share of the work is done
-            while sum(len(r) for r in run.results.values()) < 100:
-                await trio.sleep(0.05)
+        # kill one worker once a fair share of the work is done
+        async with gated_load(run):
             victim = daemon.worker_pids()[0]
             os.kill(victim, signal.SIGKILL)
-            with trio.fail_after(180):
-                await done.wait()
         assert_clean(run)
         assert victim not in daemon.worker_pids()
         assert len(daemon.worker_pids()) == 2
@@ -145,24 +159,13 @@ async def test_daemon_killed_mid_load_then_restarted_loses_nothing(
     try:
         trees = [LoadBalancerTree(i, members=2) for i in range(20)]
         run = GatedRun(driver, trees, timeout=90)
-        async with trio.open_nursery() as nursery:
-            done = trio.Event()
-
-            async def drive() -> None:
-                await run_gated(run)
-                done.set()
-
-            nursery.start_soon(drive)
-            while sum(len(r) for r in run.results.values()) < 100:
-                await trio.sleep(0.05)
+        async with gated_load(run):
             for pid in first.worker_pids():
                 os.kill(pid, signal.SIGKILL)
             first.signal(signal.SIGKILL)
             await first.wait(timeout=10)
             notify_socket.messages.clear()
             second = await start_daemon(env, notify_socket, tmp_path, "second")
-            with trio.fail_after(240):
-                await done.wait()
         assert_clean(run)
     finally:
         await first.stop()
@@ -173,29 +176,21 @@ async def test_daemon_killed_mid_load_then_restarted_loses_nothing(
 async def test_sigterm_under_load_exits_zero_and_loses_nothing(
     daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
 ) -> None:
-    env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02", "LBACTORS_DAEMON_GRACE_PERIOD": "10"}
+    env = daemon_env | {
+        "LBACTORS_BACKEND_NOOP_LATENCY": "0.02",
+        "LBACTORS_DAEMON_GRACE_PERIOD": "10",
+    }
     first = await start_daemon(env, notify_socket, tmp_path, "first")
     second: DaemonProcess | None = None
     try:
         trees = [LoadBalancerTree(i, members=2) for i in range(20)]
         run = GatedRun(driver, trees, timeout=90)
-        async with trio.open_nursery() as nursery:
-            done = trio.Event()
-
-            async def drive() -> None:
-                await run_gated(run)
-                done.set()
-
-            nursery.start_soon(drive)
-            while sum(len(r) for r in run.results.values()) < 100:
-                await trio.sleep(0.05)
+        async with gated_load(run):
             first.signal(signal.SIGTERM)
             started = trio.current_time()
             assert await first.wait(timeout=20) == 0
             assert trio.current_time() - started < 10 + 5
             second = await start_daemon(env, notify_socket, tmp_path, "second")
-            with trio.fail_after(240):
-                await done.wait()
         assert_clean(run)
     finally:
         await first.stop()
@@ -244,7 +239,9 @@ async def test_baseline_driver_sim_reports_no_errors(
     # The driver simulator uses the fixed production topics: isolate it in its own vhost.
     vhost = f"lbactors-{uuid.uuid4().hex[:8]}"
     await trio.run_process(["rabbitmqctl", "-q", "add_vhost", vhost])
-    await trio.run_process(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"])
+    await trio.run_process(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
+    )
     url = f"{amqp_url.rstrip('/')}/{vhost}"
     daemon = await start_daemon(
         {"LBACTORS_AMQP_URL": url, "LBACTORS_STATS_INTERVAL": "0"}, notify_socket, tmp_path
@@ -252,10 +249,20 @@ async def test_baseline_driver_sim_reports_no_errors(
     try:
         result = await trio.run_process(
             [
-                sys.executable, str(BASELINE / "octavia_driver_sim.py"),
-                "--amqp-url", url.replace("amqp://", "rabbit://", 1),
-                "--lbs", "200", "--members", "4", "--concurrency", "50",
-                "--timeout", "60", "--max-duration", "280",
+                sys.executable,
+                str(BASELINE / "octavia_driver_sim.py"),
+                "--amqp-url",
+                url.replace("amqp://", "rabbit://", 1),
+                "--lbs",
+                "200",
+                "--members",
+                "4",
+                "--concurrency",
+                "50",
+                "--timeout",
+                "60",
+                "--max-duration",
+                "280",
             ],
             capture_stdout=True,
             capture_stderr=True,
@@ -301,8 +308,12 @@ async def test_statistics_operating_status_and_out_of_sync_repair(
                     assert stats["listeners"], "never an empty statistics cast"
                     for entry in stats["listeners"]:
                         assert set(entry) == {
-                            "id", "bytes_in", "bytes_out", "active_connections",
-                            "total_connections", "request_errors",
+                            "id",
+                            "bytes_in",
+                            "bytes_out",
+                            "active_connections",
+                            "total_connections",
+                            "request_errors",
                         }
                         assert all(isinstance(v, int) for k, v in entry.items() if k != "id")
                         assert entry["id"] in listener_ids
@@ -343,16 +354,34 @@ async def test_bench_driver_drives_the_daemon_without_errors(
     try:
         result = await trio.run_process(
             [
-                sys.executable, "-m", "bench", "driver",
-                "--amqp-url", amqp_url, "--topic", names["topic"],
-                "--driver-topic", names["driver_topic"], "--lbs", "5", "--members", "2",
-                "--concurrency", "5", "--timeout", "30", "--results", str(tmp_path / "results"),
+                sys.executable,
+                "-m",
+                "bench",
+                "driver",
+                "--amqp-url",
+                amqp_url,
+                "--topic",
+                names["topic"],
+                "--driver-topic",
+                names["driver_topic"],
+                "--lbs",
+                "5",
+                "--members",
+                "2",
+                "--concurrency",
+                "5",
+                "--timeout",
+                "30",
+                "--results",
+                str(tmp_path / "results"),
             ],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
         )
-        rows = [json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")]
+        rows = [
+            json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")
+        ]
         assert rows, result.stderr.decode()[-2000:]
         row = rows[-1]
         assert row["ops_completed"] == row["ops_planned"] == 5 * 16, row
