@@ -29,6 +29,7 @@ BackendFactory = Callable[[dict[str, Any]], Backend]
 #: backend name -> ``"module:Class"`` (the class has ``from_options``) or a factory
 BACKENDS: dict[str, str | BackendFactory] = {
     "noop": "lbactors.backends.noop:NoopBackend",
+    "haproxy": "lbactors.backends.haproxy:HaproxyBackend",
 }
 
 
