@@ -306,6 +306,8 @@ def test_flavor_sets_defaults_listener_values_win() -> None:
 
 def test_disabled_listener_and_load_balancer() -> None:
     assert "disabled" in section(render(tree(listener(admin_state_up=False))), f"frontend {L1}")
+    rendered = render_config(tree(listener(admin_state_up=False), listener(L2, protocol_port=81)), stats_socket=SOCK)
+    assert rendered.binds == [("10.0.0.10", 81)]  # a disabled frontend binds nothing
     assert "disabled" in section(
         render(tree(listener(), load_balancer=lb(admin_state_up=False))), f"frontend {L1}"
     )

@@ -489,10 +489,6 @@ class HaproxyBackend(Backend):
                 await self._save(lb, msgspec.structs.replace(lb.saved, tree=tree, certs=certs))
                 lb.rendered = rendered
                 return
-            await trio.to_thread.run_sync(self._prepare_dir, lb)
-            tmp = lb.dir / "haproxy.cfg.new"
-            await trio.to_thread.run_sync(_write_file, tmp, rendered.text)
-            await self._validate(lb, tmp)
             old_binds = set(lb.rendered.binds) if (alive and lb.rendered) else set()
             for address, port in rendered.binds:
                 if (address, port) in old_binds:
@@ -500,6 +496,10 @@ class HaproxyBackend(Backend):
                 why = _test_bind(address, port)
                 if why is not None:
                     raise BackendError(f"haproxy: cannot bind {address}:{port}: {why}")
+            await trio.to_thread.run_sync(self._prepare_dir, lb)
+            tmp = lb.dir / "haproxy.cfg.new"
+            await trio.to_thread.run_sync(_write_file, tmp, rendered.text)
+            await self._validate(lb, tmp)
             old_text = lb.running_text
             await trio.to_thread.run_sync(os.replace, tmp, lb.cfg)
             offsets = lb.saved.offsets

@@ -358,7 +358,8 @@ class _Renderer:
         port = _port(listener.protocol_port, what)
         name = haproxy_name(lid)
         self.frontends[lid] = name
-        self.binds.append((vip.strip("[]"), port))
+        if _enabled(listener) and _enabled(self.tree.lb):  # a disabled frontend binds nothing
+            self.binds.append((vip.strip("[]"), port))
         bind = f"    bind {vip}:{port}"
         if listener.protocol == "TERMINATED_HTTPS":
             cert = self.cert_files.get(lid)
