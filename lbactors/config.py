@@ -180,6 +180,7 @@ _BACKEND_TABLES = frozenset(
 #: parsed as TOML values and its options checked only when it is built
 BACKEND_OPTIONS: dict[str, str] = {
     "noop": "lbactors.backends.noop:NoopOptions",
+    "haproxy": "lbactors.backends.haproxy:HaproxyOptions",
 }
 
 _encoder = msgspec.msgpack.Encoder()

@@ -71,7 +71,7 @@ fail_pattern = "^bad"
 seed = 7
 
 [backend.haproxy]
-anything = "kept as given"
+state_dir = "/srv/lbactors"
 
 [status]
 parents_on_failure = "error"
@@ -164,7 +164,7 @@ def test_every_section_from_a_file(tmp_path: Path) -> None:
     assert config.backend == BackendSection(
         name="noop",
         noop={"latency": 0.25, "fail_pattern": "^bad", "seed": 7},
-        haproxy={"anything": "kept as given"},
+        haproxy={"state_dir": "/srv/lbactors"},
     )
     assert config.backend.options == {"latency": 0.25, "fail_pattern": "^bad", "seed": 7}
     assert config.status == StatusSection(parents_on_failure="error")
@@ -231,7 +231,7 @@ def test_wrong_type_names_the_key(tmp_path: Path) -> None:
         ("[daemon]\nrestart_backoff_max = 0.01\n", "daemon.restart_backoff_max", ">="),
         ("[stats]\ninterval = -1\n", "stats.interval", ">= 0"),
         ("[stats]\nbatch = 0\n", "stats.batch", ">= 1"),
-        ("[backend]\nname = 'nope'\n", "backend.name", "unknown backend 'nope' (known: noop"),
+        ("[backend]\nname = 'nope'\n", "backend.name", "unknown backend 'nope' (known: haproxy, noop"),
         (
             "[status]\nparents_on_failure = 'offline'\n",
             "status.parents_on_failure",
@@ -284,8 +284,9 @@ def test_environment_overrides_with_type_conversion() -> None:
             "LBACTORS_DAEMON_GRACE_PERIOD": "2.5",
             "LBACTORS_BACKEND_NOOP_LATENCY": "0.02",
             "LBACTORS_BACKEND_NOOP_FAIL_PATTERN": "123",
-            "LBACTORS_BACKEND_HAPROXY_BINARY": "/usr/sbin/haproxy",
-            "LBACTORS_BACKEND_HAPROXY_MAXCONN": "4000",
+            "LBACTORS_BACKEND_HAPROXY_HAPROXY_BIN": "/usr/sbin/haproxy",
+            "LBACTORS_BACKEND_HAPROXY_MAX_CONNECTIONS": "4000",
+            "LBACTORS_BACKEND_HAPROXY_STATE_DIR": "1234",
             "LBACTORS_STATUS_PARENTS_ON_FAILURE": "error",
             "LBACTORS_STATS_INTERVAL": "0",
             "LBACTORS_LOG_LEVEL": "DEBUG",
@@ -302,8 +303,11 @@ def test_environment_overrides_with_type_conversion() -> None:
     assert config.daemon.grace_period == 2.5
     # typed by the backend's options: a float, and a string that looks like a number
     assert config.backend.noop == {"latency": 0.02, "fail_pattern": "123"}
-    # a backend without a known options type: TOML value syntax, else the string
-    assert config.backend.haproxy == {"binary": "/usr/sbin/haproxy", "maxconn": 4000}
+    assert config.backend.haproxy == {
+        "haproxy_bin": "/usr/sbin/haproxy",
+        "max_connections": 4000,
+        "state_dir": "1234",
+    }
     assert config.status.parents_on_failure == "error"
     assert config.stats.interval == 0.0
     assert config.log == LogSection(level="debug", format="json")
