@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -389,3 +392,51 @@ async def test_bench_driver_drives_the_daemon_without_errors(
         assert result.returncode == 0
     finally:
         await daemon.stop()
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy (.ci/run installs it)")
+async def test_haproxy_backend_through_the_daemon(
+    daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
+) -> None:
+    """``backend = "haproxy"``: an Octavia load balancer and listener cast through oslo end up
+    as a HAProxy answering on the VIP; cascade delete frees the port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # unix socket paths are short: not under pytest's long tmp_path
+    state_dir = tempfile.mkdtemp(prefix="lbh-", dir="/tmp")
+    env = daemon_env | {
+        "LBACTORS_BACKEND_NAME": "haproxy",
+        "LBACTORS_BACKEND_HAPROXY_STATE_DIR": state_dir,
+    }
+    tree = LoadBalancerTree(7)
+    lb = tree.lb() | {"vip_address": "127.0.0.1"}
+    listener = tree.listener() | {"protocol_port": port}
+    daemon = await start_daemon(env, notify_socket, tmp_path)
+    try:
+        for method, kwargs in [
+            ("loadbalancer_create", {"loadbalancer": lb}),
+            ("listener_create", {"listener": listener, "cert": None}),
+        ]:
+            await trio.to_thread.run_sync(lambda: driver.cast(method, **kwargs))  # noqa: B023
+            status = await trio.to_thread.run_sync(driver.next_status)
+            assert all(
+                entry["provisioning_status"] == "ACTIVE"
+                for entries in status.values()
+                for entry in entries
+            ), status
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)  # HAProxy listens
+        await stream.aclose()
+        full = tree.full_tree() | {"vip_address": "127.0.0.1"}
+        full["listeners"][0]["protocol_port"] = port
+        await trio.to_thread.run_sync(
+            lambda: driver.cast("loadbalancer_delete", loadbalancer=full, cascade=True)
+        )
+        status = await trio.to_thread.run_sync(driver.next_status)
+        assert status["loadbalancers"][0]["provisioning_status"] == "DELETED", status
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", port)
+    finally:
+        await daemon.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
