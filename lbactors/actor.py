@@ -27,7 +27,7 @@ Layer: actors and backends (model, trio); never AMQP or the supervisor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -141,6 +141,10 @@ class ActorSystem:
     def actor_count(self) -> int:
         """How many actors are alive (load balancers used within ``idle_timeout``)."""
         return len(self._actors)
+
+    def adopt(self, lb_ids: Iterable[str]) -> None:
+        """Count ``lb_ids`` as held here (their backend state survived a restart)."""
+        self._owned.update(lb_ids)
 
     def known_lb_ids(self) -> list[str]:
         """The load balancers that have a live tree here (an actor now or when next used)."""

@@ -47,6 +47,8 @@ _READ_SIZE = 256 * 1024
 
 class Spawn(msgspec.Struct, tag=True, kw_only=True):
     worker_index: int
+    #: how many workers share the load balancers (``routing.shard`` over this count)
+    worker_count: int = 1
     incarnation: int
     #: the daemon's :class:`lbactors.config.Config`, JSON-encoded
     config: bytes

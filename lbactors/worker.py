@@ -28,6 +28,7 @@ from lbactors.backends import load_backend
 from lbactors.config import Config
 from lbactors.logs import configure_logging
 from lbactors.messages import Outcome
+from lbactors.routing import shard
 
 log = structlog.get_logger("lbactors.worker")
 
@@ -83,6 +84,16 @@ async def serve_worker(
                 parents_on_failure=config.status.parents_on_failure,
                 idle_timeout=config.daemon.actor_idle_timeout,
             ) as system:
+                # what the backend still holds from before (adopted HAProxy processes, say):
+                # this worker's share of it, as the router shards load balancers
+                resident = [
+                    lb_id
+                    for lb_id in await backend.resident_lb_ids()
+                    if shard(lb_id, spawn.worker_count) == spawn.worker_index
+                ]
+                system.adopt(resident)
+                if resident:
+                    log.info("resident load balancers adopted", count=len(resident))
                 nursery.start_soon(_forward_outcomes, outcomes_receive, frames)
                 await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
                 log.info("worker ready", backend=config.backend.name)

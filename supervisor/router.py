@@ -207,6 +207,7 @@ class Router:
         await frames.send(
             ipc.Spawn(
                 worker_index=worker.index,
+                worker_count=len(self.workers),
                 incarnation=worker.incarnation,
                 config=self._config_json,
             )

@@ -481,3 +481,11 @@ async def test_an_error_in_the_body_is_never_hidden_by_a_cancelled_scope() -> No
                 nursery.cancel_scope.cancel()
     assert caught.group_contains(RuntimeError, match="must propagate")
     assert receive.statistics().open_send_channels == 0
+
+
+async def test_adopted_load_balancers_are_known_before_their_next_operation() -> None:
+    async with running(NoopBackend()) as h:
+        h.system.adopt(["lb-adopted"])
+        assert h.system.known_lb_ids() == ["lb-adopted"]
+        assert h.system.actor_count() == 0
+    assert await NoopBackend().resident_lb_ids() == []

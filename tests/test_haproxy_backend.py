@@ -429,6 +429,7 @@ async def test_adoption_after_restart_and_restart_of_a_dead_process(state_dir: P
         assert await http_get(vip, port) == (200, "m")
 
         second = backend(state_dir)  # the daemon restarted
+        assert await second.resident_lb_ids() == [LB]
         assert (await statuses(second))[("loadbalancer", LB)] == "ONLINE"
         assert second.master_pid(LB) == pid
         assert (await second.listener_statistics(LB))[0].total_connections > before.total_connections

@@ -203,5 +203,12 @@ class Backend(abc.ABC):
         """
         return None
 
+    async def resident_lb_ids(self) -> list[str]:
+        """Load balancers the backend already holds when it starts (e.g. HAProxy processes
+        it adopted after a daemon restart). They count as owned by the actors from the start:
+        statistics and out-of-sync repair include them before their next operation. The
+        default (state kept in memory only) holds none."""
+        return []
+
     async def aclose(self) -> None:  # noqa: B027 - a no-op default, not abstract
         """Release connections and files; the default holds none."""

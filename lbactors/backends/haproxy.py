@@ -338,6 +338,11 @@ class HaproxyBackend(Backend):
     def lb_ids(self) -> list[str]:
         return list(self._lbs)
 
+    async def resident_lb_ids(self) -> list[str]:
+        """Every load balancer with a saved state in ``state_dir`` (adopted or to restart)."""
+        await self._ensure_loaded()
+        return list(self._lbs)
+
     def directory(self, lb_id: str) -> Path:
         return self.state_dir / haproxy_name(lb_id)
 
