@@ -291,3 +291,38 @@ def test_every_templated_cast_has_its_own_unique_id() -> None:
     ids = {oslo.decode_message(p.next_operation().body or b"").unique_id for p in (a, a, b)}
     assert len(ids) == 3
     assert a.ids["lb_id"] != b.ids["lb_id"]
+
+
+# ---- end to end -------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_the_driver_plays_three_load_balancers_against_the_daemon_without_an_error(
+        amqp_url: str, unique_prefix: str, tmp_path: Path) -> None:
+    """bench.driver against ``python -m supervisor serve``: 3 × 18 operations, all validated."""
+    import trio
+
+    from bench import procs
+    from bench.driver import DriverConfig, delete_queues, open_driver
+
+    daemon = procs.Daemon(topic=f"{unique_prefix}__lb_listener",
+                          driver_topic=f"{unique_prefix}__driver_listener", run_dir=tmp_path,
+                          amqp_url=amqp_url, workers=2)
+    config = DriverConfig(amqp_url=amqp_url, topic=daemon.topic, driver_topic=daemon.driver_topic,
+                          lbs=3, members=4, concurrency=2, timeout=20, max_duration=60,
+                          drain=0.3, wait_for_consumer=10)
+
+    async def play() -> dict[str, Any]:
+        async with open_driver(config) as driver:
+            return await driver.run_workload()
+
+    daemon.start(ready_timeout=60)
+    try:
+        result = trio.run(play)
+    finally:
+        daemon.stop()
+        trio.run(delete_queues, amqp_url, [daemon.topic, f"{daemon.topic}.{config.host}"])
+    assert result["samples"] == {}
+    assert (result["ops_planned"], result["ops_completed"], result["ops_ok"]) == (54, 54, 54)
+    assert result["errors"] == result["missing_status_updates"] == 0
+    assert result["unmatched_status_updates"] == 0
