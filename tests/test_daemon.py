@@ -341,59 +341,6 @@ async def test_statistics_operating_status_and_out_of_sync_repair(
         await daemon.stop()
 
 
-@pytest.mark.slow
-async def test_bench_driver_drives_the_daemon_without_errors(
-    amqp_url: str, names: dict[str, str], notify_socket: NotifySocket, tmp_path: Path
-) -> None:
-    """The bench's trio driver (our client, the oslo wire format) against ``lbactors serve``."""
-    env = {
-        "LBACTORS_AMQP_URL": amqp_url,
-        "LBACTORS_AMQP_TOPIC": names["topic"],
-        "LBACTORS_AMQP_DRIVER_TOPIC": names["driver_topic"],
-        "LBACTORS_DAEMON_WORKERS": "2",
-        "LBACTORS_STATS_INTERVAL": "0",
-    }
-    daemon = await start_daemon(env, notify_socket, tmp_path)
-    try:
-        result = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "bench",
-                "driver",
-                "--amqp-url",
-                amqp_url,
-                "--topic",
-                names["topic"],
-                "--driver-topic",
-                names["driver_topic"],
-                "--lbs",
-                "5",
-                "--members",
-                "2",
-                "--concurrency",
-                "5",
-                "--timeout",
-                "30",
-                "--results",
-                str(tmp_path / "results"),
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-        rows = [
-            json.loads(line) for line in result.stdout.decode().splitlines() if line.startswith("{")
-        ]
-        assert rows, result.stderr.decode()[-2000:]
-        row = rows[-1]
-        assert row["ops_completed"] == row["ops_planned"] == 5 * 16, row
-        assert row["errors"] == 0 and row["missing_status_updates"] == 0, row
-        assert result.returncode == 0
-    finally:
-        await daemon.stop()
-
-
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy (.ci/run installs it)")
 async def test_haproxy_backend_through_the_daemon(
     daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
