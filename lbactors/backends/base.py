@@ -22,7 +22,7 @@ Layer: model and trio only (``DESIGN.md``); never AMQP, never the supervisor.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,29 @@ __all__ = ["Backend", "BackendError", "OperatingStatus"]
 
 #: ``(kind, object id, operating status)``, e.g. ``("member", "c3d4...", "ERROR")``
 OperatingStatus = tuple[str, str, str]
+
+
+def check_flavor_integers(
+    metadata: Mapping[str, Any], supported: Mapping[str, str], *, timeout_max: int | None = None
+) -> str | None:
+    """The flavor rule the built-in backends share: only ``supported`` keys, integer values,
+    ``max_connections`` positive or -1, every other key (a timeout in ms) from 0 to
+    ``timeout_max`` (no upper bound when ``None``). ``None`` when valid, else the reason,
+    naming the bad key."""
+    for key, value in metadata.items():
+        if key not in supported:
+            return f"unsupported flavor metadata key {key!r}; supported: {', '.join(sorted(supported))}"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"flavor metadata key {key!r} must be an integer, not {value!r}"
+        if key == "max_connections":
+            if not (value > 0 or value == -1):
+                return f"flavor metadata key 'max_connections' must be positive or -1, not {value}"
+        elif timeout_max is None:
+            if value < 0:
+                return f"flavor metadata key {key!r} must be >= 0, not {value}"
+        elif not 0 <= value <= timeout_max:
+            return f"flavor metadata key {key!r} must be in 0..{timeout_max}, not {value}"
+    return None
 
 
 @dataclass(slots=True)

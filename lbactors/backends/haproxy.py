@@ -72,6 +72,7 @@ from lbactors.backends.haproxy_config import (
 )
 from lbactors.messages import ListenerStatistics
 from lbactors.model import (
+    PLURAL,
     Certificate,
     HealthMonitor,
     L7Policy,
@@ -180,14 +181,8 @@ _NESTED: dict[type, tuple[str, ...]] = {
     L7Rule: ("policy",),
 }
 
-_TREE_FIELD = {
-    "listener": "listeners",
-    "pool": "pools",
-    "member": "members",
-    "healthmonitor": "healthmonitors",
-    "l7policy": "l7policies",
-    "l7rule": "l7rules",
-}
+#: kind -> the field of the load balancer tree that holds its objects
+_TREE_FIELD = {kind: field for kind, field in PLURAL.items() if kind != "loadbalancer"}
 
 
 def _own_state(kind: str, obj: Any, old: Any) -> Any:

@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from lbactors.backends.base import check_flavor_integers
 from lbactors.messages import ListenerStatistics
 from lbactors.model import (
     HealthMonitor,
@@ -111,20 +112,7 @@ class FlavorSettings(msgspec.Struct, kw_only=True, frozen=True):
 
 def validate_flavor(metadata: Mapping[str, Any]) -> str | None:
     """``None`` when ``metadata`` is a valid flavor, else the reason, naming the bad key."""
-    for key, value in metadata.items():
-        if key not in FLAVOR_METADATA:
-            return (
-                f"unsupported flavor metadata key {key!r}; "
-                f"supported: {', '.join(sorted(FLAVOR_METADATA))}"
-            )
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"flavor metadata key {key!r} must be an integer, not {value!r}"
-        if key == "max_connections":
-            if not (value > 0 or value == -1):
-                return f"flavor metadata key 'max_connections' must be positive or -1, not {value}"
-        elif not 0 <= value <= _MAX_TIMEOUT_MS:
-            return f"flavor metadata key {key!r} must be in 0..{_MAX_TIMEOUT_MS}, not {value}"
-    return None
+    return check_flavor_integers(metadata, FLAVOR_METADATA, timeout_max=_MAX_TIMEOUT_MS)
 
 
 def flavor_settings(metadata: Mapping[str, Any] | None, base: FlavorSettings) -> FlavorSettings:

@@ -25,7 +25,13 @@ from typing import Any
 import msgspec
 import trio
 
-from lbactors.backends.base import Backend, BackendError, OperatingStatus, Reading
+from lbactors.backends.base import (
+    Backend,
+    BackendError,
+    OperatingStatus,
+    Reading,
+    check_flavor_integers,
+)
 from lbactors.messages import ListenerStatistics
 from lbactors.model import (
     Certificate,
@@ -340,19 +346,7 @@ class NoopBackend(Backend):
 
     async def validate_flavor(self, metadata: dict[str, Any]) -> str | None:
         await trio.lowlevel.checkpoint()
-        for key, value in metadata.items():
-            if key not in FLAVOR_METADATA:
-                return (
-                    f"unsupported flavor metadata key {key!r}; "
-                    f"supported: {', '.join(sorted(FLAVOR_METADATA))}"
-                )
-            if not isinstance(value, int) or isinstance(value, bool):
-                return f"flavor metadata key {key!r} must be an integer, not {value!r}"
-            if key == "max_connections" and not (value > 0 or value == -1):
-                return f"flavor metadata key 'max_connections' must be positive or -1, not {value}"
-            if key == "timeout_client_data" and value < 0:
-                return f"flavor metadata key 'timeout_client_data' must be >= 0, not {value}"
-        return None
+        return check_flavor_integers(metadata, FLAVOR_METADATA)
 
     async def availability_zone_metadata(self) -> dict[str, str]:
         await trio.lowlevel.checkpoint()
