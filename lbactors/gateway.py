@@ -21,7 +21,7 @@ import itertools
 import ssl
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -127,7 +127,6 @@ class GatewayCounters:
     rejected: int = 0
     republished: int = 0
     reconnects: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 _status_encoder = msgspec.json.Encoder()
@@ -338,7 +337,7 @@ class Gateway:
             await publish_channel.confirm_select()
             consume_channel = await connection.open_channel()
             try:
-                queues = await self._declare_topology(consume_channel, publish_channel)
+                queues = await self._declare_topology(consume_channel)
             except ChannelClosed as exc:
                 raise GatewaySetupError(
                     f"the broker refused the topology: {exc.reply_code} {exc.reply_text}"
@@ -377,7 +376,7 @@ class Gateway:
                 nursery.cancel_scope.cancel()
         # leaving ``open_connection`` normally: connection.close / close-ok
 
-    async def _declare_topology(self, channel: Channel, publish_channel: Channel) -> list[str]:
+    async def _declare_topology(self, channel: Channel) -> list[str]:
         """Declare what oslo.messaging's RPC server declares (facts §5.2), plus the driver's queue."""
         s = self.settings
         durable = s.durable_queues or s.quorum_queues
