@@ -157,16 +157,82 @@ def route(method: str, raw_args: bytes) -> str:
     """The actor key of an operation: its load balancer id (see :func:`routing.owner_of`).
 
     Broken operations go to the actor of the object they name, or to the query path (``""``),
-    where the actor layer turns them into an error outcome.
+    where the actor layer turns them into an error outcome. Never raises.
     """
     try:
         request = decode_request(method, raw_args)
+        lb_id, found = owner_of(request)
     except InvalidOperation as exc:
         return exc.object_id or ""
-    lb_id, found = owner_of(request)
+    except Exception as exc:  # a bug of ours: the actor layer reports it for this message only
+        log.error("routing failed", method=method[:100], error=f"{type(exc).__name__}: {exc}"[:300])
+        return ""
     if not found:
         log.warning("no load balancer found for object", method=method, object_id=lb_id)
     return lb_id
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A delivery that can never run: it leaves the queue (dead-lettered or dropped).
+
+    ``event`` is the log line, ``reason`` says why (also the dead-letter header);
+    ``reply_to`` / ``failure``: the failure a waiting caller is answered with.
+    """
+
+    event: str
+    reason: str
+    reply_to: oslo.ReplyAddress | None = None
+    failure: Failure | None = None
+
+
+def _malformed_failure(reason: str) -> Failure:
+    return Failure(exc_class="MalformedMessage", module="lbactors.amqp.oslo", message=reason)
+
+
+def screen(
+    body: bytes, *, max_bytes: int, header_error: str | None = None
+) -> oslo.OsloMessage | Refusal:
+    """What to do with one delivery's body: the message to run, or why it cannot run.
+
+    Pure, and it never raises, whatever the bytes: this is where untrusted input from the
+    wire is first read (``tests/test_bad_input.py`` fuzzes it).
+    """
+    try:
+        message = oslo.decode_message(body, max_bytes=max_bytes)
+    except oslo.MalformedMessage as exc:
+        reason = f"malformed: {exc}"
+        return Refusal(
+            "rejected malformed message", reason, exc.reply_to, _malformed_failure(reason)
+        )
+    if header_error is not None:
+        reason = f"malformed: undecodable AMQP properties: {header_error}"
+        return Refusal(
+            "rejected malformed message", reason, message.reply_to, _malformed_failure(reason)
+        )
+    if message.namespace != RPC_NAMESPACE or not _version_supported(message.version):
+        version = (message.version or "1.0")[:40]
+        failure = Failure(
+            exc_class="UnsupportedVersion",
+            module="oslo_messaging.rpc.dispatcher",
+            message=(
+                f"Endpoint does not support RPC version {version}. "
+                f"Attempted method: {message.method}"
+            ),
+        )
+        return Refusal(
+            "rejected message for another endpoint",
+            f"UnsupportedVersion: {failure.message}",
+            message.reply_to,
+            failure,
+        )
+    return message
+
+
+def body_summary(body: bytes, limit: int = 160) -> str:
+    """The start of a body for a log line: never more than ``limit`` bytes of it."""
+    head = body[:limit]
+    return repr(head) + (f"... ({len(body)} bytes)" if len(body) > limit else "")
 
 
 def encode_status_cast(outcome: Outcome) -> bytes:
@@ -235,6 +301,7 @@ class Gateway:
     ) -> None:
         """Connect, consume and publish until :meth:`stop` (or cancelled); reconnect with
         backoff on failures."""
+        self._warn_if_not_durable()
         started = False
         delays = reconnect_delays(
             initial=self.settings.reconnect_initial, maximum=self.settings.reconnect_max
@@ -316,6 +383,22 @@ class Gateway:
         if failure is not None:
             raise RemoteFailure(failure)
         return result
+
+    def _warn_if_not_durable(self) -> None:
+        """Transient queues (oslo's default too) vanish with a broker restart, and with them
+        every operation queued for us and every status queued for the driver."""
+        s = self.settings
+        if s.durable_queues or s.quorum_queues:
+            return
+        log.warning(
+            "queues are not durable: a broker restart loses every operation queued for "
+            "lbactors and every status queued for the driver (those objects stay PENDING_*); "
+            "set amqp.durable_queues = true together with Octavia's "
+            "[oslo_messaging_rabbit] amqp_durable_queues = true (both sides must declare "
+            "the queues alike)",
+            topic=s.topic,
+            driver_topic=s.driver_topic,
+        )
 
     # ------------------------------------------------------------------ connection
 
@@ -441,55 +524,67 @@ class Gateway:
             return  # left unacked: redelivered to the next consumer once we close
         self.counters.received += 1
         try:
-            message = oslo.decode_message(delivery.body, max_bytes=self.settings.max_body_bytes)
-        except oslo.MalformedMessage as exc:
+            verdict = screen(
+                delivery.body,
+                max_bytes=self.settings.max_body_bytes,
+                header_error=delivery.header_error,
+            )
+            if isinstance(verdict, Refusal):
+                await self._refuse(channel, delivery, verdict)
+                return
+            message = verdict
+            args = bytes(message.args)
+            lb_id = self._route(message.method, args)
+        except (AMQPError, OSError):
+            raise  # the connection is gone: the delivery comes back on the next one
+        except Exception as exc:
+            # a bug of ours, met by this one message: it must not take the daemon down, nor
+            # come back to do it again
             log.error(
-                "rejected malformed message",
-                reason=str(exc),
+                "delivery handler failed; rejecting the message",
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                summary=body_summary(delivery.body),
                 routing_key=delivery.routing_key,
-                size=len(delivery.body),
-                redelivered=delivery.redelivered,
+                exc_info=exc,
             )
-            await self._reject(channel, delivery, f"malformed: {exc}")
+            await self._reject(channel, delivery, f"internal error: {type(exc).__name__}")
             return
-
-        if message.namespace != RPC_NAMESPACE or not _version_supported(message.version):
-            version = message.version or "1.0"
-            failure = Failure(
-                exc_class="UnsupportedVersion",
-                module="oslo_messaging.rpc.dispatcher",
-                message=(
-                    f"Endpoint does not support RPC version {version}. "
-                    f"Attempted method: {message.method}"
-                ),
-            )
-            log.error(
-                "rejected message for another endpoint",
-                method=message.method,
-                namespace=message.namespace,
-                version=message.version,
-            )
-            await self._reply_now(message, failure)
-            await self._reject(channel, delivery, f"UnsupportedVersion: {failure.message}")
-            return
-
-        args = bytes(message.args)
-        lb_id = self._route(message.method, args)
         op_id = next(self._op_ids)
-        is_call = bool(message.msg_id and message.reply_q)
+        reply_to = message.reply_to
         self._ledger[op_id] = _Pending(
             generation=generation,
             channel=channel,
             delivery=delivery,
             method=message.method,
             lb_id=lb_id,
-            msg_id=message.msg_id if is_call else None,
-            reply_q=message.reply_q if is_call else None,
+            msg_id=reply_to.msg_id if reply_to else None,
+            reply_q=reply_to.reply_q if reply_to else None,
         )
         self._unsettled += 1
         await self.sink.submit(
-            Operation(op_id=op_id, method=message.method, args=args, lb_id=lb_id, is_call=is_call)
+            Operation(
+                op_id=op_id,
+                method=message.method,
+                args=args,
+                lb_id=lb_id,
+                is_call=reply_to is not None,
+            )
         )
+
+    async def _refuse(self, channel: Channel, delivery: Delivery, refusal: Refusal) -> None:
+        """Log a delivery that can never run, answer its caller, take it off the queue."""
+        log.error(
+            refusal.event,
+            reason=refusal.reason[:300],
+            routing_key=delivery.routing_key,
+            size=len(delivery.body),
+            summary=body_summary(delivery.body),
+            redelivered=delivery.redelivered,
+            answered=refusal.reply_to is not None,
+        )
+        if refusal.reply_to is not None and refusal.failure is not None:
+            await self._reply_now(refusal.reply_to, refusal.failure)
+        await self._reject(channel, delivery, refusal.reason)
 
     async def _reject(self, channel: Channel, delivery: Delivery, reason: str) -> None:
         """Take a message that can never be run off the queue, never requeued.
@@ -516,23 +611,31 @@ class Gateway:
                 )
                 if confirmation is not None:
                     await confirmation.wait()
-            except (PublishNacked, PublishReturned, ChannelClosed) as exc:
+            except (PublishNacked, PublishReturned, ChannelClosed, ValueError, TypeError) as exc:
+                # ValueError / TypeError: properties from the wire that cannot be re-encoded
                 log.error(
-                    "dead-letter publish failed; rejecting", error=repr(exc), exchange=exchange
+                    "dead-letter publish failed; rejecting",
+                    error=repr(exc)[:300],
+                    exchange=exchange,
                 )
             else:
                 await channel.ack(delivery.delivery_tag)
                 return
         await channel.reject(delivery.delivery_tag, requeue=False)
 
-    async def _reply_now(self, message: oslo.OsloMessage, failure: Failure) -> None:
-        """Answer a call that never reaches an actor (wrong namespace or version)."""
-        if not (message.msg_id and message.reply_q) or self._publish_channel is None:
+    async def _reply_now(self, reply_to: oslo.ReplyAddress, failure: Failure) -> None:
+        """Answer a call that never reaches an actor (malformed, wrong namespace or version).
+
+        Not confirmed, not retried: the caller has its own timeout."""
+        if self._publish_channel is None:
             return
-        body = oslo.encode_reply(message.msg_id, failure=failure)
-        await self._publish_channel.publish(
-            "", message.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
-        )
+        body = oslo.encode_reply(reply_to.msg_id, failure=failure)
+        try:
+            await self._publish_channel.publish(
+                "", reply_to.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+            )
+        except ValueError as exc:  # not a usable routing key after all: nobody to answer
+            log.warning("failure reply not sent", error=str(exc)[:200])
 
     # ------------------------------------------------------------------ outbound
 
@@ -561,14 +664,7 @@ class Gateway:
                     )
                 reply_confirmation: Confirmation | None = None
                 if pending.reply_q and pending.msg_id:
-                    body = oslo.encode_reply(
-                        pending.msg_id,
-                        result_json=_status_encoder.encode(outcome.reply),
-                        failure=outcome.failure,
-                    )
-                    reply_confirmation = await channel.publish(
-                        "", pending.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
-                    )
+                    reply_confirmation = await self._publish_reply(channel, pending, outcome)
                 reject = None
                 if outcome.failure is not None and outcome.failure.exc_class in INVALID_FAILURES:
                     reject = f"{outcome.failure.exc_class}: {outcome.failure.message}"
@@ -577,6 +673,33 @@ class Gateway:
                 )
         finally:
             published.close()
+
+    async def _publish_reply(
+        self, channel: Channel, pending: _Pending, outcome: Outcome
+    ) -> Confirmation | None:
+        """The reply to a call; a reply that cannot be encoded becomes a failure reply."""
+        assert pending.msg_id is not None and pending.reply_q is not None
+        try:
+            body = oslo.encode_reply(
+                pending.msg_id,
+                result_json=_status_encoder.encode(outcome.reply),
+                failure=outcome.failure,
+            )
+        except (TypeError, ValueError) as exc:  # a backend answered something not JSON
+            log.error("reply not encodable", method=pending.method, error=str(exc)[:200])
+            body = oslo.encode_reply(
+                pending.msg_id,
+                failure=Failure(
+                    exc_class="DriverError", module="lbactors.gateway", message="unencodable reply"
+                ),
+            )
+        try:
+            return await channel.publish(
+                "", pending.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+            )
+        except ValueError as exc:  # checked at decoding; kept so that no reply can crash us
+            log.error("reply not sent", method=pending.method, error=str(exc)[:200])
+            return None
 
     async def _settle(self, published: trio.MemoryReceiveChannel[_Published]) -> None:
         """Ack (or reject) each delivery once its publishes are confirmed, in order."""

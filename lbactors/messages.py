@@ -188,6 +188,9 @@ def _args_struct(name: str, fields: list[tuple[str, Any, Any]]) -> type[msgspec.
 
 _REQUIRED = object()
 
+#: what decoding untrusted JSON raises besides msgspec's errors (deep nesting, bad UTF-8)
+_UNTRUSTED_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
+
 
 def _build_args_types() -> dict[str, tuple[str | None, Action, type[msgspec.Struct]]]:
     table: dict[str, tuple[str | None, Action, type[msgspec.Struct]]] = {}
@@ -279,7 +282,7 @@ def _guess_object(method: str, raw: bytes) -> tuple[str | None, str | None]:
     kind = spec[0]
     try:
         loose = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except _UNTRUSTED_ERRORS:
         return kind, None
     if not isinstance(loose, dict):
         return kind, None
@@ -297,7 +300,8 @@ def decode_request(method: str, raw: bytes) -> Request:
     """Decode the JSON ``args`` of ``method`` into a :class:`Request`.
 
     Raises :class:`InvalidOperation` naming the method and the field for an unknown method,
-    malformed JSON, a missing or ill-typed field, or a missing object id.
+    malformed JSON (nested too deeply, invalid UTF-8 included), a missing, ill-typed or
+    out-of-range field, or a missing object id; never anything else.
     """
     spec = METHODS.get(method)
     if spec is None:
@@ -305,6 +309,11 @@ def decode_request(method: str, raw: bytes) -> Request:
     kind, action, _ = spec
     try:
         args = _DECODERS[method].decode(raw)
+        present = (
+            getattr(_NEW_KEYS_DECODERS[method].decode(raw), f"new_{kind}")
+            if action == "update"
+            else None
+        )
     except msgspec.ValidationError as exc:
         guessed_kind, guessed_id = _guess_object(method, raw)
         raise InvalidOperation(
@@ -316,6 +325,12 @@ def decode_request(method: str, raw: bytes) -> Request:
         ) from None
     except msgspec.DecodeError as exc:
         raise InvalidOperation(method, "", f"malformed JSON arguments: {exc}") from None
+    except RecursionError:
+        raise InvalidOperation(method, "", "malformed JSON arguments: nested too deeply") from None
+    except UnicodeError as exc:
+        raise InvalidOperation(
+            method, "", f"malformed JSON arguments: invalid text ({type(exc).__name__})"
+        ) from None
 
     if kind is None:
         metadata_field = QUERY_METHODS[method]
@@ -324,7 +339,6 @@ def decode_request(method: str, raw: bytes) -> Request:
 
     if action == "update":
         old = getattr(args, f"old_{kind}")
-        present = getattr(_NEW_KEYS_DECODERS[method].decode(raw), f"new_{kind}")
         new = _merge(old, getattr(args, f"new_{kind}"), present)
         obj, field = new, f"new_{kind}.id"
     else:

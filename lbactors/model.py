@@ -11,12 +11,19 @@ Ids are optional at this level because nested dicts sometimes carry only ``<kind
 (a cascade's ``default_pool``). ``__post_init__`` fills ``id`` from ``<kind>_id``; whether an
 id is *required* depends on the operation and is checked by :func:`decode_args`.
 
+Every payload is untrusted input, so numbers carry Octavia's own ranges (its API rejects
+anything outside them: ``octavia/common/constants.py``, ``octavia/api/v2/types``): ports
+1–65535, member weights 0–256, health-monitor retries 1–10, listener timeouts 0–24 days in
+ms, L7 policy positions 1–2³¹-1, redirect codes 301/302/303/307/308; and ids are at most 255
+characters (Octavia's are 36-character UUIDs). A value outside its range fails decoding, so
+the operation is invalid (its object ERROR) instead of reaching a backend.
+
 Pure: msgspec only; no I/O, no trio, no logging.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -36,18 +43,34 @@ PLURAL: dict[str, str] = {
 }
 
 
+#: Octavia's int32 columns (positions, connection limits, health-monitor delays)
+INT32_MAX = 2**31 - 1
+#: ``octavia.common.constants.MAX_TIMEOUT``: 24 days, in milliseconds
+MAX_TIMEOUT_MS = 24 * 24 * 60 * 60 * 1000
+
+Id = Annotated[str, msgspec.Meta(max_length=255)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Weight = Annotated[int, msgspec.Meta(ge=0, le=256)]
+Retries = Annotated[int, msgspec.Meta(ge=1, le=10)]
+TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIMEOUT_MS)]
+NonNegInt32 = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+ConnectionLimit = Annotated[int, msgspec.Meta(ge=-1, le=INT32_MAX)]
+Position = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]
+RedirectCode = Literal[301, 302, 303, 307, 308]
+
+
 class _Object(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of every Octavia object: ``id`` falls back to ``<kind>_id``."""
 
-    id: str | None = None
+    id: Id | None = None
     name: str | None = None
     admin_state_up: bool | None = None
-    project_id: str | None = None
+    project_id: Id | None = None
 
 
 class L7Rule(_Object, kw_only=True, omit_defaults=True):
-    l7rule_id: str | None = None
-    l7policy_id: str | None = None
+    l7rule_id: Id | None = None
+    l7policy_id: Id | None = None
     type: str | None = None
     compare_type: str | None = None
     key: str | None = None
@@ -61,14 +84,14 @@ class L7Rule(_Object, kw_only=True, omit_defaults=True):
 
 
 class L7Policy(_Object, kw_only=True, omit_defaults=True):
-    l7policy_id: str | None = None
-    listener_id: str | None = None
+    l7policy_id: Id | None = None
+    listener_id: Id | None = None
     action: str | None = None
-    position: int | None = None
-    redirect_pool_id: str | None = None
+    position: Position | None = None
+    redirect_pool_id: Id | None = None
     redirect_url: str | None = None
     redirect_prefix: str | None = None
-    redirect_http_code: int | None = None
+    redirect_http_code: RedirectCode | None = None
     rules: list[L7Rule] | None = None
     listener: Listener | None = None
 
@@ -78,20 +101,20 @@ class L7Policy(_Object, kw_only=True, omit_defaults=True):
 
 
 class HealthMonitor(_Object, kw_only=True, omit_defaults=True):
-    healthmonitor_id: str | None = None
-    pool_id: str | None = None
+    healthmonitor_id: Id | None = None
+    pool_id: Id | None = None
     type: str | None = None
-    delay: int | None = None
-    timeout: int | None = None
-    max_retries: int | None = None
-    max_retries_down: int | None = None
+    delay: NonNegInt32 | None = None
+    timeout: NonNegInt32 | None = None
+    max_retries: Retries | None = None
+    max_retries_down: Retries | None = None
     http_method: str | None = None
     url_path: str | None = None
     expected_codes: str | None = None
     http_version: float | str | None = None
     domain_name: str | None = None
     pool: Pool | None = None
-    loadbalancer_id: str | None = None
+    loadbalancer_id: Id | None = None
     loadbalancer: LoadBalancer | None = None
 
     def __post_init__(self) -> None:
@@ -100,17 +123,17 @@ class HealthMonitor(_Object, kw_only=True, omit_defaults=True):
 
 
 class Member(_Object, kw_only=True, omit_defaults=True):
-    member_id: str | None = None
-    pool_id: str | None = None
+    member_id: Id | None = None
+    pool_id: Id | None = None
     address: str | None = None
-    protocol_port: int | None = None
-    weight: int | None = None
+    protocol_port: Port | None = None
+    weight: Weight | None = None
     backup: bool | None = None
-    subnet_id: str | None = None
+    subnet_id: Id | None = None
     monitor_address: str | None = None
-    monitor_port: int | None = None
+    monitor_port: Port | None = None
     pool: Pool | None = None
-    loadbalancer_id: str | None = None
+    loadbalancer_id: Id | None = None
     loadbalancer: LoadBalancer | None = None
 
     def __post_init__(self) -> None:
@@ -119,9 +142,9 @@ class Member(_Object, kw_only=True, omit_defaults=True):
 
 
 class Pool(_Object, kw_only=True, omit_defaults=True):
-    pool_id: str | None = None
-    loadbalancer_id: str | None = None
-    listener_id: str | None = None
+    pool_id: Id | None = None
+    loadbalancer_id: Id | None = None
+    listener_id: Id | None = None
     protocol: str | None = None
     lb_algorithm: str | None = None
     session_persistence: dict[str, Any] | None = None
@@ -138,19 +161,19 @@ class Pool(_Object, kw_only=True, omit_defaults=True):
 
 
 class Listener(_Object, kw_only=True, omit_defaults=True):
-    listener_id: str | None = None
-    loadbalancer_id: str | None = None
+    listener_id: Id | None = None
+    loadbalancer_id: Id | None = None
     protocol: str | None = None
-    protocol_port: int | None = None
-    connection_limit: int | None = None
-    default_pool_id: str | None = None
+    protocol_port: Port | None = None
+    connection_limit: ConnectionLimit | None = None
+    default_pool_id: Id | None = None
     default_pool: Pool | None = None
     l7policies: list[L7Policy] | None = None
     allowed_cidrs: list[str] | None = None
-    timeout_client_data: int | None = None
-    timeout_member_connect: int | None = None
-    timeout_member_data: int | None = None
-    timeout_tcp_inspect: int | None = None
+    timeout_client_data: TimeoutMs | None = None
+    timeout_member_connect: TimeoutMs | None = None
+    timeout_member_data: TimeoutMs | None = None
+    timeout_tcp_inspect: TimeoutMs | None = None
     default_tls_container_ref: str | None = None
     loadbalancer: LoadBalancer | None = None
 
@@ -160,11 +183,11 @@ class Listener(_Object, kw_only=True, omit_defaults=True):
 
 
 class LoadBalancer(_Object, kw_only=True, omit_defaults=True):
-    loadbalancer_id: str | None = None
+    loadbalancer_id: Id | None = None
     vip_address: str | None = None
-    vip_port_id: str | None = None
-    vip_subnet_id: str | None = None
-    vip_network_id: str | None = None
+    vip_port_id: Id | None = None
+    vip_subnet_id: Id | None = None
+    vip_network_id: Id | None = None
     flavor: dict[str, Any] | None = None
     availability_zone: str | dict[str, Any] | None = None
     listeners: list[Listener] | None = None

@@ -291,3 +291,64 @@ def test_unique_ids_are_fresh() -> None:
     second = json.loads(json.loads(oslo.encode_cast("m", b"{}"))["oslo.message"])
     assert first["_unique_id"] != second["_unique_id"]
     assert uuid.UUID(first["_unique_id"])
+
+
+async def test_malformed_messages_of_every_kind_leave_the_queue_without_a_reconnect(
+    settings: GatewaySettings,
+) -> None:
+    """Every kind in ``bench.malformed`` (undecodable AMQP properties included, which used to
+    close the connection on every redelivery) is dead-lettered; objects it names get ERROR;
+    the connection never drops and a good operation still completes."""
+    from bench.malformed import KINDS, malformed_messages
+
+    dlx = f"{settings.topic}_dlx"
+    settings = msgspec.structs.replace(settings, dead_letter_exchange=dlx, max_body_bytes=65536)
+    dead_queue = f"{settings.topic}_dead"
+    messages = malformed_messages(len(KINDS) * 2, seed=7, max_body_bytes=65536)
+    tree = LoadBalancerTree(3)
+    async with open_connection(settings.url) as connection:
+        channel = await connection.open_channel()
+        await channel.exchange_declare(dlx, "fanout", auto_delete=True)
+        await channel.queue_declare(dead_queue, arguments={"x-expires": 60_000})
+        await channel.queue_bind(dead_queue, dlx, "")
+        async with running(settings) as (gateway, driver):
+            assert driver is not None
+            publisher = await connection.open_channel()
+            await publisher.confirm_select()
+            for message in messages:
+                confirmation = await publisher.publish(
+                    settings.exchange, settings.topic, message.body,
+                    properties=message.properties,  # type: ignore[arg-type]
+                )
+                assert confirmation is not None
+                await confirmation.wait()
+            method, kwargs, expected = tree.lifecycle()[0]
+            await trio.to_thread.run_sync(lambda: driver.cast(method, **kwargs))
+            named = {m.names for m in messages if m.names}
+            errors: set[str] = set()
+            with trio.fail_after(30):
+                while True:
+                    status = await next_status(driver)
+                    if status.get("loadbalancers") and status["loadbalancers"][0]["id"] == tree.lb_id:
+                        assert normalized(status) == normalized(expected)
+                        break
+                    for entry in status.get("members", []):
+                        if entry["provisioning_status"] == "ERROR":
+                            errors.add(entry["id"])
+            with trio.fail_after(10):
+                while len(errors) < len(named):
+                    status = await next_status(driver)
+                    errors.update(e["id"] for e in status.get("members", []))
+            assert errors == named
+            dead = []
+            consumer = await channel.basic_consume(dead_queue, no_ack=True)
+            with trio.fail_after(10):
+                async for delivery in consumer:
+                    dead.append(delivery)
+                    if len(dead) == len(messages):
+                        break
+            reasons = {d.properties.headers["x-lbactors-reason"].split(":")[0] for d in dead}
+            assert reasons <= {"malformed", "UnsupportedVersion", "NoSuchMethod", "InvalidOperation"}
+            assert gateway.counters.rejected == len(messages)
+            assert gateway.counters.reconnects == 0
+        await channel.queue_delete(dead_queue)

@@ -94,6 +94,8 @@ class Delivery(msgspec.Struct):
     routing_key: str
     consumer_tag: str
     properties: commands.Basic.Properties
+    #: why the properties could not be decoded (they are then empty); see ``Content``
+    header_error: str | None = None
 
 
 class Confirmation:
@@ -549,6 +551,7 @@ class Channel:
                         method.routing_key,
                         method.consumer_tag,
                         content.properties,
+                        content.header_error,
                     )
                 )
         elif method.name == "Basic.Return":

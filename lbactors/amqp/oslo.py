@@ -26,6 +26,7 @@ __all__ = [
     "MalformedMessage",
     "OsloMessage",
     "Reply",
+    "ReplyAddress",
     "call_properties",
     "decode_message",
     "decode_reply",
@@ -33,6 +34,7 @@ __all__ = [
     "encode_cast",
     "encode_failure",
     "encode_reply",
+    "shortstr_problem",
     "with_headers",
 ]
 
@@ -79,8 +81,33 @@ def with_headers(properties: Basic.Properties, headers: dict[str, Any]) -> Basic
     )
 
 
+#: AMQP short strings (queue names, routing keys) hold at most this many bytes
+SHORTSTR_MAX = 255
+#: a ``method`` name longer than this is not a method of any endpoint
+METHOD_MAX = 255
+
+#: what decoding untrusted JSON can raise besides msgspec's own errors: nesting deeper than
+#: the interpreter's recursion limit, invalid UTF-8 in a string, a lone surrogate
+_UNTRUSTED_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
+
+
+class ReplyAddress(msgspec.Struct, frozen=True):
+    """Where a call's answer goes: ``_msg_id`` and the queue ``_reply_q``."""
+
+    msg_id: str
+    reply_q: str
+
+
 class MalformedMessage(ValueError):
-    """A body that is not an oslo message; the text says what is wrong with it."""
+    """A body that is not an oslo message; the text says what is wrong with it.
+
+    ``reply_to`` is the caller's reply address when the body was a call whose address could
+    still be read (and is valid), so that the caller gets a failure instead of a timeout.
+    """
+
+    def __init__(self, text: str, *, reply_to: ReplyAddress | None = None) -> None:
+        super().__init__(text)
+        self.reply_to = reply_to
 
 
 class _Envelope(msgspec.Struct):
@@ -104,6 +131,12 @@ class OsloMessage(msgspec.Struct, frozen=True):
     def is_call(self) -> bool:
         return bool(self.msg_id and self.reply_q)
 
+    @property
+    def reply_to(self) -> ReplyAddress | None:
+        if self.msg_id and self.reply_q:
+            return ReplyAddress(self.msg_id, self.reply_q)
+        return None
+
 
 class Reply(msgspec.Struct, frozen=True):
     """A reply's inner message; ``result`` stays raw JSON, ``failure`` oslo's JSON string."""
@@ -114,7 +147,15 @@ class Reply(msgspec.Struct, frozen=True):
     msg_id: str | None = msgspec.field(default=None, name="_msg_id")
 
 
+class _ReplyProbe(msgspec.Struct):
+    """Only the reply address of a message that failed to decode."""
+
+    msg_id: str | None = msgspec.field(default=None, name="_msg_id")
+    reply_q: str | None = msgspec.field(default=None, name="_reply_q")
+
+
 _envelope_probe = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_reply_probe = msgspec.json.Decoder(_ReplyProbe)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _message_decoder = msgspec.json.Decoder(OsloMessage)
 _reply_decoder = msgspec.json.Decoder(Reply)
@@ -136,30 +177,92 @@ def _unwrap(body: bytes, max_bytes: int | None) -> bytes:
         raise MalformedMessage(f"body of {len(body)} bytes exceeds the limit of {max_bytes}")
     try:
         keys = _envelope_probe.decode(body)
-    except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"body is not a JSON object: {exc}") from None
+    except _UNTRUSTED_ERRORS as exc:
+        raise MalformedMessage(f"body is not a JSON object: {_why(exc)}") from None
     if "oslo.version" not in keys or "oslo.message" not in keys:
         return body  # oslo's pre-envelope format: the body is the message
     try:
         envelope = _envelope_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"bad envelope: {exc}") from None
+        inner = envelope.message.encode()
+    except _UNTRUSTED_ERRORS as exc:
+        raise MalformedMessage(f"bad envelope: {_why(exc)}") from None
     if not _version_compatible(envelope.version):
-        raise MalformedMessage(f"unsupported envelope version {envelope.version!r}")
-    return envelope.message.encode()
+        raise MalformedMessage(
+            f"unsupported envelope version {envelope.version[:40]!r}",
+            reply_to=_probe_reply_address(inner),
+        )
+    return inner
+
+
+def _why(exc: BaseException) -> str:
+    """A decode error as one short line (msgspec's own text, else the exception's kind)."""
+    if isinstance(exc, msgspec.DecodeError):
+        return str(exc)[:200]
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    return f"invalid text: {type(exc).__name__}: {str(exc)[:160]}"
+
+
+def shortstr_problem(value: str, what: str) -> str | None:
+    """Why ``value`` cannot be an AMQP short string (a queue name, a routing key), or None."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeError:
+        return f"{what} is not valid text"
+    if size > SHORTSTR_MAX:
+        return f"{what} of {size} bytes exceeds AMQP's {SHORTSTR_MAX}"
+    return None
+
+
+def _checked_reply_address(msg_id: str | None, reply_q: str | None) -> ReplyAddress | None:
+    """The reply address, if both parts are there and valid for a reply publish."""
+    if not (msg_id and reply_q):
+        return None
+    if shortstr_problem(reply_q, "`_reply_q`") or len(msg_id) > SHORTSTR_MAX:
+        return None
+    return ReplyAddress(msg_id, reply_q)
+
+
+def _probe_reply_address(inner: bytes) -> ReplyAddress | None:
+    """Best effort, for a message that failed to decode: its caller's valid reply address."""
+    try:
+        probe = _reply_probe.decode(inner)
+    except _UNTRUSTED_ERRORS:
+        return None
+    return _checked_reply_address(probe.msg_id, probe.reply_q)
 
 
 def decode_message(body: bytes, *, max_bytes: int | None = None) -> OsloMessage:
-    """Decode a cast or call; raise :class:`MalformedMessage` naming what is wrong."""
+    """Decode a cast or call; raise :class:`MalformedMessage` naming what is wrong.
+
+    Never raises anything else, whatever the bytes (untrusted input from the wire): deep
+    nesting, invalid UTF-8 and out-of-range numbers are malformed messages too. A call's reply
+    address must be usable: ``_reply_q`` at most 255 bytes (an AMQP routing key).
+    """
     inner = _unwrap(body, max_bytes)
     try:
         message = _message_decoder.decode(inner)
-    except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"bad message: {exc}") from None
+    except _UNTRUSTED_ERRORS as exc:
+        raise MalformedMessage(
+            f"bad message: {_why(exc)}", reply_to=_probe_reply_address(inner)
+        ) from None
+    if message.reply_q is not None and message.msg_id:
+        problem = shortstr_problem(message.reply_q, "`_reply_q`")
+        if problem is None and len(message.msg_id) > SHORTSTR_MAX:
+            problem = f"`_msg_id` of {len(message.msg_id)} characters exceeds {SHORTSTR_MAX}"
+        if problem is not None:
+            raise MalformedMessage(f"bad reply address: {problem}")  # nobody to answer
+    reply_to = message.reply_to
     if not message.method:
-        raise MalformedMessage("bad message: empty `method`")
+        raise MalformedMessage("bad message: empty `method`", reply_to=reply_to)
+    if len(message.method) > METHOD_MAX:
+        raise MalformedMessage(
+            f"bad message: `method` of {len(message.method)} characters", reply_to=reply_to
+        )
     if not bytes(message.args).lstrip().startswith(b"{"):
-        raise MalformedMessage(f"bad message: `args` of {message.method!r} is not an object")
+        raise MalformedMessage(
+            f"bad message: `args` of {message.method!r} is not an object", reply_to=reply_to
+        )
     return message
 
 
@@ -168,8 +271,8 @@ def decode_reply(body: bytes) -> tuple[str | None, bytes | None, str | None, boo
     inner = _unwrap(body, None)
     try:
         reply = _reply_decoder.decode(inner)
-    except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"bad reply: {exc}") from None
+    except _UNTRUSTED_ERRORS as exc:
+        raise MalformedMessage(f"bad reply: {_why(exc)}") from None
     result = bytes(reply.result)
     if result == b"null":
         return reply.msg_id, None, reply.failure, reply.ending

@@ -65,25 +65,40 @@ _EMPTY_PROPERTIES = b"\x00\x00"  # property flags: none set
 
 class Content:
     """A content-carrying method (Basic.Deliver, Basic.Return, Basic.GetOk) with its
-    properties and its whole body, assembled from the header and body frames."""
+    properties and its whole body, assembled from the header and body frames.
 
-    __slots__ = ("body", "method", "properties")
+    ``header_error`` says why the content header's properties could not be decoded (a
+    timestamp beyond the year 9999, say: the broker passes such properties through); the
+    properties are then empty. The frames themselves were sound, so the stream goes on: one
+    message with odd properties must never take the connection down (it would be redelivered
+    to the next connection, and take that one down too).
+    """
 
-    def __init__(self, method: Frame, properties: commands.Basic.Properties, body: bytes) -> None:
+    __slots__ = ("body", "header_error", "method", "properties")
+
+    def __init__(
+        self,
+        method: Frame,
+        properties: commands.Basic.Properties,
+        body: bytes,
+        header_error: str | None = None,
+    ) -> None:
         self.method = method
         self.properties = properties
         self.body = body
+        self.header_error = header_error
 
     def __repr__(self) -> str:
         return f"Content({self.method!r}, {self.properties!r}, <{len(self.body)} bytes>)"
 
 
 class _Partial:
-    __slots__ = ("body_size", "method", "parts", "properties", "received")
+    __slots__ = ("body_size", "header_error", "method", "parts", "properties", "received")
 
     def __init__(self, method: Frame) -> None:
         self.method = method
         self.properties: commands.Basic.Properties | None = None
+        self.header_error: str | None = None
         self.body_size = -1
         self.parts: list[bytes] = []
         self.received = 0
@@ -189,10 +204,19 @@ class FrameDecoder:
                     state = partial.get(channel_id)
                     if state is None or state.body_size >= 0:
                         raise FrameError(f"unexpected content header on channel {channel_id}")
-                    content_header = _unmarshal(bytes(buf[pos:end]))
-                    assert isinstance(content_header, header.ContentHeader)
-                    state.properties = content_header.properties
-                    state.body_size = content_header.body_size
+                    if size < _CONTENT_HEADER_START.size:
+                        raise FrameError(f"content header of {size} bytes on channel {channel_id}")
+                    try:
+                        content_header = _unmarshal(bytes(buf[pos:end]))
+                    except FrameError as error:
+                        # sound framing, undecodable properties: keep the message, say why
+                        state.properties = commands.Basic.Properties()
+                        state.header_error = str(error)
+                        state.body_size = _CONTENT_HEADER_START.unpack_from(buf, pos + 7)[2]
+                    else:
+                        assert isinstance(content_header, header.ContentHeader)
+                        state.properties = content_header.properties
+                        state.body_size = content_header.body_size
                     if state.body_size == 0:
                         del partial[channel_id]
                         events.append((channel_id, _complete(state)))
@@ -220,7 +244,7 @@ def _complete(state: _Partial) -> Content:
     parts = state.parts
     body = parts[0] if len(parts) == 1 else b"".join(parts)
     assert state.properties is not None
-    return Content(state.method, state.properties, body)
+    return Content(state.method, state.properties, body, state.header_error)
 
 
 def marshal_method(channel_id: int, method: Frame) -> bytes:
