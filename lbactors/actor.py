@@ -14,6 +14,12 @@ Guarantees:
   name a load balancer) need no actor: each runs as its own task;
 - nothing escapes an actor: decode errors, backend exceptions and our own bugs all become
   outcomes (:func:`lbactors.dispatch.run_operation`);
+- a backend call that ignores its cancellation cannot hold its actor: ``cancel_grace``
+  seconds after its deadline the operation's outcome is sent for it (the object ERROR,
+  :func:`~lbactors.dispatch.failed_outcome`) with ``abandoned=True``, and the call's late
+  result, if any, is dropped. The actor stays blocked behind the call, so its load
+  balancer's later operations never overlap it; the owner of the system must replace it (a
+  worker process is replaced by the supervisor, which replays those later operations);
 - an actor retires once its load balancer is deleted (plain or cascade delete succeeded) and
   its mailbox is empty, so memory follows the live load balancers, not the history; an
   operation that arrives later for that id simply starts a fresh actor.
@@ -36,7 +42,7 @@ import structlog
 import trio
 
 from lbactors.backends.base import Backend
-from lbactors.dispatch import run_operation
+from lbactors.dispatch import CallWatch, failed_outcome, run_operation
 from lbactors.messages import (
     Failure,
     ListenerStatistics,
@@ -54,15 +60,17 @@ log = structlog.get_logger("lbactors.actor")
 
 
 class _Mailbox:
-    __slots__ = ("busy", "last_used", "lb_id", "receive", "send")
+    __slots__ = ("busy", "last_used", "lb_id", "receive", "send", "watch")
 
-    def __init__(self, lb_id: str, size: int) -> None:
+    def __init__(self, lb_id: str, size: float) -> None:
         self.lb_id = lb_id
         self.send, self.receive = trio.open_memory_channel[Operation](size)
         #: running an operation now
         self.busy = False
         #: when an operation was last handed over or finished (trio clock)
         self.last_used = 0.0
+        #: the operation running now and the deadline of its backend call
+        self.watch = CallWatch()
 
 
 def _deleted_lb(outcome: Outcome, lb_id: str) -> bool:
@@ -84,9 +92,10 @@ class ActorSystem:
         backend: Backend,
         outcomes: trio.MemorySendChannel[Outcome],
         *,
-        mailbox_size: int,
+        mailbox_size: float,
         parents_on_failure: ParentsOnFailure,
         idle_timeout: float = 60.0,
+        cancel_grace: float = 5.0,
     ) -> None:
         if mailbox_size < 0:
             raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
@@ -99,7 +108,14 @@ class ActorSystem:
         #: load balancers with a live tree here (an idle one has no actor until its next op)
         self._owned: set[str] = set()
         self._idle_timeout = idle_timeout
+        self._cancel_grace = cancel_grace
+        #: every operation running now (actors' and queries')
+        self._running: set[CallWatch] = set()
+        #: operations given up on because their backend call ignored cancellation
+        self.abandoned = 0
         self._closed = False
+        #: set when closing and an actor ends, so that the overdue watch ends without delay
+        self._closing_progress = trio.Event()
         #: operating statuses last reported by collect_statistics, and their load balancer
         self._last_operating: dict[tuple[str, str], str] = {}
         self._owner_of_status: dict[tuple[str, str], str] = {}
@@ -174,6 +190,41 @@ class ActorSystem:
                 del self._actors[mailbox.lb_id]
                 mailbox.send.close()  # the actor sees the end of its mailbox and returns
 
+    async def watch_overdue(self) -> None:
+        """Give up on every backend call still running ``cancel_grace`` seconds after its
+        deadline (it ignored its cancellation; see the module docstring), until the system
+        is closed and nothing runs any more."""
+        period = min(1.0, max(self._cancel_grace / 2, 0.05))
+        while not (self._closed and not self._actors and not self._running):
+            with trio.move_on_after(period):
+                await self._closing_progress.wait()
+            self._closing_progress = trio.Event()
+            now = trio.current_time()
+            for watch in [w for w in self._running if w.deadline + self._cancel_grace < now]:
+                await self._abandon(watch, now)
+
+    async def _abandon(self, watch: CallWatch, now: float) -> None:
+        op = watch.op
+        assert op is not None
+        watch.abandoned = True
+        self._running.discard(watch)
+        self.abandoned += 1
+        overdue = now - watch.deadline
+        reason = (
+            f"the backend call ignored its cancellation: still running {overdue:.1f} s "
+            f"after its deadline"
+        )
+        log.error(
+            "backend call ignored its cancellation; giving up on it",
+            lb_id=op.lb_id,
+            op_id=op.op_id,
+            method=op.method,
+            overdue_s=round(overdue, 3),
+        )
+        outcome = failed_outcome(op, reason, parents_on_failure=self._parents_on_failure)
+        outcome.abandoned = True
+        await self._outcomes.send(outcome)
+
     async def collect_statistics(self) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
         """Listener counters of every known load balancer, and the operating statuses that
         changed since the previous call (``{id, operating_status}`` entries, at most one
@@ -221,11 +272,15 @@ class ActorSystem:
         self._closed = True
         for mailbox in self._actors.values():
             mailbox.send.close()
+        self._closing_progress.set()
 
-    async def _run_one(self, op: Operation, actor_log: Any) -> Outcome:
+    async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
+        watch.op = op
+        watch.abandoned = False
+        self._running.add(watch)
         try:
             return await run_operation(
-                self._backend, op, parents_on_failure=self._parents_on_failure
+                self._backend, op, parents_on_failure=self._parents_on_failure, watch=watch
             )
         except Exception as exc:  # run_operation never raises; this is the last net
             (actor_log or log).error(
@@ -237,11 +292,17 @@ class ActorSystem:
                 failure=Failure(
                     exc_class=type(exc).__name__, module=type(exc).__module__, message=str(exc)
                 ),
+                reason=f"internal error: {type(exc).__name__}: {exc}",
             )
+        finally:
+            self._running.discard(watch)
 
     async def _run_query(self, op: Operation) -> None:
-        outcome = await self._run_one(op, None)
-        await self._outcomes.send(outcome)
+        watch = CallWatch()
+        outcome = await self._run_one(op, watch, None)
+        if not watch.abandoned:
+            await self._outcomes.send(outcome)
+        self._ended()
 
     async def _serve_actor(self, mailbox: _Mailbox) -> None:
         lb_id = mailbox.lb_id
@@ -262,7 +323,12 @@ class ActorSystem:
                     break
                 mailbox.busy = True
                 self._owned.add(lb_id)
-                outcome = await self._run_one(op, actor_log)
+                outcome = await self._run_one(op, mailbox.watch, actor_log)
+                if mailbox.watch.abandoned:
+                    # its outcome went out already; the late result of a call that ignored
+                    # its cancellation is dropped, and the actor serves no more
+                    actor_log.warning("abandoned backend call returned", op_id=op.op_id)
+                    return
                 mailbox.busy = False
                 mailbox.last_used = trio.current_time()
                 retire = (
@@ -283,9 +349,15 @@ class ActorSystem:
                 except trio.WouldBlock:
                     await outcomes.send(outcome)
                 if retire:
+                    self._ended()
                     return
         if self._actors.get(lb_id) is mailbox:
             del self._actors[lb_id]
+        self._ended()
+
+    def _ended(self) -> None:
+        if self._closed:
+            self._closing_progress.set()
 
 
 @asynccontextmanager
@@ -293,9 +365,10 @@ async def open_actor_system(
     backend: Backend,
     outcomes: trio.MemorySendChannel[Outcome],
     *,
-    mailbox_size: int = 64,
+    mailbox_size: float = 64,
     parents_on_failure: ParentsOnFailure = "active",
     idle_timeout: float = 60.0,
+    cancel_grace: float = 5.0,
 ) -> AsyncIterator[ActorSystem]:
     """An :class:`ActorSystem` running ``backend``; one outcome per operation to ``outcomes``.
 
@@ -314,6 +387,7 @@ async def open_actor_system(
                 mailbox_size=mailbox_size,
                 parents_on_failure=parents_on_failure,
                 idle_timeout=idle_timeout,
+                cancel_grace=cancel_grace,
             )
             sweeper = trio.CancelScope()
 
@@ -322,6 +396,8 @@ async def open_actor_system(
                     await system.sweep_idle()
 
             nursery.start_soon(sweep)
+            # watches the drain too: it ends once the system is closed and nothing runs
+            nursery.start_soon(system.watch_overdue)
             try:
                 yield system
             finally:

@@ -90,13 +90,26 @@ class DaemonSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     """``[daemon]``: worker processes, shutdown and restarts."""
 
     workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
-    mailbox_size: _PosInt = 64
+    #: operations queued per load balancer; 0: no bound of its own (the broker's prefetch
+    #: bounds every queue inside the daemon, docs/bounds.md)
+    mailbox_size: _NonNegInt = 0
     actor_idle_timeout: _NonNegFloat = 60.0
     grace_period: _NonNegFloat = 30.0
     restart_limit: _NonNegInt = 5
     restart_window: _PosFloat = 60.0
     restart_backoff_initial: _NonNegFloat = 0.1
     restart_backoff_max: _NonNegFloat = 5.0
+    #: seconds a cancelled backend call may take to return before its worker is replaced
+    cancel_grace: _PosFloat = 5.0
+    #: seconds between liveness pings to each worker, and without an answer before it is
+    #: killed and replaced (its in-flight operations replayed)
+    ping_interval: _PosFloat = 5.0
+    ping_timeout: _PosFloat = 30.0
+    #: an operation in flight on this many consecutive worker deaths is not replayed again:
+    #: its object goes ERROR and the message is dead-lettered
+    poison_after: _PosInt = 2
+    #: seconds workers get to exit once drained, at shutdown, before they are killed
+    stop_timeout: _PosFloat = 5.0
 
 
 class BackendSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -465,6 +478,10 @@ def _check(config: Config, sources: Mapping[str, str], file_label: str) -> None:
     if amqp.ca_file and not os.path.isfile(amqp.ca_file):
         raise fail("amqp.ca_file", f"no such file: {amqp.ca_file}")
     daemon = config.daemon
+    if daemon.ping_timeout <= daemon.ping_interval:
+        raise fail(
+            "daemon.ping_timeout", "must be > daemon.ping_interval", "daemon.ping_interval"
+        )
     if daemon.restart_backoff_max < daemon.restart_backoff_initial:
         raise fail(
             "daemon.restart_backoff_max",

@@ -18,15 +18,22 @@ queries). It never raises (except cancellation): every problem becomes part of t
   (``NoSuchMethod`` for an unknown method, as oslo's dispatcher, else ``InvalidOperation``),
   and the named object ``ERROR`` when it can be named.
 
+Every backend call runs under its deadline (:class:`~lbactors.backends.base.Deadlines`):
+on expiry it is cancelled and counts as a failure (:class:`DeadlineExceeded`). While a call
+runs, its :class:`CallWatch` says until when; the actor system uses that to find a call that
+ignores its cancellation (:func:`failed_outcome` then answers for it).
+
 Layer: actors and backends (model, trio, structlog); never AMQP.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import structlog
+import trio
 
 from lbactors.backends.base import Backend
 from lbactors.cascade import Step, cascade_plan, pool_delete_plan
@@ -55,7 +62,7 @@ from lbactors.status import (
     pool_delete_status,
 )
 
-__all__ = ["run_operation"]
+__all__ = ["CallWatch", "DeadlineExceeded", "failed_outcome", "run_operation"]
 
 log = structlog.get_logger("lbactors.dispatch")
 
@@ -104,6 +111,36 @@ _DELETE: dict[str, _Delete] = {
 }
 
 
+class DeadlineExceeded(Exception):
+    """A backend call did not finish within its deadline and was cancelled."""
+
+
+class CallWatch:
+    """One running operation, as the actor system watches it: ``deadline`` is when its
+    current backend call must be over (trio clock; ``inf`` between calls)."""
+
+    __slots__ = ("abandoned", "deadline", "op")
+
+    def __init__(self, op: Operation | None = None) -> None:
+        self.op = op
+        self.deadline = math.inf
+        #: given up on: the call ignored its cancellation and its outcome was sent for it
+        self.abandoned = False
+
+
+async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
+    """Await one backend call, cancelled after ``seconds`` (then :class:`DeadlineExceeded`)."""
+    with trio.move_on_after(seconds) as scope:
+        if watch is not None:
+            watch.deadline = scope.deadline
+        try:
+            return await call
+        finally:
+            if watch is not None:
+                watch.deadline = math.inf
+    raise DeadlineExceeded(f"no answer within the deadline of {seconds:g} s; cancelled")
+
+
 def _failure(exc: BaseException) -> Failure:
     cls = type(exc)
     return Failure(exc_class=cls.__name__, module=cls.__module__, message=str(exc))
@@ -115,7 +152,11 @@ def _crud_reply(op: Operation, success: bool) -> bool | None:
 
 
 async def run_operation(
-    backend: Backend, op: Operation, *, parents_on_failure: ParentsOnFailure = "active"
+    backend: Backend,
+    op: Operation,
+    *,
+    parents_on_failure: ParentsOnFailure = "active",
+    watch: CallWatch | None = None,
 ) -> Outcome:
     """Run ``op`` against ``backend``; the :class:`Outcome` to publish. Never raises."""
     try:
@@ -124,13 +165,13 @@ async def run_operation(
         return _invalid(op, exc)
     try:
         if request.kind is None:
-            return await _query(backend, op, request)
+            return await _query(backend, op, request, watch)
         if request.action == "delete":
             if request.cascade:
-                return await _cascade(backend, op, request)
+                return await _cascade(backend, op, request, watch)
             if request.kind == "pool":
-                return await _pool_delete(backend, op, request, parents_on_failure)
-        return await _crud(backend, op, request, parents_on_failure)
+                return await _pool_delete(backend, op, request, parents_on_failure, watch)
+        return await _crud(backend, op, request, parents_on_failure, watch)
     except Exception as exc:  # a bug on our side (status, plan): still one outcome, no escape
         log.error(
             "operation crashed",
@@ -151,7 +192,32 @@ async def run_operation(
             status=status,
             reply=_crud_reply(op, False) if request.kind is not None else None,
             failure=_failure(exc),
+            reason=f"internal error: {type(exc).__name__}: {exc}",
         )
+
+
+def failed_outcome(
+    op: Operation, reason: str, *, parents_on_failure: ParentsOnFailure = "active"
+) -> Outcome:
+    """The outcome of ``op`` as if its backend call had failed, without running anything.
+
+    For an operation given up on: a backend call that ignored its cancellation, or an
+    operation that was in flight on every worker that died (a poison operation). The object
+    of the operation goes ERROR, its parents ACTIVE (a plan's progress is unknown, so a
+    cascade reports its load balancer ERROR and nothing else); a call is answered ``False``
+    (CRUD) or with the failure (query).
+    """
+    try:
+        request = decode_request(op.method, op.args)
+    except InvalidOperation as exc:
+        return _invalid(op, exc)
+    if request.kind is None:
+        failure = Failure(exc_class="DriverError", module="lbactors.dispatch", message=reason)
+        return Outcome(op_id=op.op_id, lb_id=op.lb_id, failure=failure, reason=reason)
+    status = operation_status(request, success=False, parents_on_failure=parents_on_failure)
+    return Outcome(
+        op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, False), reason=reason
+    )
 
 
 def _invalid(op: Operation, exc: InvalidOperation) -> Outcome:
@@ -178,74 +244,122 @@ def _invalid(op: Operation, exc: InvalidOperation) -> Outcome:
         object_kind=exc.object_kind,
         object_id=exc.object_id,
     )
-    return Outcome(op_id=op.op_id, lb_id=op.lb_id, status=status, failure=failure)
-
-
-def _log_backend_failure(op: Operation, exc: Exception, kind: str, object_id: str | None) -> None:
-    log.warning(
-        "backend failed",
-        lb_id=op.lb_id,
-        op_id=op.op_id,
-        method=op.method,
-        kind=kind,
-        object_id=object_id,
-        error=f"{type(exc).__name__}: {exc}",
+    return Outcome(
+        op_id=op.op_id, lb_id=op.lb_id, status=status, failure=failure, reason=str(exc)
     )
 
 
+def _backend_failure(
+    op: Operation, exc: Exception, kind: str, object_id: str | None, started: float
+) -> str:
+    """Log a failed backend call; the reason for the outcome."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, DeadlineExceeded):
+        log.error(
+            "backend call exceeded its deadline",
+            lb_id=op.lb_id,
+            op_id=op.op_id,
+            method=op.method,
+            kind=kind,
+            object_id=object_id,
+            elapsed_s=round(trio.current_time() - started, 3),
+        )
+    else:
+        log.warning(
+            "backend failed",
+            lb_id=op.lb_id,
+            op_id=op.op_id,
+            method=op.method,
+            kind=kind,
+            object_id=object_id,
+            error=reason,
+        )
+    return reason
+
+
 async def _crud(
-    backend: Backend, op: Operation, request: Request, parents_on_failure: ParentsOnFailure
+    backend: Backend,
+    op: Operation,
+    request: Request,
+    parents_on_failure: ParentsOnFailure,
+    watch: CallWatch | None,
 ) -> Outcome:
+    started = trio.current_time()
     try:
-        await _CRUD[request.method](backend, request)
+        await _bounded(
+            _CRUD[request.method](backend, request), backend.deadlines.operation_deadline, watch
+        )
     except Exception as exc:
         obj = request.obj
-        _log_backend_failure(op, exc, request.kind or "", obj.id if obj else None)
+        reason = _backend_failure(op, exc, request.kind or "", obj.id if obj else None, started)
         status = operation_status(request, success=False, parents_on_failure=parents_on_failure)
         return Outcome(
-            op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, False)
+            op_id=op.op_id,
+            lb_id=op.lb_id,
+            status=status,
+            reply=_crud_reply(op, False),
+            reason=reason,
         )
     log.debug("operation done", lb_id=op.lb_id, op_id=op.op_id, method=op.method)
     status = operation_status(request, success=True, parents_on_failure=parents_on_failure)
     return Outcome(op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, True))
 
 
-async def _run_plan(backend: Backend, op: Operation, plan: list[Step]) -> tuple[int, bool]:
-    """Run the deletes of ``plan`` in order; ``(steps completed, failed)``."""
+async def _run_plan(
+    backend: Backend, op: Operation, plan: list[Step], watch: CallWatch | None
+) -> tuple[int, str | None]:
+    """Run the deletes of ``plan`` in order; ``(steps completed, why it failed or None)``."""
+    seconds = backend.deadlines.plan_step_deadline
     for completed, step in enumerate(plan):
+        started = trio.current_time()
         try:
-            await _DELETE[step.kind](backend, step.obj)
+            await _bounded(_DELETE[step.kind](backend, step.obj), seconds, watch)
         except Exception as exc:
-            _log_backend_failure(op, exc, step.kind, step.id)
-            return completed, True
-    return len(plan), False
+            return completed, _backend_failure(op, exc, step.kind, step.id, started)
+    return len(plan), None
 
 
 async def _pool_delete(
-    backend: Backend, op: Operation, request: Request, parents_on_failure: ParentsOnFailure
+    backend: Backend,
+    op: Operation,
+    request: Request,
+    parents_on_failure: ParentsOnFailure,
+    watch: CallWatch | None,
 ) -> Outcome:
     pool = cast(Pool, request.obj)
     plan = pool_delete_plan(pool)
-    completed, failed = await _run_plan(backend, op, plan)
+    completed, reason = await _run_plan(backend, op, plan, watch)
+    failed = reason is not None
     status = pool_delete_status(
         pool, plan, completed=completed, failed=failed, parents_on_failure=parents_on_failure
     )
     if not failed:
         log.debug("pool deleted", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
     return Outcome(
-        op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, not failed)
+        op_id=op.op_id,
+        lb_id=op.lb_id,
+        status=status,
+        reply=_crud_reply(op, not failed),
+        reason=reason,
     )
 
 
-async def _cascade(backend: Backend, op: Operation, request: Request) -> Outcome:
+async def _cascade(
+    backend: Backend, op: Operation, request: Request, watch: CallWatch | None
+) -> Outcome:
     lb = cast(LoadBalancer, request.obj)
     plan = cascade_plan(lb)
-    completed, failed = await _run_plan(backend, op, plan)
+    completed, reason = await _run_plan(backend, op, plan, watch)
+    failed = reason is not None
     status = cascade_status(lb, plan, completed=completed, failed=failed)
     if not failed:
         log.debug("cascade done", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
     return Outcome(
-        op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, not failed)
+        op_id=op.op_id,
+        lb_id=op.lb_id,
+        status=status,
+        reply=_crud_reply(op, not failed),
+        reason=reason,
     )
 
 
@@ -255,19 +369,24 @@ def _validity(reason: str | None) -> dict[str, Any]:
     return {"valid": False, "reason": reason}
 
 
-async def _query(backend: Backend, op: Operation, request: Request) -> Outcome:
+async def _query(
+    backend: Backend, op: Operation, request: Request, watch: CallWatch | None
+) -> Outcome:
     method = request.method
     metadata = request.metadata or {}
+    seconds = backend.deadlines.query_deadline
     reply: Any
     try:
         if method == "get_supported_flavor_metadata":
-            reply = await backend.flavor_metadata()
+            reply = await _bounded(backend.flavor_metadata(), seconds, watch)
         elif method == "validate_flavor":
-            reply = _validity(await backend.validate_flavor(metadata))
+            reply = _validity(await _bounded(backend.validate_flavor(metadata), seconds, watch))
         elif method == "get_supported_availability_zone_metadata":
-            reply = await backend.availability_zone_metadata()
+            reply = await _bounded(backend.availability_zone_metadata(), seconds, watch)
         elif method == "validate_availability_zone":
-            reply = _validity(await backend.validate_availability_zone(metadata))
+            reply = _validity(
+                await _bounded(backend.validate_availability_zone(metadata), seconds, watch)
+            )
         else:  # pragma: no cover - decode_request knows no other query
             raise InvalidOperation(method, "", "unknown query", unknown_method=True)
     except Exception as exc:
@@ -277,5 +396,10 @@ async def _query(backend: Backend, op: Operation, request: Request) -> Outcome:
             method=method,
             error=f"{type(exc).__name__}: {exc}",
         )
-        return Outcome(op_id=op.op_id, lb_id=op.lb_id, failure=_failure(exc))
+        return Outcome(
+            op_id=op.op_id,
+            lb_id=op.lb_id,
+            failure=_failure(exc),
+            reason=f"{type(exc).__name__}: {exc}",
+        )
     return Outcome(op_id=op.op_id, lb_id=op.lb_id, reply=reply)

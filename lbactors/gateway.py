@@ -665,7 +665,7 @@ class Gateway:
                 reply_confirmation: Confirmation | None = None
                 if pending.reply_q and pending.msg_id:
                     reply_confirmation = await self._publish_reply(channel, pending, outcome)
-                reject = None
+                reject = outcome.dead_letter
                 if outcome.failure is not None and outcome.failure.exc_class in INVALID_FAILURES:
                     reject = f"{outcome.failure.exc_class}: {outcome.failure.message}"
                 await published.send(

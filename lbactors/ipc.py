@@ -78,6 +78,8 @@ class StatsReport(msgspec.Struct, tag=True, kw_only=True):
     listeners: list[ListenerStatistics]
     status_changes: list[StatusUpdate]
     owned_lb_ids: list[str] | None = None
+    #: False: the worker could not read its backend in time (the round skips it)
+    complete: bool = True
 
 
 class Ping(msgspec.Struct, tag=True):

@@ -103,13 +103,23 @@ class Failure(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class Outcome(msgspec.Struct, kw_only=True):
-    """The result of one :class:`Operation`, in the order the actor ran it."""
+    """The result of one :class:`Operation`, in the order the actor ran it.
+
+    ``reason`` says why it failed (for logs; not on the wire). ``abandoned``: the backend call
+    behind it ignored its cancellation and may still be running, so whoever runs the actor
+    system must replace it (the supervisor replaces the worker process). ``dead_letter``: the
+    delivery leaves the queue as unusable (dead-lettered with this reason) instead of being
+    acked, after the status and the reply went out.
+    """
 
     op_id: int
     lb_id: str
     status: StatusUpdate | None = None
     reply: Any = None
     failure: Failure | None = None
+    reason: str | None = None
+    abandoned: bool = False
+    dead_letter: str | None = None
 
 
 # --------------------------------------------------------------------------- request decoding

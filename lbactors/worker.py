@@ -13,6 +13,7 @@ Never touches AMQP (DESIGN.md, layers).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -27,13 +28,15 @@ from lbactors.actor import ActorSystem, open_actor_system
 from lbactors.backends import load_backend
 from lbactors.config import Config
 from lbactors.logs import configure_logging
-from lbactors.messages import Outcome
+from lbactors.messages import Operation, Outcome
 from lbactors.routing import shard
 
 log = structlog.get_logger("lbactors.worker")
 
 #: how many finished outcomes are sent in one write at most
 OUTCOME_BATCH = 256
+#: outcomes finished but not yet written to the supervisor (actors wait beyond this)
+OUTCOME_BUFFER = 1024
 
 
 async def _forward_outcomes(
@@ -50,20 +53,52 @@ async def _forward_outcomes(
         await frames.send_many(batch)
 
 
-async def _answer_stats(system: ActorSystem, request: ipc.CollectStats, frames: ipc.FrameStream) -> None:
-    owned = sorted(system.known_lb_ids()) if request.with_owned_ids else None
-    listeners, changes = await system.collect_statistics()
-    await frames.send(
-        ipc.StatsReport(
-            round=request.round, listeners=listeners, status_changes=changes, owned_lb_ids=owned
-        )
-    )
+async def _feed(system: ActorSystem, intake: trio.MemoryReceiveChannel[Operation]) -> None:
+    """Hand received operations to their actors, in the order they came."""
+    async for op in intake:
+        await system.submit(op)
+
+
+class _Statistics:
+    """Answers ``CollectStats``: one collection at a time, each bounded in time."""
+
+    def __init__(self, system: ActorSystem, frames: ipc.FrameStream, within: float) -> None:
+        self.system = system
+        self.frames = frames
+        self.within = within
+        self.running = False
+
+    async def answer(self, request: ipc.CollectStats) -> None:
+        if self.running:  # the previous round's read still runs: this round goes without us
+            await self.frames.send(ipc.StatsReport(round=request.round, listeners=[],
+                                                   status_changes=[], complete=False))
+            return
+        self.running = True
+        try:
+            owned = sorted(self.system.known_lb_ids()) if request.with_owned_ids else None
+            with trio.move_on_after(self.within) as scope:
+                listeners, changes = await self.system.collect_statistics()
+            if scope.cancelled_caught:
+                log.warning("statistics read exceeded its deadline", deadline_s=self.within)
+                report = ipc.StatsReport(round=request.round, listeners=[], status_changes=[],
+                                         complete=False)
+            else:
+                report = ipc.StatsReport(round=request.round, listeners=listeners,
+                                         status_changes=changes, owned_lb_ids=owned)
+        finally:
+            self.running = False
+        await self.frames.send(report)
 
 
 async def serve_worker(
     stream: trio.abc.Stream, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve the supervisor on ``stream`` until it closes its end."""
+    """Serve the supervisor on ``stream`` until it closes its end.
+
+    The frame reader never waits for an actor: operations go through an intake channel to
+    their mailboxes, and a ``Ping`` is answered as soon as it is read, however busy or stuck
+    the actors are (the supervisor's liveness check measures this process, not a backend).
+    """
     frames = ipc.FrameStream(stream)
     spawn = await frames.receive()
     if not isinstance(spawn, ipc.Spawn):
@@ -74,15 +109,19 @@ async def serve_worker(
         worker=spawn.worker_index, incarnation=spawn.incarnation, pid=os.getpid()
     )
     backend = load_backend(config.backend)
-    outcomes_send, outcomes_receive = trio.open_memory_channel[Outcome](config.daemon.mailbox_size)
+    daemon = config.daemon
+    outcomes_send, outcomes_receive = trio.open_memory_channel[Outcome](OUTCOME_BUFFER)
+    # bounded by what the supervisor sends: the broker's prefetch (docs/bounds.md)
+    intake_send, intake_receive = trio.open_memory_channel[Operation](math.inf)
     try:
         async with trio.open_nursery() as nursery:
             async with open_actor_system(
                 backend,
                 outcomes_send,
-                mailbox_size=config.daemon.mailbox_size,
+                mailbox_size=daemon.mailbox_size or math.inf,
                 parents_on_failure=config.status.parents_on_failure,
-                idle_timeout=config.daemon.actor_idle_timeout,
+                idle_timeout=daemon.actor_idle_timeout,
+                cancel_grace=daemon.cancel_grace,
             ) as system:
                 # what the backend still holds from before (adopted HAProxy processes, say):
                 # this worker's share of it, as the router shards load balancers
@@ -94,19 +133,24 @@ async def serve_worker(
                 system.adopt(resident)
                 if resident:
                     log.info("resident load balancers adopted", count=len(resident))
+                statistics = _Statistics(system, frames, config.stats.worker_timeout)
                 nursery.start_soon(_forward_outcomes, outcomes_receive, frames)
-                await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
-                log.info("worker ready", backend=config.backend.name)
-                task_status.started()
-                async for frame in frames:
-                    if isinstance(frame, ipc.Submit):
-                        await system.submit(frame.op)
-                    elif isinstance(frame, ipc.CollectStats):
-                        nursery.start_soon(_answer_stats, system, frame, frames)
-                    elif isinstance(frame, ipc.Ping):
-                        await frames.send(ipc.Pong())
-                    else:
-                        log.warning("unexpected frame", frame=type(frame).__name__)
+                async with trio.open_nursery() as intake_nursery:
+                    intake_nursery.start_soon(_feed, system, intake_receive)
+                    await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
+                    log.info("worker ready", backend=config.backend.name)
+                    task_status.started()
+                    with intake_send:
+                        async for frame in frames:
+                            if isinstance(frame, ipc.Submit):
+                                intake_send.send_nowait(frame.op)
+                            elif isinstance(frame, ipc.Ping):
+                                await frames.send(ipc.Pong())
+                            elif isinstance(frame, ipc.CollectStats):
+                                nursery.start_soon(statistics.answer, frame)
+                            else:
+                                log.warning("unexpected frame", frame=type(frame).__name__)
+                # every operation received is in a mailbox: the actor system drains them
             # the actor system has finished every operation it was given; outcomes drain
     finally:
         await backend.aclose()

@@ -127,8 +127,9 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                     "grace period over; unfinished operations stay unacked for redelivery",
                     in_flight=gateway.in_flight,
                 )
-            # workers finish what they hold; their outcomes of dropped deliveries are ignored
-            await router.stop(within=5.0)
+            # workers finish what they hold (their outcomes of dropped deliveries are
+            # ignored); whatever still runs after stop_timeout is killed
+            await router.stop(within=config.daemon.stop_timeout)
             # orderly connection close: whatever is still unacked goes back to the queue
             gateway.stop()
     log.info("lbactors stopped")

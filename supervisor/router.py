@@ -6,6 +6,22 @@ backoff and every operation still in its ledger is replayed to the new process i
 order, so nothing is lost and each load balancer's operations still run in order. A restart
 budget (``restart_limit`` restarts within ``restart_window`` seconds, over all workers) ends the
 daemon with :class:`RestartBudgetExceeded` so that systemd restarts the whole service.
+
+Never stuck:
+
+- **liveness**: every ``ping_interval`` each worker is pinged; one that sent nothing for
+  ``ping_timeout`` seconds (stopped, deadlocked, its event loop blocked) is killed, and
+  handled as a crash. The worker answers pings however busy its actors are; a worker is not
+  blamed while the router itself is not reading from it (outcomes backed up behind a broker
+  that blocks publishers);
+- **abandoned calls**: an outcome marked ``abandoned`` (its backend call ignored the
+  cancellation at its deadline) is passed on, then its worker is killed and replaced, so the
+  stuck call dies with it;
+- **poison operations**: an operation that was sent to ``poison_after`` consecutive
+  incarnations of a worker that all died with it in flight is not replayed again: its object
+  goes ERROR (:func:`~lbactors.dispatch.failed_outcome`) and its message is dead-lettered;
+- every frame to a worker (operations, pings, statistics requests) is written by that
+  worker's sender task: nobody else ever blocks on a worker's socket.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ import trio
 
 from lbactors import ipc
 from lbactors.config import Config
+from lbactors.dispatch import failed_outcome
 from lbactors.messages import Operation, Outcome
 from lbactors.routing import shard
 from lbactors.statistics import RoundReport
@@ -43,22 +60,43 @@ class RestartBudgetExceeded(Exception):
 class WorkerHandle:
     index: int
     ledger: dict[int, Operation] = field(default_factory=dict)
+    #: op id -> the incarnation it was last written to (in flight there)
+    sent_to: dict[int, int] = field(default_factory=dict)
+    #: op id -> how many consecutive incarnations died with it in flight
+    deaths: dict[int, int] = field(default_factory=dict)
     incarnation: int = 0
     pid: int | None = None
+    process: trio.Process | None = None
     frames: ipc.FrameStream | None = None
     #: held while sending, so a replay and new submissions never interleave
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     #: operations submitted but not yet written to the worker, sent in one write per batch
     outbox: list[Operation] = field(default_factory=list)
+    #: control frames (pings, statistics requests), written before the next batch
+    control: list[ipc.Frame] = field(default_factory=list)
     outbox_ready: trio.Event = field(default_factory=trio.Event)
     outbox_taken: trio.Event = field(default_factory=trio.Event)
     ready: trio.Event = field(default_factory=trio.Event)
     restarts: int = 0
-    stats_replies: dict[int, trio.MemorySendChannel[ipc.StatsReport]] = field(default_factory=dict)
+    stats_replies: dict[int, trio.MemorySendChannel[tuple[int, ipc.StatsReport]]] = field(
+        default_factory=dict
+    )
+    #: trio time of the last frame received from the current incarnation
+    last_heard: float = 0.0
+    #: the router is waiting to pass an outcome on (not reading from this worker)
+    reader_blocked: bool = False
+    #: why the current incarnation is being killed, if it is
+    killing: str | None = None
 
     @property
     def alive(self) -> bool:
         return self.frames is not None
+
+    def forget(self, op_id: int) -> None:
+        """``op_id`` is done (its outcome came back, or it was given up on)."""
+        self.ledger.pop(op_id, None)
+        self.sent_to.pop(op_id, None)
+        self.deaths.pop(op_id, None)
 
 
 class Router:
@@ -74,6 +112,12 @@ class Router:
         self._stats_round = 0
         self._stopping = False
         self._stopped = trio.Event()
+        #: operations given up on as poison, since start
+        self.poisoned = 0
+        #: at shutdown: kill workers at once instead of waiting for them to exit
+        self._kill_now = False
+        #: workers killed because they stopped answering, since start
+        self.unresponsive_kills = 0
 
     # ------------------------------------------------------------------ sink
 
@@ -95,15 +139,61 @@ class Router:
 
     async def _send_outbox(self, worker: WorkerHandle, frames: ipc.FrameStream) -> None:
         """Write whatever is queued for this incarnation of ``worker``, in order."""
+        incarnation = worker.incarnation
         while True:
             await worker.outbox_ready.wait()
             worker.outbox_ready = trio.Event()
             batch, worker.outbox = worker.outbox, []
+            control, worker.control = worker.control, []
             taken, worker.outbox_taken = worker.outbox_taken, trio.Event()
             taken.set()
-            if batch:
+            if batch or control:
+                for op in batch:
+                    worker.sent_to[op.op_id] = incarnation
                 async with worker.send_lock:
-                    await frames.send_many([ipc.Submit(op=op) for op in batch])
+                    await frames.send_many([*control, *(ipc.Submit(op=op) for op in batch)])
+
+    def _send_control(self, worker: WorkerHandle, frame: ipc.Frame) -> bool:
+        """Queue ``frame`` for the worker's sender; False when the worker is down."""
+        if worker.frames is None:
+            return False
+        worker.control.append(frame)
+        worker.outbox_ready.set()
+        return True
+
+    async def _watch_liveness(self, worker: WorkerHandle, process: trio.Process) -> None:
+        """Ping ``worker`` and kill this incarnation once it stops answering."""
+        daemon = self.config.daemon
+        while True:
+            await trio.sleep(daemon.ping_interval)
+            now = trio.current_time()
+            if worker.reader_blocked:
+                continue  # we are not listening: its silence proves nothing
+            silent = now - worker.last_heard
+            # before Ready (imports, the backend's start-up, adoption) it cannot answer yet
+            allowed = daemon.ping_timeout if worker.frames is not None else 4 * daemon.ping_timeout
+            if silent > allowed:
+                self.unresponsive_kills += 1
+                self._kill(
+                    worker,
+                    process,
+                    f"silent for {silent:.1f} s (allowed {allowed:g} s)",
+                )
+                return
+            self._send_control(worker, ipc.Ping())
+
+    def _kill(self, worker: WorkerHandle, process: trio.Process, why: str) -> None:
+        if worker.killing is None:
+            worker.killing = why
+            log.error(
+                "killing worker",
+                worker=worker.index,
+                pid=process.pid,
+                reason=why,
+                in_flight=len(worker.ledger),
+            )
+        if process.returncode is None:
+            process.kill()
 
     @property
     def in_flight(self) -> int:
@@ -133,6 +223,7 @@ class Router:
             if self._stopping:
                 return
             lived = trio.current_time() - started_at
+            await self._give_up_on_poison(worker)
             self._charge_restart(worker, code)
             # back off when a worker dies young; a long-lived one restarts at once
             daemon = self.config.daemon
@@ -140,6 +231,39 @@ class Router:
                 delay = 0.0
             else:
                 delay = min(max(delay * 2, daemon.restart_backoff_initial), daemon.restart_backoff_max)
+
+    async def _give_up_on_poison(self, worker: WorkerHandle) -> None:
+        """After a death: count it against every operation that was in flight on it; those
+        in flight on ``poison_after`` consecutive deaths get their final ERROR outcome."""
+        dead = worker.incarnation
+        limit = self.config.daemon.poison_after
+        poison: list[Operation] = []
+        for op_id, op in worker.ledger.items():
+            if worker.sent_to.get(op_id) != dead:
+                continue  # never reached the incarnation that died
+            deaths = worker.deaths.get(op_id, 0) + 1
+            worker.deaths[op_id] = deaths
+            if deaths >= limit:
+                poison.append(op)
+        for op in poison:
+            self.poisoned += 1
+            reason = f"poison operation: in flight on {limit} consecutive worker deaths"
+            log.error(
+                "poison operation: not replayed again",
+                worker=worker.index,
+                op_id=op.op_id,
+                lb_id=op.lb_id,
+                method=op.method,
+                args=op.args[:300].decode("utf-8", "replace"),
+                args_bytes=len(op.args),
+                deaths=limit,
+            )
+            outcome = failed_outcome(
+                op, reason, parents_on_failure=self.config.status.parents_on_failure
+            )
+            outcome.dead_letter = f"PoisonOperation: {reason}"
+            worker.forget(op.op_id)
+            await self.outcomes.send(outcome)
 
     def _charge_restart(self, worker: WorkerHandle, code: int | None) -> None:
         now = trio.current_time()
@@ -154,6 +278,7 @@ class Router:
             pid=worker.pid,
             exit_code=code,
             signal=signal.Signals(-code).name if code is not None and code < 0 else None,
+            killed_because=worker.killing,
             in_flight=len(worker.ledger),
             restarts_in_window=len(self._restart_times),
         )
@@ -177,11 +302,16 @@ class Router:
         finally:
             child_sock.close()
         worker.pid = process.pid
+        worker.process = process
+        worker.killing = None
+        worker.last_heard = trio.current_time()
+        worker.reader_blocked = False
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
         frames = ipc.FrameStream(stream)
         try:
             async with trio.open_nursery() as nursery:
-                await self._serve_incarnation(worker, frames, nursery)
+                nursery.start_soon(self._watch_liveness, worker, process)
+                await self._serve_incarnation(worker, frames, process, nursery)
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ipc.ProtocolError) as group:
             log.warning(
@@ -191,17 +321,26 @@ class Router:
             )
         finally:
             worker.frames = None
+            worker.control.clear()
+            for waiter in worker.stats_replies.values():
+                waiter.close()  # the round stops waiting for this worker
+            worker.stats_replies.clear()
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-                with trio.move_on_after(5):
+                with trio.move_on_after(0 if self._kill_now else 5):
                     await process.wait()
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
+            worker.process = None
         return process.returncode
 
     async def _serve_incarnation(
-        self, worker: WorkerHandle, frames: ipc.FrameStream, nursery: trio.Nursery
+        self,
+        worker: WorkerHandle,
+        frames: ipc.FrameStream,
+        process: trio.Process,
+        nursery: trio.Nursery,
     ) -> None:
         """Speak to one worker process until it closes its end."""
         await frames.send(
@@ -213,9 +352,23 @@ class Router:
             )
         )
         async for frame in frames:
+            worker.last_heard = trio.current_time()
             if isinstance(frame, ipc.Done):
-                worker.ledger.pop(frame.outcome.op_id, None)
-                await self.outcomes.send(frame.outcome)
+                outcome = frame.outcome
+                worker.forget(outcome.op_id)
+                try:
+                    self.outcomes.send_nowait(outcome)
+                except trio.WouldBlock:
+                    worker.reader_blocked = True
+                    try:
+                        await self.outcomes.send(outcome)
+                    finally:
+                        worker.reader_blocked = False
+                        worker.last_heard = trio.current_time()
+                if outcome.abandoned:
+                    self._kill(worker, process, "a backend call ignored its cancellation")
+            elif isinstance(frame, ipc.Pong):
+                pass
             elif isinstance(frame, ipc.Ready):
                 async with worker.send_lock:
                     # the ledger holds everything queued too, in submission order
@@ -229,6 +382,8 @@ class Router:
                             worker=worker.index,
                             count=len(replay),
                         )
+                        for op in replay:
+                            worker.sent_to[op.op_id] = worker.incarnation
                         await frames.send_many([ipc.Submit(op=op) for op in replay])
                     worker.frames = frames
                 nursery.start_soon(self._send_outbox, worker, frames)
@@ -236,57 +391,80 @@ class Router:
             elif isinstance(frame, ipc.StatsReport):
                 reply = worker.stats_replies.pop(frame.round, None)
                 if reply is not None:
-                    reply.send_nowait(frame)
+                    reply.send_nowait((worker.index, frame))
+                    reply.close()
             else:
                 log.warning("unexpected frame from worker", frame=type(frame).__name__)
 
     async def stop(self, within: float = 10.0) -> None:
         """Tell every worker that nothing more comes (end of stream): each finishes what it
-        holds, sends the outcomes back and exits. Returns once all have exited, or after
-        ``within`` seconds (their operations then stay unacked, for redelivery)."""
+        holds, sends the outcomes back and exits. Returns once all have exited; workers still
+        running after ``within`` seconds are killed (their operations stay unacked, for
+        redelivery), so this returns within about ``within`` seconds whatever they do."""
         self._stopping = True
-        for worker in self.workers:
-            frames = worker.frames
-            worker.frames = None
-            if frames is not None:
-                try:
-                    await frames.send_eof()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
         with trio.move_on_after(within):
+            for worker in self.workers:
+                frames = worker.frames
+                worker.frames = None
+                if frames is not None:
+                    try:
+                        await frames.send_eof()  # waits for the send lock: bounded
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
             await self._stopped.wait()
+        if not self._stopped.is_set():
+            self._kill_now = True
+            for worker in self.workers:
+                if worker.process is not None and worker.process.returncode is None:
+                    log.warning(
+                        "worker did not finish in time; killing it",
+                        worker=worker.index,
+                        pid=worker.process.pid,
+                        in_flight=len(worker.ledger),
+                    )
+                    worker.process.kill()
+            with trio.move_on_after(5):
+                await self._stopped.wait()
 
     # ------------------------------------------------------------------ statistics
 
     async def collect_round(self, answer_within: float, *, with_owned_ids: bool) -> RoundReport:
-        """One statistics round over every live worker; workers that do not answer within ``answer_within`` seconds are skipped."""
+        """One statistics round over every live worker; workers that do not answer within
+        ``answer_within`` seconds, or answer that they could not read their backend in time,
+        are skipped. Never blocks on a worker's socket (the request goes through its
+        sender), so a hung worker costs a round at most ``answer_within`` seconds."""
         self._stats_round += 1
         round_id = self._stats_round
-        send, receive = trio.open_memory_channel[ipc.StatsReport](len(self.workers))
+        send, receive = trio.open_memory_channel[tuple[int, ipc.StatsReport]](len(self.workers))
         asked: list[WorkerHandle] = []
         for worker in self.workers:
-            frames = worker.frames
-            if frames is None:
-                continue
-            worker.stats_replies[round_id] = send
-            try:
-                await frames.send(ipc.CollectStats(round=round_id, with_owned_ids=with_owned_ids))
+            request = ipc.CollectStats(round=round_id, with_owned_ids=with_owned_ids)
+            if self._send_control(worker, request):
+                worker.stats_replies[round_id] = send.clone()
                 asked.append(worker)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                worker.stats_replies.pop(round_id, None)
+        send.close()
         report = RoundReport(
             listeners=[], status_changes=[], owned_lb_ids=set() if with_owned_ids else None
         )
+        complete: set[int] = set()
         with trio.move_on_after(answer_within):
-            for _ in asked:
-                answer = await receive.receive()
+            # ends once every asked worker answered or went away
+            async for index, answer in receive:
+                if not answer.complete:
+                    continue
+                complete.add(index)
                 report.listeners.extend(answer.listeners)
                 report.status_changes.extend(answer.status_changes)
                 if report.owned_lb_ids is not None and answer.owned_lb_ids is not None:
                     report.owned_lb_ids.update(answer.owned_lb_ids)
         for worker in asked:
-            if worker.stats_replies.pop(round_id, None) is not None:
-                report.skipped_workers.append(worker.index)
+            waiter = worker.stats_replies.pop(round_id, None)
+            if waiter is not None:
+                waiter.close()
+        receive.close()
+        report.skipped_workers = [w.index for w in asked if w.index not in complete]
+        report.skipped_workers += [w.index for w in self.workers if w not in asked]
+        report.skipped_workers.sort()
         if report.skipped_workers:
             # an incomplete picture: do not let the sync report their load balancers OFFLINE
             report.owned_lb_ids = None

@@ -490,5 +490,7 @@ def test_contrib_example_lists_every_option_with_its_default() -> None:
         if key.startswith("backend.noop.")
     }
     options = "\n".join(f"{key} = {value}" for key, value in noop.items())
-    assert set(noop) == {"latency", "fail_pattern", "seed"}
+    from lbactors.backends.noop import NoopOptions
+
+    assert set(noop) == {f.name for f in msgspec.structs.fields(NoopOptions)}
     assert tomllib.loads(options)["latency"] == 0.0

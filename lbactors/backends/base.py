@@ -14,7 +14,21 @@ Contract for every implementation:
 - **One load balancer at a time.** Calls for one load balancer never overlap (its actor runs
   one operation at a time); calls for different load balancers do. Statistics and
   operating-status reads may run while an operation of the same load balancer is in flight.
-- **Cancellation.** A call may be cancelled (shutdown); it must leave nothing half-locked.
+- **Deadlines.** Every call runs under a deadline (:class:`Deadlines`, one set per backend,
+  from its options): a create / update / delete gets ``operation_deadline``, each step of a
+  pool delete or cascade delete ``plan_step_deadline`` (a big tree gets more in all), a
+  flavor / availability-zone query ``query_deadline``. On expiry the call is cancelled and the
+  object goes ERROR (its parents ACTIVE), exactly as if the call had raised.
+- **Cancellation.** A cancelled call (a deadline, a shutdown) must return within
+  ``daemon.cancel_grace`` seconds and leave nothing half-locked. Do all waiting through trio:
+  subprocesses with ``trio.run_process`` (killed when cancelled), sockets with trio's streams,
+  blocking calls with ``trio.to_thread.run_sync(..., abandon_on_cancel=True)``, and only for
+  work whose late completion is harmless or is waited for by the next call of the same load
+  balancer (the haproxy backend does this for its file writes). A call that still runs
+  ``cancel_grace`` after its cancellation has ignored it: the actor reports the object ERROR
+  and the worker process is replaced (the call dies with it, the worker's other operations
+  are replayed), so that it can neither keep its load balancer waiting nor overlap that load
+  balancer's next operation.
 
 Layer: model and trio only (``DESIGN.md``); never AMQP, never the supervisor.
 """
@@ -22,9 +36,13 @@ Layer: model and trio only (``DESIGN.md``); never AMQP, never the supervisor.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import trio
 
 from lbactors.messages import ListenerStatistics, Request
 from lbactors.model import (
@@ -38,7 +56,9 @@ from lbactors.model import (
     Pool,
 )
 
-__all__ = ["Backend", "BackendError", "OperatingStatus"]
+__all__ = ["Backend", "BackendError", "BlockingCalls", "Deadlines", "OperatingStatus"]
+
+_T = TypeVar("_T")
 
 #: ``(kind, object id, operating status)``, e.g. ``("member", "c3d4...", "ERROR")``
 OperatingStatus = tuple[str, str, str]
@@ -77,6 +97,79 @@ class Reading:
     error: Exception | None = None
 
 
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class Deadlines(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How long a backend call may take, in seconds, before it is cancelled (the object then
+    goes ERROR). Every built-in backend's options extend this, with defaults of its own, so
+    the keys are set per backend: ``[backend.haproxy] operation_deadline = 120``."""
+
+    #: a create, update or delete (one backend call)
+    operation_deadline: Seconds = 60.0
+    #: each step of a pool delete or cascade delete (N objects: up to N times this in all)
+    plan_step_deadline: Seconds = 30.0
+    #: a flavor or availability-zone query
+    query_deadline: Seconds = 10.0
+
+
+class BlockingCalls:
+    """Blocking work (file writes, a blocking client library) in threads that a cancellation
+    abandons, run one at a time per key (a load balancer id) in call order.
+
+    A cancelled call returns at once; its thread finishes on its own, and the next call with
+    the same key waits for it first, so an abandoned write can never land after a later one
+    (the next call is cancellable while it waits, so it is bounded by its own deadline). A
+    call cancelled before its thread began never runs its function.
+    """
+
+    def __init__(self) -> None:
+        #: key -> set once the latest thread of that key has finished (or never started)
+        self._last: dict[str, trio.Event] = {}
+
+    def busy(self, key: str) -> bool:
+        """Whether a thread of ``key`` still runs (an abandoned one, say)."""
+        last = self._last.get(key)
+        return last is not None and not last.is_set()
+
+    async def run(self, key: str, fn: Callable[..., _T], *args: Any) -> _T:
+        previous = self._last.get(key)
+        if previous is not None:
+            await previous.wait()
+        done = trio.Event()
+        self._last[key] = done
+        token = trio.lowlevel.current_trio_token()
+        lock = threading.Lock()
+        state = ["pending"]
+
+        def finished() -> None:
+            done.set()
+            if self._last.get(key) is done:
+                del self._last[key]
+
+        def call() -> _T:
+            with lock:
+                if state[0] == "abandoned":
+                    raise RuntimeError("abandoned before it began")  # nobody waits for it
+                state[0] = "running"
+            try:
+                return fn(*args)
+            finally:
+                try:
+                    token.run_sync_soon(finished)
+                except trio.RunFinishedError:
+                    pass
+
+        try:
+            return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        finally:
+            with lock:
+                never_ran = state[0] == "pending"
+                state[0] = "abandoned" if never_ran else state[0]
+            if never_ran:
+                finished()
+
+
 class BackendError(Exception):
     """A backend refused or failed an operation; the object goes to ERROR."""
 
@@ -86,6 +179,8 @@ class Backend(abc.ABC):
 
     #: the name :func:`lbactors.backends.load_backend` knows it by
     name: str = ""
+    #: how long each call may take (a backend sets its own from its options)
+    deadlines: Deadlines = Deadlines()
 
     # ------------------------------------------------------------------ load balancer
 

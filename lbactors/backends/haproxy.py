@@ -38,7 +38,14 @@ fresh counters, so the counters of the old worker are added to per-listener offs
 Options (``[backend.options]``): see :class:`HaproxyOptions`.
 
 Layer: actors and backends (model, trio); all subprocess and socket I/O through trio; file
-writes in a worker thread; small ``/proc`` reads (pid liveness) inline.
+writes in worker threads; small ``/proc`` reads (pid liveness) inline.
+
+**Deadlines** (``operation_deadline`` etc., :class:`~lbactors.backends.base.Deadlines`): a
+cancelled call returns at once. Commands are killed (SIGKILL) when cancelled, socket I/O is
+trio's, and file work runs through :class:`~lbactors.backends.base.BlockingCalls`: a
+cancellation abandons the thread, and the next call of the same load balancer waits for it
+first, so files are never written out of order. A configuration left half-applied by a
+cancellation is reconciled by the next operation (it compares with what HAProxy runs).
 """
 
 from __future__ import annotations
@@ -56,7 +63,14 @@ import msgspec
 import structlog
 import trio
 
-from lbactors.backends.base import Backend, BackendError, OperatingStatus
+from lbactors.backends.base import (
+    Backend,
+    BackendError,
+    BlockingCalls,
+    Deadlines,
+    OperatingStatus,
+    Seconds,
+)
 from lbactors.backends.haproxy_config import (
     FLAVOR_METADATA,
     ConfigError,
@@ -96,8 +110,14 @@ _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.TooSlowError)
 _SUN_PATH_MAX = 107
 
 
-class HaproxyOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class HaproxyOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
     """Options of the haproxy backend; an unknown key is an error that names it."""
+
+    # a change may validate (validate_timeout), start or reload (reload_timeout) and stop
+    # (stop_timeout) a HAProxy: the deadlines leave room for all of them
+    operation_deadline: Seconds = 60.0
+    plan_step_deadline: Seconds = 30.0
+    query_deadline: Seconds = 10.0
 
     #: where each load balancer's directory lives; default ``$STATE_DIRECTORY`` (systemd's
     #: ``StateDirectory=``) or ``/var/lib/lbactors/haproxy``
@@ -269,6 +289,12 @@ def _alerts(stderr: bytes, tmp: Path, cfg: Path) -> str:
     return "; ".join(lines) or stderr.decode(errors="replace").strip()[-500:]
 
 
+async def _kill_at_once(process: trio.Process) -> None:
+    """What a cancelled command gets: SIGKILL at once (trio's default waits 5 s after a
+    SIGTERM, and a cancelled backend call must return within ``daemon.cancel_grace``)."""
+    process.kill()
+
+
 def _write_file(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write ``path`` atomically (temporary file + rename)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -313,6 +339,9 @@ class HaproxyBackend(Backend):
             timeout_member_data=opts.timeout_member_data,
             timeout_tcp_inspect=opts.timeout_tcp_inspect,
         )
+        self.deadlines = opts
+        #: file work in threads: abandoned by a cancellation, kept in order per load balancer
+        self._files = BlockingCalls()
         self._lbs: dict[str, _LoadBalancer] = {}
         #: (kind, id) -> load balancer id
         self._owner: dict[tuple[str, str], str] = {}
@@ -387,7 +416,7 @@ class HaproxyBackend(Backend):
         async with self._load_lock:
             if self._loaded:
                 return
-            found = await trio.to_thread.run_sync(self._read_state_dir)
+            found = await self._files.run("", self._read_state_dir)
             for directory, saved, text, pid in found:
                 lb_id = saved.tree.lb.id or directory.name
                 lb = _LoadBalancer(lb_id, directory, saved)
@@ -496,12 +525,12 @@ class HaproxyBackend(Backend):
                 why = _test_bind(address, port)
                 if why is not None:
                     raise BackendError(f"haproxy: cannot bind {address}:{port}: {why}")
-            await trio.to_thread.run_sync(self._prepare_dir, lb)
+            await self._files.run(lb.lb_id, self._prepare_dir, lb)
             tmp = lb.dir / "haproxy.cfg.new"
-            await trio.to_thread.run_sync(_write_file, tmp, rendered.text)
+            await self._files.run(lb.lb_id, _write_file, tmp, rendered.text)
             await self._validate(lb, tmp)
             old_text = lb.running_text
-            await trio.to_thread.run_sync(os.replace, tmp, lb.cfg)
+            await self._files.run(lb.lb_id, os.replace, tmp, lb.cfg)
             offsets = lb.saved.offsets
             try:
                 if alive:
@@ -511,17 +540,17 @@ class HaproxyBackend(Backend):
                     await self._start(lb)
             except BaseException:
                 if old_text is not None:
-                    await trio.to_thread.run_sync(_write_file, lb.cfg, old_text)
+                    await self._files.run(lb.lb_id, _write_file, lb.cfg, old_text)
                 raise
             lb.running_text = rendered.text
             lb.rendered = rendered
             await self._save(lb, _Saved(tree=tree, certs=certs, offsets=offsets))
             new_cert_files = []  # now in use
-            await trio.to_thread.run_sync(self._collect_certs, lb)
+            await self._files.run(lb.lb_id, self._collect_certs, lb)
         finally:
             for name in new_cert_files:
                 if name not in lb.saved.certs.values():
-                    await trio.to_thread.run_sync(self._unlink, lb.dir / "certs" / name)
+                    await self._files.run(lb.lb_id, self._unlink, lb.dir / "certs" / name)
 
     @staticmethod
     def _prepare_dir(lb: _LoadBalancer) -> None:
@@ -543,7 +572,9 @@ class HaproxyBackend(Backend):
     async def _save(self, lb: _LoadBalancer, saved: _Saved) -> None:
         lb.saved = saved
         if lb.dir.is_dir():
-            await trio.to_thread.run_sync(_write_file, lb.dir / "state.json", _encode_saved(saved))
+            await self._files.run(
+                lb.lb_id, _write_file, lb.dir / "state.json", _encode_saved(saved)
+            )
 
     async def _validate(self, lb: _LoadBalancer, tmp: Path) -> None:
         with trio.fail_after(self.options.validate_timeout):
@@ -552,16 +583,17 @@ class HaproxyBackend(Backend):
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
+                deliver_cancel=_kill_at_once,
             )
         if result.returncode != 0:
-            await trio.to_thread.run_sync(self._unlink, tmp)
+            await self._files.run(lb.lb_id, self._unlink, tmp)
             raise BackendError(
                 "haproxy rejected the configuration: " + _alerts(result.stderr, tmp, lb.cfg)
             )
 
     async def _start(self, lb: _LoadBalancer) -> None:
         """Start the master (daemonized: it outlives this process) and wait for its worker."""
-        await trio.to_thread.run_sync(self._unlink, lb.pid_file)
+        await self._files.run(lb.lb_id, self._unlink, lb.pid_file)
         with trio.fail_after(self.options.reload_timeout):
             result = await trio.run_process(
                 [
@@ -579,12 +611,13 @@ class HaproxyBackend(Backend):
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
+                deliver_cancel=_kill_at_once,
             )
         if result.returncode != 0:
             raise BackendError(
                 "haproxy did not start: " + _alerts(result.stderr, lb.cfg, lb.cfg)
             )
-        pid_text = await trio.Path(lb.pid_file).read_text()
+        pid_text = await self._files.run(lb.lb_id, lb.pid_file.read_text)
         lb.pid = int(pid_text.split()[0])
         with trio.move_on_after(self.options.reload_timeout):
             while True:
@@ -653,7 +686,7 @@ class HaproxyBackend(Backend):
         pids: set[int] = set()
         if lb.pid is None:
             try:
-                pid_text = await trio.Path(lb.pid_file).read_text()
+                pid_text = await self._files.run(lb.lb_id, lb.pid_file.read_text)
                 pid = int(pid_text.split()[0])
             except (OSError, ValueError, IndexError):
                 pid = None
@@ -791,8 +824,8 @@ class HaproxyBackend(Backend):
         pem = "".join(p if p.endswith("\n") else p + "\n" for p in parts)
         digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
         name = f"{haproxy_name(listener_id)}-{digest}.pem"
-        await trio.to_thread.run_sync(self._prepare_dir, lb)
-        await trio.to_thread.run_sync(_write_file, lb.dir / "certs" / name, pem, 0o600)
+        await self._files.run(lb.lb_id, self._prepare_dir, lb)
+        await self._files.run(lb.lb_id, _write_file, lb.dir / "certs" / name, pem, 0o600)
         return name
 
     async def _decrypt_key(self, key: str, passphrase: str, listener_id: str) -> str:
@@ -803,6 +836,7 @@ class HaproxyBackend(Backend):
             capture_stderr=True,
             check=False,
             env={**os.environ, "LBACTORS_KEY_PASSPHRASE": passphrase},
+            deliver_cancel=_kill_at_once,
         )
         if result.returncode != 0:
             raise BackendError(f"haproxy: cannot decrypt the key of listener {listener_id}")
@@ -820,7 +854,7 @@ class HaproxyBackend(Backend):
             return  # never seen or already deleted: done
         if kind == "loadbalancer":
             await self._stop(lb)
-            await trio.to_thread.run_sync(shutil.rmtree, lb.dir, True)
+            await self._files.run(lb.lb_id, shutil.rmtree, lb.dir, True)
             del self._lbs[lb.lb_id]
             self._owner = {k: v for k, v in self._owner.items() if v != lb.lb_id}
             return
@@ -839,10 +873,10 @@ class HaproxyBackend(Backend):
 
     async def _remove_orphan_dir(self, lb_id: str) -> None:
         directory = self.directory(lb_id)
-        if await trio.Path(directory).is_dir():
+        if await self._files.run(lb_id, directory.is_dir):
             orphan = _LoadBalancer(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=LoadBalancer(id=lb_id))))
             await self._stop(orphan)
-            await trio.to_thread.run_sync(shutil.rmtree, directory, True)
+            await self._files.run(lb_id, shutil.rmtree, directory, True)
 
     @staticmethod
     def _without(tree: LoadBalancerTree, kind: str, object_id: str) -> LoadBalancerTree:

@@ -12,12 +12,21 @@ Options (``[backend.options]`` in the configuration, or keyword arguments):
 - ``fail_pattern``: a regular expression; a create / update / delete of an object whose
   ``name`` matches it (``re.search``) raises :class:`BackendError`, so every failure path
   (a failing member in a pool delete, step k of a cascade) can be reproduced on purpose;
-- ``seed``: makes the statistics counters reproducible (default 0).
+- ``seed``: makes the statistics counters reproducible (default 0);
+- ``hang_pattern``: a regular expression; a create / update / delete of an object whose
+  ``name`` matches it never returns on its own (a device that stopped answering); with
+  ``ignore_cancel`` it also ignores cancellation, like a blocking call in a thread that
+  cannot be abandoned (what the deadline and the worker replacement exist for);
+- ``crash_pattern``: a regular expression; a create / update / delete of an object whose
+  ``name`` matches it ends the process at once (exit code 70), as a crashing client library
+  would: the supervisor replays it, and gives up on it as a poison operation;
+- the deadlines of :class:`~lbactors.backends.base.Deadlines` (30 / 10 / 5 s here).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -28,8 +37,10 @@ import trio
 from lbactors.backends.base import (
     Backend,
     BackendError,
+    Deadlines,
     OperatingStatus,
     Reading,
+    Seconds,
     check_flavor_integers,
 )
 from lbactors.messages import ListenerStatistics
@@ -74,12 +85,18 @@ _NESTED: dict[type, dict[str, None]] = {
 }
 
 
-class NoopOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class NoopOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
     """The options of the noop backend; an unknown key is an error that names it."""
 
     latency: float = 0.0
     fail_pattern: str | None = None
     seed: int = 0
+    hang_pattern: str | None = None
+    ignore_cancel: bool = False
+    crash_pattern: str | None = None
+    operation_deadline: Seconds = 30.0
+    plan_step_deadline: Seconds = 10.0
+    query_deadline: Seconds = 5.0
 
 
 _MASK = (1 << 64) - 1
@@ -105,13 +122,25 @@ class NoopBackend(Backend):
     name = "noop"
 
     def __init__(
-        self, *, latency: float = 0.0, fail_pattern: str | None = None, seed: int = 0
+        self,
+        *,
+        latency: float = 0.0,
+        fail_pattern: str | None = None,
+        seed: int = 0,
+        hang_pattern: str | None = None,
+        ignore_cancel: bool = False,
+        crash_pattern: str | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0, not {latency}")
         self.latency = latency
         self.fail_pattern = re.compile(fail_pattern) if fail_pattern else None
+        self.hang_pattern = re.compile(hang_pattern) if hang_pattern else None
+        self.ignore_cancel = ignore_cancel
+        self.crash_pattern = re.compile(crash_pattern) if crash_pattern else None
         self.seed = seed
+        self.deadlines = deadlines or NoopOptions()
         #: (kind, id) -> the object as last created / updated, without nested objects
         self._objects: dict[_Key, OctaviaObject] = {}
         #: (kind, id) -> the load balancer it belongs to
@@ -124,7 +153,15 @@ class NoopBackend(Backend):
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> NoopBackend:
         opts = msgspec.convert(options or {}, NoopOptions)
-        return cls(latency=opts.latency, fail_pattern=opts.fail_pattern, seed=opts.seed)
+        return cls(
+            latency=opts.latency,
+            fail_pattern=opts.fail_pattern,
+            seed=opts.seed,
+            hang_pattern=opts.hang_pattern,
+            ignore_cancel=opts.ignore_cancel,
+            crash_pattern=opts.crash_pattern,
+            deadlines=opts,
+        )
 
     # ------------------------------------------------------------------ inspection
 
@@ -140,6 +177,17 @@ class NoopBackend(Backend):
     async def _pause(self) -> None:
         if self.latency:
             await trio.sleep(self.latency)
+
+    async def _hang_if_asked(self, obj: OctaviaObject) -> None:
+        if self.crash_pattern is not None and self.crash_pattern.search(obj.name or ""):
+            os._exit(70)  # as a crash in a client library: no cleanup, no outcome
+        if self.hang_pattern is None or not self.hang_pattern.search(obj.name or ""):
+            return
+        if not self.ignore_cancel:
+            await trio.sleep_forever()
+        # as a blocking call that cannot be abandoned: cancellation is never seen
+        with trio.CancelScope(shield=True):
+            await trio.sleep_forever()
 
     def _check(self, kind: str, action: str, obj: OctaviaObject) -> None:
         if self.fail_pattern is not None and self.fail_pattern.search(obj.name or ""):
@@ -161,6 +209,7 @@ class NoopBackend(Backend):
         self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None = None
     ) -> None:
         await self._pause()
+        await self._hang_if_asked(obj)
         self._check(kind, action, obj)
         if not obj.id:
             raise BackendError(f"noop: {action} of a {kind} without id")
@@ -176,6 +225,7 @@ class NoopBackend(Backend):
 
     async def _remove(self, kind: str, obj: OctaviaObject) -> None:
         await self._pause()
+        await self._hang_if_asked(obj)
         self._check(kind, "delete", obj)
         if not obj.id:
             raise BackendError(f"noop: delete of a {kind} without id")
