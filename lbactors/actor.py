@@ -18,8 +18,9 @@ Guarantees:
   seconds after its deadline the operation's outcome is sent for it (the object ERROR,
   :func:`~lbactors.dispatch.failed_outcome`) with ``abandoned=True``, and the call's late
   result, if any, is dropped. The actor stays blocked behind the call, so its load
-  balancer's later operations never overlap it; the owner of the system must replace it (a
-  worker process is replaced by the supervisor, which replays those later operations);
+  balancer's later operations never overlap it; they run once the call returns at last. The
+  owner of the system should replace it rather than wait (a worker process is replaced by
+  the supervisor, which replays those later operations);
 - an actor retires once its load balancer is deleted (plain or cascade delete succeeded) and
   its mailbox is empty, so memory follows the live load balancers, not the history; an
   operation that arrives later for that id simply starts a fresh actor.
@@ -325,10 +326,17 @@ class ActorSystem:
                 self._owned.add(lb_id)
                 outcome = await self._run_one(op, mailbox.watch, actor_log)
                 if mailbox.watch.abandoned:
-                    # its outcome went out already; the late result of a call that ignored
-                    # its cancellation is dropped, and the actor serves no more
-                    actor_log.warning("abandoned backend call returned", op_id=op.op_id)
-                    return
+                    # its outcome went out already: the late result of a call that ignored
+                    # its cancellation is dropped. The call is over, so the operations
+                    # queued behind it may run now without overlapping it.
+                    actor_log.warning(
+                        "abandoned backend call returned; its result is dropped",
+                        op_id=op.op_id,
+                        method=op.method,
+                    )
+                    mailbox.busy = False
+                    mailbox.last_used = trio.current_time()
+                    continue
                 mailbox.busy = False
                 mailbox.last_used = trio.current_time()
                 retire = (
