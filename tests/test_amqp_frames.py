@@ -20,6 +20,7 @@ from lbactors.amqp.errors import FrameError
 from lbactors.amqp.protocol import (
     FRAME_OVERHEAD,
     HEARTBEAT_FRAME,
+    TRUNCATED_HEAD,
     ConfirmTracker,
     Content,
     FrameDecoder,
@@ -101,6 +102,34 @@ def test_deliveries_survive_any_chunking_with_heartbeats_between_frames(sizes, c
     stream += HEARTBEAT_FRAME
     decoder = FrameDecoder(FRAME_MAX)
     check_deliveries(feed_in_chunks(decoder, bytes(stream), cuts), expected)
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sizes=st.lists(around_frame_boundaries(), min_size=1, max_size=5),
+    limit=st.integers(1, 3 * CHUNK),
+    cuts=st.lists(st.integers(0, 10**6), max_size=40),
+)
+def test_a_body_over_max_body_keeps_only_its_head(sizes, limit, cuts):
+    """Bodies over the limit arrive as their head with the announced size; the others,
+    before and after them on the same stream, arrive whole."""
+    stream = bytearray()
+    bodies = []
+    for tag, size in enumerate(sizes, start=1):
+        body = bytes((tag + i) % 251 for i in range(size))
+        stream += server_delivery(1 + tag % 2, tag, body)
+        bodies.append(body)
+    decoder = FrameDecoder(FRAME_MAX, max_body=limit)
+    events = feed_in_chunks(decoder, bytes(stream), cuts)
+    assert len(events) == len(bodies)
+    for (_, content), body in zip(events, bodies, strict=True):
+        assert content.body_size == len(body)
+        if len(body) > limit:
+            assert content.truncated
+            assert content.body == body[: min(TRUNCATED_HEAD, limit)]
+        else:
+            assert not content.truncated and content.body == body
     assert decoder.buffered == 0
 
 

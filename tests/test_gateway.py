@@ -21,6 +21,7 @@ import trio
 from lbactors.actor import open_actor_system
 from lbactors.amqp import oslo
 from lbactors.amqp.connection import open_connection
+from lbactors.amqp.protocol import TRUNCATED_HEAD
 from lbactors.backends.noop import NoopBackend
 from lbactors.gateway import Gateway, GatewaySettings, serve_gateway
 from lbactors.messages import Outcome
@@ -192,10 +193,16 @@ async def test_bad_input_is_dead_lettered_and_never_blocks_others(
             consumer = await channel.basic_consume(dead_queue, no_ack=True)
             with trio.fail_after(10):
                 async for delivery in consumer:
-                    dead.append(delivery.body)
+                    headers = delivery.properties.headers or {}
+                    dead.append((delivery.body, headers.get("x-lbactors-truncated-from")))
                     if len(dead) == len(bad_bodies):
                         break
-            assert sorted(dead) == sorted(bad_bodies)
+            # the body over the limit was never read whole: its head is dead-lettered
+            oversized = bad_bodies[2]
+            assert len(oversized) > 4096
+            expected = [(body, None) for body in bad_bodies if body is not oversized]
+            expected.append((oversized[:TRUNCATED_HEAD], len(oversized)))
+            assert sorted(dead, key=repr) == sorted(expected, key=repr)
             assert gateway.counters.rejected == len(bad_bodies)
         await channel.queue_delete(dead_queue)
 

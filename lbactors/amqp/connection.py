@@ -96,6 +96,13 @@ class Delivery(msgspec.Struct):
     properties: commands.Basic.Properties
     #: why the properties could not be decoded (they are then empty); see ``Content``
     header_error: str | None = None
+    #: the size the broker announced; above ``len(body)`` when the body was over the
+    #: connection's ``max_body`` and only its head was kept (see ``Content``); -1: unknown
+    body_size: int = -1
+
+    @property
+    def truncated(self) -> bool:
+        return self.body_size > len(self.body)
 
 
 class Confirmation:
@@ -552,6 +559,7 @@ class Channel:
                         method.consumer_tag,
                         content.properties,
                         content.header_error,
+                        content.body_size,
                     )
                 )
         elif method.name == "Basic.Return":
@@ -614,9 +622,9 @@ def _parse_url(url: str) -> _Params:
 class Connection:
     """One AMQP connection; obtain it from ``open_connection``."""
 
-    def __init__(self, stream: trio.abc.Stream, *, frame_max: int) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, frame_max: int, max_body: int = 0) -> None:
         self._stream = stream
-        self._decoder = FrameDecoder(max(frame_max, 131072))
+        self._decoder = FrameDecoder(max(frame_max, 131072), max_body)
         self._encoder = PublishEncoder(frame_max)
         self._send_buffer = bytearray()
         self._writer_wakeup: trio.Event | None = None
@@ -997,6 +1005,7 @@ async def open_connection(
     frame_max: int = 131072,
     connect_timeout: float = 10.0,
     stream_factory: StreamFactory | None = None,
+    max_body: int = 0,
 ) -> AsyncIterator[Connection]:
     """Connect, log in and open the vhost of ``url``; close in order on exit.
 
@@ -1005,6 +1014,8 @@ async def open_connection(
     ``heartbeat`` is in seconds, 0 disables heartbeats. If the connection dies the body is
     cancelled and ``ConnectionClosed`` is raised out of the ``async with``; a refused login
     raises ``AuthenticationError``. ``stream_factory`` replaces the TCP/TLS connect (tests).
+    A received body over ``max_body`` bytes (0: no limit) keeps only its head
+    (``Delivery.truncated``): what a peer sends never costs more memory than that.
     """
     params = _parse_url(url)
     with trio.move_on_after(connect_timeout) as connect_scope:
@@ -1013,7 +1024,7 @@ async def open_connection(
         raise ConnectionClosed(
             0, f"could not connect to {params.host}:{params.port} within {connect_timeout:g} s"
         )
-    connection = Connection(stream, frame_max=frame_max)
+    connection = Connection(stream, frame_max=frame_max, max_body=max_body)
     try:
         with trio.move_on_after(connect_timeout) as handshake_scope:
             await connection._handshake(

@@ -72,9 +72,13 @@ class Content:
     properties are then empty. The frames themselves were sound, so the stream goes on: one
     message with odd properties must never take the connection down (it would be redelivered
     to the next connection, and take that one down too).
+
+    ``body_size`` is the size the content header announced. It is larger than ``len(body)``
+    only when the body was over the decoder's ``max_body``: ``body`` then holds its first
+    ``TRUNCATED_HEAD`` bytes, and the rest was never kept in memory.
     """
 
-    __slots__ = ("body", "header_error", "method", "properties")
+    __slots__ = ("body", "body_size", "header_error", "method", "properties")
 
     def __init__(
         self,
@@ -82,18 +86,28 @@ class Content:
         properties: commands.Basic.Properties,
         body: bytes,
         header_error: str | None = None,
+        body_size: int = -1,
     ) -> None:
         self.method = method
         self.properties = properties
         self.body = body
         self.header_error = header_error
+        self.body_size = len(body) if body_size < 0 else body_size
+
+    @property
+    def truncated(self) -> bool:
+        return self.body_size > len(self.body)
 
     def __repr__(self) -> str:
         return f"Content({self.method!r}, {self.properties!r}, <{len(self.body)} bytes>)"
 
 
+#: bytes kept of a body over ``FrameDecoder.max_body`` (enough to log and dead-letter its head)
+TRUNCATED_HEAD = 1024
+
+
 class _Partial:
-    __slots__ = ("body_size", "header_error", "method", "parts", "properties", "received")
+    __slots__ = ("body_size", "header_error", "keep", "method", "parts", "properties", "received")
 
     def __init__(self, method: Frame) -> None:
         self.method = method
@@ -102,6 +116,8 @@ class _Partial:
         self.body_size = -1
         self.parts: list[bytes] = []
         self.received = 0
+        #: body bytes to keep: -1 for all of them, else the head of a body over the limit
+        self.keep = -1
 
 
 def _shortstr(buf: bytearray, pos: int) -> tuple[str, int]:
@@ -125,11 +141,16 @@ class FrameDecoder:
     header and all its body frames have arrived. Heartbeats are consumed silently (the caller
     treats any received byte as a sign of life). Feed it whatever ``receive_some`` returned,
     in any chunking; malformed input raises :class:`FrameError`.
+
+    A body announced larger than ``max_body`` (0: no limit) is not assembled: only its first
+    ``TRUNCATED_HEAD`` bytes are kept (see :class:`Content`), so a peer cannot make us hold
+    more than ``max_body`` bytes of one message, whatever the broker lets through.
     """
 
-    def __init__(self, frame_max: int = 0) -> None:
+    def __init__(self, frame_max: int = 0, max_body: int = 0) -> None:
         #: largest frame accepted (payload + 8); 0: no limit (before tuning)
         self.frame_max = frame_max
+        self.max_body = max_body
         self._buffer = bytearray()
         self._partial: dict[int, _Partial] = {}
 
@@ -172,7 +193,11 @@ class FrameDecoder:
                         raise FrameError(
                             f"body frame without a content header on channel {channel_id}"
                         )
-                    state.parts.append(bytes(buf[pos + 7 : end - 1]))
+                    if state.keep < 0:
+                        state.parts.append(bytes(buf[pos + 7 : end - 1]))
+                    elif state.received < state.keep:
+                        head = min(size, state.keep - state.received)
+                        state.parts.append(bytes(buf[pos + 7 : pos + 7 + head]))
                     state.received += size
                     if state.received >= state.body_size:
                         if state.received > state.body_size:
@@ -217,6 +242,8 @@ class FrameDecoder:
                         assert isinstance(content_header, header.ContentHeader)
                         state.properties = content_header.properties
                         state.body_size = content_header.body_size
+                    if self.max_body and state.body_size > self.max_body:
+                        state.keep = min(TRUNCATED_HEAD, self.max_body)
                     if state.body_size == 0:
                         del partial[channel_id]
                         events.append((channel_id, _complete(state)))
@@ -244,7 +271,7 @@ def _complete(state: _Partial) -> Content:
     parts = state.parts
     body = parts[0] if len(parts) == 1 else b"".join(parts)
     assert state.properties is not None
-    return Content(state.method, state.properties, body, state.header_error)
+    return Content(state.method, state.properties, body, state.header_error, state.body_size)
 
 
 def marshal_method(channel_id: int, method: Frame) -> bytes:
