@@ -191,13 +191,19 @@ def _malformed_failure(reason: str) -> Failure:
 
 
 def screen(
-    body: bytes, *, max_bytes: int, header_error: str | None = None
+    body: bytes, *, max_bytes: int, header_error: str | None = None, body_size: int = -1
 ) -> oslo.OsloMessage | Refusal:
     """What to do with one delivery's body: the message to run, or why it cannot run.
 
     Pure, and it never raises, whatever the bytes: this is where untrusted input from the
-    wire is first read (``tests/test_bad_input.py`` fuzzes it).
+    wire is first read (``tests/test_bad_input.py`` fuzzes it). ``body_size`` is the size the
+    broker announced, when ``body`` is only the head of a body over the limit (the AMQP
+    client never holds more); such a message is refused without being parsed, and a call
+    among them is not answered (its reply address was in the part never read).
     """
+    if body_size > max_bytes:
+        reason = f"malformed: body of {body_size} bytes exceeds the limit of {max_bytes}"
+        return Refusal("rejected malformed message", reason, None, _malformed_failure(reason))
     try:
         message = oslo.decode_message(body, max_bytes=max_bytes)
     except oslo.MalformedMessage as exc:
@@ -415,6 +421,7 @@ class Gateway:
             heartbeat=settings.heartbeat,
             ssl_context=self._ssl_context(),
             client_name=f"lbactors gateway {settings.host}",
+            max_body=settings.max_body_bytes,
         ) as connection:
             publish_channel = await connection.open_channel()
             await publish_channel.confirm_select()
@@ -440,8 +447,8 @@ class Gateway:
                 for queue in queues:
                     consumer = await consume_channel.basic_consume(queue)
                     nursery.start_soon(self._consume, consumer, consume_channel, generation)
-                replies = await consume_channel.basic_consume(self._reply_queue, no_ack=True)
-                nursery.start_soon(self._consume_replies, replies)
+                replies = await consume_channel.basic_consume(self._reply_queue)
+                nursery.start_soon(self._consume_replies, replies, consume_channel)
                 nursery.start_soon(
                     self._publish_outcomes, publish_channel, generation, published_send
                 )
@@ -503,21 +510,35 @@ class Gateway:
         async for delivery in consumer:
             await self._on_delivery(delivery, channel, generation)
 
-    async def _consume_replies(self, consumer: Any) -> None:
+    async def _consume_replies(self, consumer: Any, channel: Channel) -> None:
+        """Replies to our calls. Acked one by one, so the broker's prefetch bounds what a
+        flood into the reply queue can queue here (docs/bounds.md)."""
         async for delivery in consumer:
-            try:
-                msg_id, result, failure, ending = oslo.decode_reply(delivery.body)
-            except oslo.MalformedMessage as exc:
-                log.warning("malformed reply", reason=str(exc))
-                continue
-            waiter = self._reply_waiters.get(msg_id or "")
-            if waiter is None or not ending:
-                continue
-            try:
-                value = msgspec.json.decode(result) if result is not None else None
-            except msgspec.DecodeError:
-                value = None
-            waiter.send_nowait((value, failure))
+            self.on_reply(delivery.body)
+            await channel.ack(delivery.delivery_tag)
+
+    def on_reply(self, body: bytes) -> None:
+        """Hand a reply to the call waiting for it. Anyone who can publish can put anything in
+        our reply queue: a malformed reply, one that nobody waits for, a second reply to the
+        same call, a result too deep to decode; each is logged and dropped, never raised."""
+        try:
+            msg_id, result, failure, ending = oslo.decode_reply(body)
+        except oslo.MalformedMessage as exc:
+            log.warning("malformed reply dropped", reason=str(exc), bytes=len(body))
+            return
+        if not ending:
+            return
+        # popped: a second reply to the same call finds nobody waiting
+        waiter = self._reply_waiters.pop(msg_id or "", None)
+        if waiter is None:
+            log.warning("reply that no call waits for dropped", msg_id=(msg_id or "")[:64])
+            return
+        try:
+            value = msgspec.json.decode(result) if result is not None else None
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            log.warning("undecodable reply result", msg_id=msg_id, error=type(exc).__name__)
+            value = None
+        waiter.send_nowait((value, failure))
 
     async def _on_delivery(self, delivery: Delivery, channel: Channel, generation: int) -> None:
         if self._draining:
@@ -528,6 +549,7 @@ class Gateway:
                 delivery.body,
                 max_bytes=self.settings.max_body_bytes,
                 header_error=delivery.header_error,
+                body_size=delivery.body_size,
             )
             if isinstance(verdict, Refusal):
                 await self._refuse(channel, delivery, verdict)
@@ -577,7 +599,7 @@ class Gateway:
             refusal.event,
             reason=refusal.reason[:300],
             routing_key=delivery.routing_key,
-            size=len(delivery.body),
+            size=max(delivery.body_size, len(delivery.body)),
             summary=body_summary(delivery.body),
             redelivered=delivery.redelivered,
             answered=refusal.reply_to is not None,
@@ -602,6 +624,8 @@ class Gateway:
             headers["x-lbactors-reason"] = reason[:1000]
             headers["x-original-exchange"] = delivery.exchange
             headers["x-original-routing-key"] = delivery.routing_key
+            if delivery.truncated:  # only its head was read: say so, and how big it was
+                headers["x-lbactors-truncated-from"] = delivery.body_size
             try:
                 confirmation = await publish_channel.publish(
                     exchange,

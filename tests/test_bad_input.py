@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,8 +26,15 @@ from lbactors.amqp import oslo
 from lbactors.amqp.protocol import FrameDecoder
 from lbactors.backends.noop import NoopBackend
 from lbactors.dispatch import run_operation
-from lbactors.gateway import Refusal, encode_status_cast, route, screen
-from lbactors.messages import METHODS, InvalidOperation, Operation, decode_request
+from lbactors.gateway import (
+    Gateway,
+    GatewaySettings,
+    Refusal,
+    encode_status_cast,
+    route,
+    screen,
+)
+from lbactors.messages import METHODS, InvalidOperation, Operation, Outcome, decode_request
 
 LIMIT = 64 * 1024
 
@@ -255,3 +264,34 @@ def test_undecodable_properties_keep_the_stream_going() -> None:
     first, second = (event for _, event in events)
     assert first.body == body and first.header_error and "out of range" in first.header_error
     assert second.body == body and second.header_error is None
+
+
+# --------------------------------------------------------------------------- our reply queue
+
+
+class _NoSink:
+    async def submit(self, op: Operation) -> None:
+        raise AssertionError("not used")
+
+
+async def test_anything_in_our_reply_queue_is_dropped_and_never_raised() -> None:
+    """A second reply to one call, a reply nobody waits for, a malformed reply and a result
+    nested too deep to decode: the call gets the first reply only and the gateway goes on."""
+    _, receive = trio.open_memory_channel[Outcome](1)
+    gateway = Gateway(GatewaySettings(), _NoSink(), receive)
+    send, waiting = trio.open_memory_channel[tuple[Any, Any]](1)
+    gateway._reply_waiters["m1"] = send
+    deep = b"[" * 5000 + b"]" * 5000
+    with structlog.testing.capture_logs() as logs:
+        gateway.on_reply(oslo.encode_reply("m1", result_json=b'["lb-1"]'))
+        gateway.on_reply(oslo.encode_reply("m1", result_json=b'["lb-2"]'))  # a duplicate
+        gateway.on_reply(oslo.encode_reply("nobody", result_json=b"[]"))
+        gateway.on_reply(oslo.encode_reply("m1", result_json=b"[]")[:-3])  # cut short
+        gateway.on_reply(b"\xff" * 10)
+        gateway.on_reply(oslo.encode_reply("m3", result_json=deep))
+    assert waiting.receive_nowait() == (["lb-1"], None)
+    with pytest.raises(trio.WouldBlock):
+        waiting.receive_nowait()
+    assert gateway._reply_waiters == {}
+    events = [entry["event"] for entry in logs]
+    assert events == ["reply that no call waits for dropped"] * 2 + ["malformed reply dropped"] * 3
