@@ -17,9 +17,15 @@ Never stuck:
 - **abandoned calls**: an outcome marked ``abandoned`` (its backend call ignored the
   cancellation at its deadline) is passed on, then its worker is killed and replaced, so the
   stuck call dies with it;
-- **poison operations**: an operation that was sent to ``poison_after`` consecutive
-  incarnations of a worker that all died with it in flight is not replayed again: its object
-  goes ERROR (:func:`~lbactors.dispatch.failed_outcome`) and its message is dead-lettered;
+- **poison operations**: an operation that was in flight on ``poison_after`` consecutive
+  deaths of a worker, the last time alone, is not replayed again: its object goes ERROR
+  (:func:`~lbactors.dispatch.failed_outcome`) and its message is dead-lettered. A death
+  with many operations in flight cannot tell the culprit from the operations beside it, so
+  once operations reach ``poison_after`` deaths together, the next incarnation gets the
+  suspects (every operation in flight on a death) one at a time, each after the previous
+  one's outcome, and only then the rest in order: the poison then dies alone, and the
+  innocent ones complete. A single crash (a kill, the OOM killer) replays everything at
+  once as before; only a repeated one pays for the isolation;
 - every frame to a worker (operations, pings, statistics requests) is written by that
   worker's sender task: nobody else ever blocks on a worker's socket.
 """
@@ -87,6 +93,8 @@ class WorkerHandle:
     reader_blocked: bool = False
     #: why the current incarnation is being killed, if it is
     killing: str | None = None
+    #: the suspects (operations in flight on a death) go to the worker one at a time
+    isolating: bool = False
 
     @property
     def alive(self) -> bool:
@@ -137,9 +145,37 @@ class Router:
         worker.outbox.append(op)
         worker.outbox_ready.set()
 
-    async def _send_outbox(self, worker: WorkerHandle, frames: ipc.FrameStream) -> None:
-        """Write whatever is queued for this incarnation of ``worker``, in order."""
+    async def _send_outbox(
+        self, worker: WorkerHandle, frames: ipc.FrameStream, suspects: list[Operation]
+    ) -> None:
+        """Write whatever is queued for this incarnation of ``worker``, in order.
+
+        ``suspects`` (when isolating) go first, one at a time: each is written once the
+        previous one's outcome came back, so that a death is charged to one operation only.
+        Pings and statistics requests go on meanwhile. Then whatever the ledger holds that
+        this incarnation has not seen, in submission order (each load balancer's order).
+        """
         incarnation = worker.incarnation
+        if suspects:
+            for op in suspects:
+                if op.op_id not in worker.ledger:
+                    continue
+                worker.sent_to[op.op_id] = incarnation
+                async with worker.send_lock:
+                    await frames.send(ipc.Submit(op=op))
+                while op.op_id in worker.ledger:
+                    await worker.outbox_ready.wait()  # set by its outcome, or by a control frame
+                    worker.outbox_ready = trio.Event()
+                    control, worker.control = worker.control, []
+                    if control:
+                        async with worker.send_lock:
+                            await frames.send_many(control)
+            worker.isolating = False
+            log.info("suspects cleared; replaying the rest", worker=worker.index)
+            worker.outbox = [
+                op for op in worker.ledger.values() if worker.sent_to.get(op.op_id) != incarnation
+            ]
+            worker.outbox_ready.set()
         while True:
             await worker.outbox_ready.wait()
             worker.outbox_ready = trio.Event()
@@ -218,6 +254,8 @@ class Router:
         while True:
             if delay:
                 await trio.sleep(delay)
+            if self._stopping:
+                return  # no new incarnation once shutting down (its ledger stays unacked)
             started_at = trio.current_time()
             code = await self._run_once(worker)
             if self._stopping:
@@ -233,18 +271,25 @@ class Router:
                 delay = min(max(delay * 2, daemon.restart_backoff_initial), daemon.restart_backoff_max)
 
     async def _give_up_on_poison(self, worker: WorkerHandle) -> None:
-        """After a death: count it against every operation that was in flight on it; those
-        in flight on ``poison_after`` consecutive deaths get their final ERROR outcome."""
+        """After a death: count it against every operation that was in flight on it. One in
+        flight on ``poison_after`` consecutive deaths, alone on the last one, gets its final
+        ERROR outcome; when several reach the limit together, the next incarnation isolates
+        the suspects (module docstring)."""
         dead = worker.incarnation
         limit = self.config.daemon.poison_after
-        poison: list[Operation] = []
-        for op_id, op in worker.ledger.items():
-            if worker.sent_to.get(op_id) != dead:
-                continue  # never reached the incarnation that died
-            deaths = worker.deaths.get(op_id, 0) + 1
-            worker.deaths[op_id] = deaths
-            if deaths >= limit:
-                poison.append(op)
+        in_flight = [op for op_id, op in worker.ledger.items() if worker.sent_to.get(op_id) == dead]
+        for op in in_flight:
+            worker.deaths[op.op_id] = worker.deaths.get(op.op_id, 0) + 1
+        at_limit = [op for op in in_flight if worker.deaths[op.op_id] >= limit]
+        poison = at_limit if len(in_flight) == 1 else []
+        if at_limit and not poison and not worker.isolating:
+            worker.isolating = True
+            log.warning(
+                "operations in flight on repeated worker deaths; replaying them one at a time",
+                worker=worker.index,
+                suspects=sum(1 for op_id in worker.ledger if worker.deaths.get(op_id)),
+                deaths=limit,
+            )
         for op in poison:
             self.poisoned += 1
             reason = f"poison operation: in flight on {limit} consecutive worker deaths"
@@ -356,6 +401,8 @@ class Router:
             if isinstance(frame, ipc.Done):
                 outcome = frame.outcome
                 worker.forget(outcome.op_id)
+                if worker.isolating:
+                    worker.outbox_ready.set()  # the sender waits for this outcome
                 try:
                     self.outcomes.send_nowait(outcome)
                 except trio.WouldBlock:
@@ -370,12 +417,30 @@ class Router:
             elif isinstance(frame, ipc.Pong):
                 pass
             elif isinstance(frame, ipc.Ready):
+                if self._stopping:
+                    # ready after shutdown began: nothing more for it (its ledger stays
+                    # unacked, for redelivery); end of stream lets it exit at once
+                    await frames.send_eof()
+                    continue
                 async with worker.send_lock:
                     # the ledger holds everything queued too, in submission order
                     worker.outbox.clear()
                     taken, worker.outbox_taken = worker.outbox_taken, trio.Event()
                     taken.set()
                     replay = list(worker.ledger.values())
+                    suspects: list[Operation] = []
+                    if worker.isolating:
+                        # the sender writes them one by one, then the rest
+                        suspects = [op for op in replay if worker.deaths.get(op.op_id)]
+                        worker.isolating = bool(suspects)
+                    if suspects:
+                        replay = []
+                        log.warning(
+                            "replaying suspects one at a time",
+                            worker=worker.index,
+                            suspects=len(suspects),
+                            held=len(worker.ledger) - len(suspects),
+                        )
                     if replay:
                         log.warning(
                             "replaying in-flight operations",
@@ -386,7 +451,7 @@ class Router:
                             worker.sent_to[op.op_id] = worker.incarnation
                         await frames.send_many([ipc.Submit(op=op) for op in replay])
                     worker.frames = frames
-                nursery.start_soon(self._send_outbox, worker, frames)
+                nursery.start_soon(self._send_outbox, worker, frames, suspects)
                 worker.ready.set()
             elif isinstance(frame, ipc.StatsReport):
                 reply = worker.stats_replies.pop(frame.round, None)
