@@ -55,7 +55,8 @@ class StatusEndpoint:
 class OsloDriver:
     """The provider driver and provider agent, on the real oslo.messaging."""
 
-    def __init__(self, url: str, *, topic: str, driver_topic: str, exchange: str = "common") -> None:
+    def __init__(self, url: str, *, topic: str, driver_topic: str, exchange: str = "common",
+                 durable_queues: bool = False) -> None:
         transport_url = url.replace("amqp://", "rabbit://", 1)
         # oslo.messaging registers some options (tracing, metrics) on cfg.CONF only and reads
         # them from the ConfigOpts it is given: use cfg.CONF, as the baseline driver does
@@ -65,6 +66,11 @@ class OsloDriver:
             self.conf([], project="lbactors-tests")
             _conf_parsed = True
         self.transport = oslo_messaging.get_rpc_transport(self.conf, url=transport_url)
+        # ``[oslo_messaging_rabbit] amqp_durable_queues``, read when a connection opens (the
+        # driver registered the option above); cfg.CONF is global: cleared again by stop()
+        self.durable_queues = durable_queues
+        if durable_queues:
+            self.conf.set_override("amqp_durable_queues", True, group="oslo_messaging_rabbit")
         target = oslo_messaging.Target(
             topic=topic, exchange=exchange, namespace="control", fanout=False, version="1.0"
         )
@@ -90,6 +96,8 @@ class OsloDriver:
         self.server.stop()
         self.server.wait()
         self.transport.cleanup()
+        if self.durable_queues:
+            self.conf.clear_override("amqp_durable_queues", group="oslo_messaging_rabbit")
 
     def cast(self, method: str, **kwargs: Any) -> None:
         with self._lock:
@@ -108,10 +116,15 @@ def _uuid() -> str:
 
 class LoadBalancerTree:
     """One load balancer with a listener, a default pool, K members, a health monitor, an L7
-    policy and rule; :meth:`lifecycle` yields every operation with the status dict it must get."""
+    policy and rule; :meth:`lifecycle` yields every operation with the status dict it must get.
+
+    ``fail_name``: the name of the last member instead of ``member-<i>``, so that a backend's
+    ``fail_pattern`` / ``hang_pattern`` / ``crash_pattern`` can single out one object of one
+    tree (the other objects' names repeat in every tree)."""
 
     def __init__(self, index: int, members: int = 2, *, fail_name: str | None = None) -> None:
         self.index = index
+        self.fail_name = fail_name
         self.project_id = uuid.uuid4().hex
         self.lb_id, self.listener_id, self.pool_id = _uuid(), _uuid(), _uuid()
         self.member_ids = [_uuid() for _ in range(members)]
@@ -151,10 +164,15 @@ class LoadBalancerTree:
             "loadbalancer": self.lb_mini(),
         }
 
+    def member_name(self, i: int) -> str:
+        if self.fail_name is not None and i == len(self.member_ids) - 1:
+            return self.fail_name
+        return f"member-{i}"
+
     def member(self, i: int) -> dict[str, Any]:
         return {
             "id": self.member_ids[i], "member_id": self.member_ids[i], "pool_id": self.pool_id,
-            "name": f"member-{i}", "address": f"192.168.0.{i + 10}", "protocol_port": 8080,
+            "name": self.member_name(i), "address": f"192.168.0.{i + 10}", "protocol_port": 8080,
             "weight": 1, "backup": False, "admin_state_up": True, "subnet_id": _uuid(),
             "project_id": self.project_id, "tenant_id": self.project_id,
             "pool": self.pool(), "loadbalancer": self.lb_mini(),
