@@ -105,8 +105,9 @@ class DaemonSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     #: killed and replaced (its in-flight operations replayed)
     ping_interval: _PosFloat = 5.0
     ping_timeout: _PosFloat = 30.0
-    #: an operation in flight on this many consecutive worker deaths is not replayed again:
-    #: its object goes ERROR and the message is dead-lettered
+    #: an operation in flight on this many consecutive worker deaths, the last time alone,
+    #: is not replayed again: its object goes ERROR and the message is dead-lettered (several
+    #: at the count together are replayed one at a time first; supervisor/router.py)
     poison_after: _PosInt = 2
     #: seconds workers get to exit once drained, at shutdown, before they are killed
     stop_timeout: _PosFloat = 5.0
