@@ -451,10 +451,15 @@ class ActorSystem:
                     mailbox.busy = False
                     mailbox.last_used = trio.current_time()
                     continue
+                mailbox.busy = False
+                mailbox.last_used = trio.current_time()
                 deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(
                     outcome, lb_id
                 )
                 if self._reassert_after:
+                    # before the outcome is in the channel: a re-assertion sent from now on
+                    # never holds an entry it supersedes, and comes after it (senders that
+                    # wait are served in order)
                     self._track(op, outcome, deleted)
                 retire = (
                     deleted
@@ -472,9 +477,6 @@ class ActorSystem:
                     outcomes.send_nowait(outcome)
                 except trio.WouldBlock:
                     await outcomes.send(outcome)
-                # busy until the outcome is in the channel: a re-assertion never overtakes it
-                mailbox.busy = False
-                mailbox.last_used = trio.current_time()
                 if retire:
                     self._ended()
                     return

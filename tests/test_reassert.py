@@ -65,6 +65,9 @@ class Harness:
         self.system = system
         self.items: list[tuple[float, Outbound]] = []
         self.arrived = trio.Event()
+        #: the reader takes items from the channel only while this is set
+        self.reading = trio.Event()
+        self.reading.set()
         self._op_ids = iter(range(1, 10_000))
 
     async def submit(self, method: str, args: Any = None) -> int:
@@ -104,12 +107,19 @@ class Harness:
 
 @asynccontextmanager
 async def running(
-    backend: NoopBackend | None = None, reassert_after: Sequence[float] = SCHEDULE
+    backend: NoopBackend | None = None,
+    reassert_after: Sequence[float] = SCHEDULE,
+    buffer: int = 1000,
 ) -> AsyncIterator[Harness]:
-    send, receive = trio.open_memory_channel[Outbound](1000)
+    send, receive = trio.open_memory_channel[Outbound](buffer)
 
     async def collect(harness: Harness) -> None:
-        async for item in receive:
+        while True:
+            await harness.reading.wait()
+            try:
+                item = await receive.receive()
+            except trio.EndOfChannel:
+                return
             harness.items.append((trio.current_time(), item))
             harness.arrived.set()
 
@@ -273,6 +283,26 @@ async def test_an_update_after_the_first_reassertion_stops_the_rest(
         await h.run("healthmonitor_update")
         await trio.sleep(60)
     assert [round(when - created, 6) for when, _ in h.reassertions()] == [1.0]
+
+
+async def test_an_outcome_waiting_for_room_in_the_channel_supersedes_already(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The update's outcome waits for whoever publishes while the health monitor's
+    re-assertion falls due: it must not be sent (it would be published after the update)."""
+    async with running(buffer=0) as h:
+        await h.run("healthmonitor_create")
+        h.reading = trio.Event()  # the publisher stops reading (a broker that blocks us)...
+        await trio.sleep(0.1)
+        await h.submit("listener_update")  # ...once it took this one
+        await trio.sleep(0.1)
+        op_id = await h.submit("healthmonitor_update")
+        await trio.sleep(5)
+        h.reading.set()
+        with trio.fail_after(60):
+            await h.outcome_of(op_id)
+        await trio.sleep(60)
+    assert h.reassertions() == []
 
 
 @pytest.mark.parametrize("cascade", [False, True])
