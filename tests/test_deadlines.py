@@ -28,6 +28,7 @@ from lbactors.messages import Operation
 from lbactors.model import LoadBalancer
 from lbactors.status import cascade_status
 from lbactors.status import status_to_builtins as builtins
+from tests.daemon_process import _alive
 from tests.test_actor import LB2, make_op, other_tree, running
 from tests.test_messages import LB, MEMBER, Payloads
 
@@ -267,7 +268,7 @@ async def test_a_haproxy_command_is_killed_when_its_call_is_cancelled(tmp_path: 
         assert outcome.reason is not None and "deadline" in outcome.reason
         pid = int(pid_file.read_text())
         with trio.fail_after(5):
-            while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+            while _alive(pid):  # gone, or a zombie
                 await trio.sleep(0.05)
     finally:
         import shutil
