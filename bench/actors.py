@@ -1,6 +1,6 @@
 """In-process throughput of the actor layer: noop backend, no broker, no worker processes.
 
-    python -m bench.actors [--ops 100000] [--sizes 1,100,10000]
+    python -m bench.actors [--ops 100000] [--sizes 1,100,10000] [--reassert-after 1,3,10]
 
 For each number of load balancers, every load balancer runs the life of a small tree (create
 the LB, a listener, a pool, two members, a health monitor, an L7 policy and rule, update a
@@ -29,7 +29,7 @@ import trio
 
 from lbactors.actor import open_actor_system
 from lbactors.backends import load_backend
-from lbactors.messages import Operation, Outcome
+from lbactors.messages import Operation, Outbound, Outcome
 
 PROJECT = "9c6f0e1d2c3b4a5968778695a4b33a21"
 
@@ -128,12 +128,14 @@ class Result(msgspec.Struct):
     max_actors: int
 
 
-async def run_size(n_lbs: int, total_ops: int, mailbox_size: int) -> Result:
+async def run_size(
+    n_lbs: int, total_ops: int, mailbox_size: int, reassert_after: tuple[float, ...] = ()
+) -> Result:
     lives = [lifecycle(i) for i in range(n_lbs)]
     lb_ids = [_ids(i)["lb"] for i in range(n_lbs)]
     steps = len(lives[0])
     backend = load_backend("noop")
-    send, receive = trio.open_memory_channel[Outcome](4096)
+    send, receive = trio.open_memory_channel[Outbound](4096)
     errors = 0
     max_actors = 0
     done = trio.Event()
@@ -148,8 +150,9 @@ async def run_size(n_lbs: int, total_ops: int, mailbox_size: int) -> Result:
                     batch.append(receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            received += len(batch)
-            errors += sum(1 for outcome in batch if outcome.failure is not None)
+            outcomes = [item for item in batch if isinstance(item, Outcome)]
+            received += len(outcomes)
+            errors += sum(1 for outcome in outcomes if outcome.failure is not None)
             if received == total_ops:
                 done.set()
 
@@ -157,7 +160,9 @@ async def run_size(n_lbs: int, total_ops: int, mailbox_size: int) -> Result:
         nursery.start_soon(consume)
         gc.collect()
         start = time.perf_counter()
-        async with open_actor_system(backend, send, mailbox_size=mailbox_size) as system:
+        async with open_actor_system(
+            backend, send, mailbox_size=mailbox_size, reassert_after=reassert_after
+        ) as system:
             op_id = 0
             step = 0
             while op_id < total_ops:
@@ -194,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=100_000, help="operations per size")
     parser.add_argument("--sizes", default="1,100,10000", help="numbers of load balancers")
     parser.add_argument("--mailbox-size", type=int, default=64)
+    parser.add_argument(
+        "--reassert-after",
+        default="",
+        help="re-assertion schedule of creates, seconds (e.g. 1,3,10; the daemon's default); "
+        "empty: off, as open_actor_system's default",
+    )
     args = parser.parse_args(argv)
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
@@ -201,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
-        result = trio.run(run_size, size, args.ops, args.mailbox_size)
+        schedule = tuple(float(s) for s in args.reassert_after.split(",") if s)
+        result = trio.run(run_size, size, args.ops, args.mailbox_size, schedule)
         results.append(result)
         print(json.dumps({"bench": "actors", **msgspec.to_builtins(result)}), flush=True)
     print(f"\n{'load balancers':>15} {'ops':>9} {'seconds':>9} {'ops/s':>9} {'µs/op':>8} {'errors':>7}")

@@ -23,7 +23,19 @@ Guarantees:
   the supervisor, which replays those later operations);
 - an actor retires once its load balancer is deleted (plain or cascade delete succeeded) and
   its mailbox is empty, so memory follows the live load balancers, not the history; an
-  operation that arrives later for that id simply starts a fresh actor.
+  operation that arrives later for that id simply starts a fresh actor;
+- re-assertion (Octavia's commit race, README): after a ``*_create`` outcome, the created
+  object's own entry (ACTIVE or ERROR; never a parent's) is sent again as a
+  :class:`~lbactors.messages.Reassertion` ``reassert_after[i]`` seconds after the outcome.
+  Each time only while its load balancer has no operation queued or running here and got or
+  finished none for ``REASSERT_QUIET`` seconds (else later, keeping the spacing of the
+  following ones), and into the same ``outcomes`` channel, so that it keeps its place
+  before any later outcome of that load balancer. Every id named by a later outcome of the
+  load balancer is dropped (that status supersedes it), a deleted load balancer drops all
+  of its entries, and an operating status reported later by
+  :meth:`ActorSystem.collect_statistics` replaces the entry's own. One task sweeps the due
+  entries of the whole system (a heap keyed by due time); nothing per operation or object.
+  Pending re-assertions live in memory only: a new process has none.
 
 Closing (leaving the ``async with``): no new submissions; every actor finishes the
 operations already in its mailbox, then ``outcomes`` is closed. Bound the drain with a cancel
@@ -34,7 +46,10 @@ Layer: actors and backends (model, trio); never AMQP or the supervisor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import heapq
+import itertools
+import math
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,7 +63,9 @@ from lbactors.messages import (
     Failure,
     ListenerStatistics,
     Operation,
+    Outbound,
     Outcome,
+    Reassertion,
     StatusEntry,
     StatusUpdate,
 )
@@ -58,6 +75,16 @@ from lbactors.status import ParentsOnFailure
 __all__ = ["ActorSystem", "open_actor_system"]
 
 log = structlog.get_logger("lbactors.actor")
+
+#: seconds until a re-assertion due while its load balancer is busy is tried again
+REASSERT_BUSY_RETRY = 0.5
+#: a re-assertion waits until its load balancer got and finished nothing for this long: a
+#: driver that gates on our statuses casts its next operation within milliseconds of one,
+#: so a quiet load balancer is unlikely to have one on its way (the residual window)
+REASSERT_QUIET = 0.5
+_PLURAL_KEYS = tuple(PLURAL.values())
+#: ``<kind>_create`` -> the status key of the created object's own entry
+_CREATED_KEY = {f"{kind}_create": key for kind, key in PLURAL.items()}
 
 
 class _Mailbox:
@@ -72,6 +99,24 @@ class _Mailbox:
         self.last_used = 0.0
         #: the operation running now and the deadline of its backend call
         self.watch = CallWatch()
+
+
+class _Pending:
+    """One created object's own entry, waiting for its next re-assertion."""
+
+    __slots__ = ("attempt", "created", "entry", "key", "lb_id", "token")
+
+    def __init__(self, lb_id: str, key: str, entry: StatusEntry, created: float) -> None:
+        self.lb_id = lb_id
+        #: its key in a status dict (``pools``)
+        self.key = key
+        self.entry = entry
+        #: when its create's outcome left the actor (trio clock)
+        self.created = created
+        #: index of its next delay in ``reassert_after``
+        self.attempt = 0
+        #: the sequence number of its live item in the due heap; -1 once dropped
+        self.token = -1
 
 
 def _deleted_lb(outcome: Outcome, lb_id: str) -> bool:
@@ -91,12 +136,13 @@ class ActorSystem:
         self,
         nursery: trio.Nursery,
         backend: Backend,
-        outcomes: trio.MemorySendChannel[Outcome],
+        outcomes: trio.MemorySendChannel[Outbound],
         *,
         mailbox_size: float,
         parents_on_failure: ParentsOnFailure,
         idle_timeout: float = 60.0,
         cancel_grace: float = 5.0,
+        reassert_after: Sequence[float] = (),
     ) -> None:
         if mailbox_size < 0:
             raise ValueError(f"mailbox_size must be >= 0, not {mailbox_size}")
@@ -120,6 +166,18 @@ class ActorSystem:
         #: operating statuses last reported by collect_statistics, and their load balancer
         self._last_operating: dict[tuple[str, str], str] = {}
         self._owner_of_status: dict[tuple[str, str], str] = {}
+        if any(b <= a for a, b in zip(reassert_after, reassert_after[1:], strict=False)):
+            raise ValueError(f"reassert_after must be strictly increasing, not {reassert_after}")
+        self._reassert_after = tuple(reassert_after)
+        #: load balancer id -> object id -> its entry waiting for re-assertion
+        self._pending: dict[str, dict[str, _Pending]] = {}
+        #: (due time, sequence number, entry); items of dropped entries are skipped when due
+        self._due: list[tuple[float, int, _Pending]] = []
+        self._sequence = itertools.count()
+        #: set when an entry becomes the first one due
+        self._due_changed = trio.Event()
+        #: created objects' entries sent again (Octavia's commit race), since start
+        self.reassertions_sent = 0
 
     # ------------------------------------------------------------------ public
 
@@ -159,6 +217,10 @@ class ActorSystem:
         """How many actors are alive (load balancers used within ``idle_timeout``)."""
         return len(self._actors)
 
+    def reassertions_pending(self) -> int:
+        """How many created objects' entries wait for a re-assertion."""
+        return sum(len(entries) for entries in self._pending.values())
+
     def adopt(self, lb_ids: Iterable[str]) -> None:
         """Count ``lb_ids`` as held here (their backend state survived a restart)."""
         self._owned.update(lb_ids)
@@ -190,6 +252,56 @@ class ActorSystem:
             for mailbox in idle:
                 del self._actors[mailbox.lb_id]
                 mailbox.send.close()  # the actor sees the end of its mailbox and returns
+
+    async def reassert_due(self) -> None:
+        """Send the re-assertions that are due (module docstring), until cancelled.
+
+        Entries of one load balancer due together leave as one :class:`Reassertion`.
+        """
+        if not self._reassert_after:
+            return
+        due = self._due
+        while True:
+            with trio.move_on_at(due[0][0] if due else math.inf):
+                await self._due_changed.wait()
+            self._due_changed = trio.Event()
+            now = trio.current_time()
+            ready: dict[str, list[tuple[int, _Pending]]] = {}
+            while due and due[0][0] <= now:
+                _, token, pending = heapq.heappop(due)
+                if pending.token == token:
+                    ready.setdefault(pending.lb_id, []).append((token, pending))
+            for lb_id, items in ready.items():
+                # still there after the previous send's wait?
+                items = [(t, p) for t, p in items if p.token == t]
+                if not items:
+                    continue
+                now = trio.current_time()
+                retry = self._not_before(lb_id, now)
+                if retry > now:
+                    for _, pending in items:
+                        self._schedule(pending, retry)
+                    continue
+                entries: dict[str, list[StatusEntry]] = {}
+                for _, pending in items:
+                    entry = pending.entry
+                    entries.setdefault(pending.key, []).append(
+                        StatusEntry(
+                            id=entry.id,
+                            provisioning_status=entry.provisioning_status,
+                            operating_status=entry.operating_status,
+                        )
+                    )
+                    self._advance(pending, now)
+                self.reassertions_sent += len(items)
+                reassertion = Reassertion(lb_id=lb_id, status=StatusUpdate(**entries))
+                log.debug("re-asserting created objects", lb_id=lb_id, count=len(items))
+                try:
+                    self._outcomes.send_nowait(reassertion)
+                except trio.WouldBlock:
+                    # waiting senders are served in order: an outcome of this load
+                    # balancer sent from now on still comes after this
+                    await self._outcomes.send(reassertion)
 
     async def watch_overdue(self) -> None:
         """Give up on every backend call still running ``cancel_grace`` seconds after its
@@ -255,6 +367,8 @@ class ActorSystem:
                 changed.setdefault(PLURAL[kind], []).append(
                     StatusEntry(id=object_id, operating_status=operating)
                 )
+                if self._pending:  # a re-assertion carries the newest operating status
+                    self._reported(kind, object_id, operating)
         self._owner_of_status = {
             k: v for k, v in self._owner_of_status.items() if k in current
         }
@@ -339,9 +453,16 @@ class ActorSystem:
                     continue
                 mailbox.busy = False
                 mailbox.last_used = trio.current_time()
+                deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(
+                    outcome, lb_id
+                )
+                if self._reassert_after:
+                    # before the outcome is in the channel: a re-assertion sent from now on
+                    # never holds an entry it supersedes, and comes after it (senders that
+                    # wait are served in order)
+                    self._track(op, outcome, deleted)
                 retire = (
-                    op.method.startswith("loadbalancer_delete")
-                    and _deleted_lb(outcome, lb_id)
+                    deleted
                     and receive.statistics().current_buffer_used == 0
                     and receive.statistics().tasks_waiting_send == 0
                 )
@@ -363,6 +484,90 @@ class ActorSystem:
             del self._actors[lb_id]
         self._ended()
 
+    def _not_before(self, lb_id: str, now: float) -> float:
+        """When a re-assertion of ``lb_id`` may be sent: ``now`` if it has no operation
+        running, queued or waiting to be queued here (its last outcome is in ``outcomes``)
+        and got or finished none for ``REASSERT_QUIET`` seconds; else when to look again."""
+        mailbox = self._actors.get(lb_id)
+        if mailbox is None:
+            return now
+        queued = mailbox.receive.statistics()
+        if mailbox.busy or queued.current_buffer_used or queued.tasks_waiting_send:
+            return now + REASSERT_BUSY_RETRY
+        return max(now, mailbox.last_used + REASSERT_QUIET)
+
+    def _schedule(self, pending: _Pending, when: float) -> None:
+        token = next(self._sequence)
+        pending.token = token
+        heapq.heappush(self._due, (when, token, pending))
+        if self._due[0][1] == token:
+            self._due_changed.set()
+
+    def _advance(self, pending: _Pending, now: float) -> None:
+        """``pending`` was just sent: schedule its next re-assertion, or forget it."""
+        delays = self._reassert_after
+        pending.attempt += 1
+        attempt = pending.attempt
+        if attempt < len(delays):
+            gap = delays[attempt] - delays[attempt - 1]
+            self._schedule(pending, max(pending.created + delays[attempt], now + gap))
+            return
+        pending.token = -1
+        entries = self._pending[pending.lb_id]
+        del entries[pending.entry.id]
+        if not entries:
+            del self._pending[pending.lb_id]
+
+    def _reported(self, kind: str, object_id: str, operating: str) -> None:
+        """The backend reported a new operating status for ``object_id``."""
+        entries = self._pending.get(self._owner_of_status.get((kind, object_id), ""))
+        pending = entries.get(object_id) if entries else None
+        if pending is not None:
+            pending.entry.operating_status = operating
+
+    def _track(self, op: Operation, outcome: Outcome, deleted: bool) -> None:
+        """What ``outcome`` changes in the re-assertions of ``op.lb_id`` (before it leaves)."""
+        lb_id = op.lb_id
+        entries = self._pending.get(lb_id)
+        if deleted:
+            if entries is not None:
+                for pending in entries.values():
+                    pending.token = -1
+                del self._pending[lb_id]
+            return
+        status = outcome.status
+        if status is None:
+            return
+        if entries:  # a newer status supersedes every entry it names
+            for plural in _PLURAL_KEYS:
+                named = getattr(status, plural)
+                if named is msgspec.UNSET:
+                    continue
+                for entry in named:
+                    superseded = entries.pop(entry.id, None)
+                    if superseded is not None:
+                        superseded.token = -1
+            if not entries:
+                del self._pending[lb_id]
+        key = _CREATED_KEY.get(op.method)
+        if key is None:
+            return
+        own = getattr(status, key)
+        if own is msgspec.UNSET or not own:
+            return
+        now = trio.current_time()
+        first = self._reassert_after[0]
+        entries = self._pending.setdefault(lb_id, {})
+        for entry in own:  # ACTIVE, or ERROR: a dropped ERROR leaves it just as stuck
+            copy = StatusEntry(
+                id=entry.id,
+                provisioning_status=entry.provisioning_status,
+                operating_status=entry.operating_status,
+            )
+            pending = _Pending(lb_id, key, copy, now)
+            entries[entry.id] = pending
+            self._schedule(pending, now + first)
+
     def _ended(self) -> None:
         if self._closed:
             self._closing_progress.set()
@@ -371,14 +576,16 @@ class ActorSystem:
 @asynccontextmanager
 async def open_actor_system(
     backend: Backend,
-    outcomes: trio.MemorySendChannel[Outcome],
+    outcomes: trio.MemorySendChannel[Outbound],
     *,
     mailbox_size: float = 64,
     parents_on_failure: ParentsOnFailure = "active",
     idle_timeout: float = 60.0,
     cancel_grace: float = 5.0,
+    reassert_after: Sequence[float] = (),
 ) -> AsyncIterator[ActorSystem]:
-    """An :class:`ActorSystem` running ``backend``; one outcome per operation to ``outcomes``.
+    """An :class:`ActorSystem` running ``backend``; one outcome per operation to ``outcomes``,
+    and re-assertions of created objects among them when ``reassert_after`` lists delays.
 
     The system owns ``outcomes`` and closes it once every actor has finished (pass a
     ``clone()`` to keep using it). The backend is not closed here: whoever built it calls
@@ -396,12 +603,15 @@ async def open_actor_system(
                 parents_on_failure=parents_on_failure,
                 idle_timeout=idle_timeout,
                 cancel_grace=cancel_grace,
+                reassert_after=reassert_after,
             )
             sweeper = trio.CancelScope()
 
             async def sweep() -> None:
                 with sweeper:
-                    await system.sweep_idle()
+                    async with trio.open_nursery() as sweeps:
+                        sweeps.start_soon(system.sweep_idle)
+                        sweeps.start_soon(system.reassert_due)
 
             nursery.start_soon(sweep)
             # watches the drain too: it ends once the system is closed and nothing runs

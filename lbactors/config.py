@@ -62,6 +62,7 @@ _NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 _PosInt = Annotated[int, msgspec.Meta(ge=1)]
 _NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 _PosFloat = Annotated[float, msgspec.Meta(gt=0)]
+_ReassertDelay = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
 class AmqpSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -133,9 +134,17 @@ class StatusSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     ``parents_on_failure``: the status of the parents (listener, load balancer, ...) when an
     operation fails: ``active`` (they stay ACTIVE, operating status unchanged: Octavia's own
     semantics) or ``error`` (ERROR / ERROR, exactly like the original listener).
+    ``reassert_after``: the re-assertion schedule of create statuses (strictly increasing).
     """
 
     parents_on_failure: ParentsOnFailure = "active"
+    #: seconds after a create's status cast when its own entry is cast again (Octavia's
+    #: commit race: the driver agent drops a status whose row is not committed yet); only
+    #: while its load balancer runs and queues nothing; [] disables (README, "Octavia's
+    #: commit race")
+    reassert_after: Annotated[list[_ReassertDelay], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=lambda: [1.0, 3.0, 10.0]
+    )
 
 
 class StatsSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -381,6 +390,15 @@ def _convert_text(text: str, keys: tuple[str, ...], label: str, raw: Mapping[str
         target = fields[keys[2]]
     else:
         target = _field_type(keys)
+    if _is_list(target):  # a TOML array: LBACTORS_STATUS_REASSERT_AFTER="[1.0, 5.0]"
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise _fail(dotted, label, f"expected a TOML array such as [1.0, 3.0] (value {text!r})") from None
+        try:
+            return msgspec.convert(value, target)
+        except msgspec.ValidationError as exc:
+            raise _fail(dotted, label, f"{_problem(str(exc))} (value {text!r})") from None
     choices = _choices(target)
     if choices:
         text = text.strip().lower()
@@ -391,6 +409,13 @@ def _convert_text(text: str, keys: tuple[str, ...], label: str, raw: Mapping[str
         if choices:
             problem += f"; expected one of: {', '.join(choices)}"
         raise _fail(dotted, label, f"{problem} (value {text!r})") from None
+
+
+def _is_list(target: Any) -> bool:
+    """Whether ``target`` is a list type (possibly ``Annotated``)."""
+    if typing.get_origin(target) is Annotated:
+        target = typing.get_args(target)[0]
+    return typing.get_origin(target) is list
 
 
 def _choices(target: Any) -> tuple[str, ...]:
@@ -489,6 +514,10 @@ def _check(config: Config, sources: Mapping[str, str], file_label: str) -> None:
             "must be >= daemon.restart_backoff_initial",
             "daemon.restart_backoff_initial",
         )
+
+    delays = config.status.reassert_after
+    if any(later <= earlier for earlier, later in zip(delays, delays[1:], strict=False)):
+        raise fail("status.reassert_after", f"must be strictly increasing, not {delays}")
 
     from lbactors.backends import BACKENDS  # cheap: no backend is imported
 

@@ -13,6 +13,13 @@ unacked delivery comes back (redelivered) and is run again; backends are idempot
 
 Outcomes are published in the order the sink produced them, so status casts of one load
 balancer leave in the order its operations ran.
+
+Re-assertions (:class:`~lbactors.messages.Reassertion`, Octavia's commit race) come in the
+same stream and keep their place in it. Each is published with a confirm, but only while no
+delivery of its load balancer is in flight here (received, its outcome not yet published):
+an operation between the gateway and the actor (the router's outbox, a worker's intake)
+is invisible to the actor that decided the re-assertion, so this check closes that gap. What
+neither can see is an operation still in the broker: the residual window (README).
 """
 
 from __future__ import annotations
@@ -47,7 +54,10 @@ from lbactors.messages import (
     Failure,
     InvalidOperation,
     Operation,
+    Outbound,
     Outcome,
+    Reassertion,
+    StatusUpdate,
     decode_request,
 )
 from lbactors.routing import owner_of
@@ -113,11 +123,14 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Published:
-    pending: _Pending
+    #: None: a re-assertion (no delivery to settle)
+    pending: _Pending | None
     status: Confirmation | None
     reply: Confirmation | None
     #: why the message can never be run (it is dead-lettered, not acked), or None
     reject: str | None
+    #: a re-assertion: its load balancer and how many entries it holds
+    reassertion: tuple[str, int] | None = None
 
 
 @dataclass
@@ -127,6 +140,11 @@ class GatewayCounters:
     rejected: int = 0
     republished: int = 0
     reconnects: int = 0
+    #: created objects' entries re-asserted (published and confirmed)
+    reasserted: int = 0
+    #: re-asserted entries not sent (a delivery of their load balancer was in flight) or
+    #: not confirmed
+    reassertions_dropped: int = 0
 
 
 _status_encoder = msgspec.json.Encoder()
@@ -241,9 +259,17 @@ def body_summary(body: bytes, limit: int = 160) -> str:
     return repr(head) + (f"... ({len(body)} bytes)" if len(body) > limit else "")
 
 
-def encode_status_cast(outcome: Outcome) -> bytes:
-    args = b'{"status":' + _status_encoder.encode(outcome.status) + b"}"
+def encode_status_cast(status: StatusUpdate | None) -> bytes:
+    args = b'{"status":' + _status_encoder.encode(status) + b"}"
     return oslo.encode_cast(STATUS_METHOD, args)
+
+
+def _entry_count(status: StatusUpdate) -> int:
+    return sum(
+        len(entries)
+        for entries in msgspec.structs.astuple(status)
+        if entries is not msgspec.UNSET
+    )
 
 
 class Gateway:
@@ -253,7 +279,7 @@ class Gateway:
         self,
         settings: GatewaySettings,
         sink: Sink,
-        outcomes: trio.MemoryReceiveChannel[Outcome],
+        outcomes: trio.MemoryReceiveChannel[Outbound],
         *,
         route: Callable[[str, bytes], str] = route,
     ) -> None:
@@ -263,6 +289,8 @@ class Gateway:
         self._route = route
         self._op_ids = itertools.count(1)
         self._ledger: dict[int, _Pending] = {}
+        #: load balancer id -> its deliveries in the ledger
+        self._ledger_lbs: dict[str, int] = {}
         self._generation = 0
         self._publish_channel: Channel | None = None
         self._connected = trio.Event()
@@ -495,6 +523,7 @@ class Gateway:
         # Deliveries of the dead connection will be redelivered by the broker; outcomes of the
         # operations already handed on are dropped when they arrive (stale generation).
         self._ledger.clear()
+        self._ledger_lbs.clear()
         self._unsettled = 0
         self._all_settled.set()
         self.counters.reconnects += 1
@@ -582,6 +611,7 @@ class Gateway:
             msg_id=reply_to.msg_id if reply_to else None,
             reply_q=reply_to.reply_q if reply_to else None,
         )
+        self._ledger_lbs[lb_id] = self._ledger_lbs.get(lb_id, 0) + 1
         self._unsettled += 1
         await self.sink.submit(
             Operation(
@@ -671,10 +701,22 @@ class Gateway:
     ) -> None:
         """Publish each outcome's status cast and reply, in outcome order."""
         settings = self.settings
+        ledger_lbs = self._ledger_lbs
         try:
             async for outcome in self.outcomes:
+                if isinstance(outcome, Reassertion):
+                    await self._publish_reassertion(channel, outcome, published)
+                    continue
                 pending = self._ledger.pop(outcome.op_id, None)
-                if pending is None or pending.generation != generation:
+                if pending is None:
+                    log.debug("dropped outcome of a lost delivery", op_id=outcome.op_id)
+                    continue
+                left = ledger_lbs.get(pending.lb_id, 1) - 1
+                if left:
+                    ledger_lbs[pending.lb_id] = left
+                else:
+                    ledger_lbs.pop(pending.lb_id, None)
+                if pending.generation != generation:
                     log.debug("dropped outcome of a lost delivery", op_id=outcome.op_id)
                     continue
                 status_confirmation: Confirmation | None = None
@@ -682,7 +724,7 @@ class Gateway:
                     status_confirmation = await channel.publish(
                         settings.exchange,
                         settings.driver_topic,
-                        encode_status_cast(outcome),
+                        encode_status_cast(outcome.status),
                         properties=oslo.CAST_PROPERTIES,
                         mandatory=True,
                     )
@@ -697,6 +739,29 @@ class Gateway:
                 )
         finally:
             published.close()
+
+    async def _publish_reassertion(
+        self,
+        channel: Channel,
+        reassertion: Reassertion,
+        published: trio.MemorySendChannel[_Published],
+    ) -> None:
+        """Publish ``reassertion`` unless a delivery of its load balancer is in flight here:
+        that operation's own status follows, and this one could be stale by then."""
+        entries = _entry_count(reassertion.status)
+        lb_id = reassertion.lb_id
+        if self._ledger_lbs.get(lb_id):
+            self.counters.reassertions_dropped += entries
+            log.debug("re-assertion dropped: an operation is in flight", lb_id=lb_id)
+            return
+        confirmation = await channel.publish(
+            self.settings.exchange,
+            self.settings.driver_topic,
+            encode_status_cast(reassertion.status),
+            properties=oslo.CAST_PROPERTIES,
+            mandatory=True,
+        )
+        await published.send(_Published(None, confirmation, None, None, (lb_id, entries)))
 
     async def _publish_reply(
         self, channel: Channel, pending: _Pending, outcome: Outcome
@@ -729,6 +794,9 @@ class Gateway:
         """Ack (or reject) each delivery once its publishes are confirmed, in order."""
         async for item in published:
             pending = item.pending
+            if pending is None:
+                await self._reassertion_confirmed(item)
+                continue
             done = await self._confirmed(item.status, pending, what="status")
             await self._confirmed(item.reply, pending, what="reply")
             if not done:
@@ -743,6 +811,18 @@ class Gateway:
             self._unsettled -= 1
             if not self._unsettled:
                 self._all_settled.set()
+
+    async def _reassertion_confirmed(self, item: _Published) -> None:
+        assert item.status is not None and item.reassertion is not None
+        lb_id, entries = item.reassertion
+        try:
+            await item.status.wait()
+        except (PublishNacked, PublishReturned) as exc:
+            # not retried: its next scheduled re-assertion may still come
+            log.warning("re-assertion not confirmed", lb_id=lb_id, error=repr(exc))
+            self.counters.reassertions_dropped += entries
+            return
+        self.counters.reasserted += entries
 
     @staticmethod
     async def _confirmed(
@@ -766,7 +846,7 @@ class Gateway:
 async def serve_gateway(
     settings: GatewaySettings,
     sink: Sink,
-    outcomes: trio.MemoryReceiveChannel[Outcome],
+    outcomes: trio.MemoryReceiveChannel[Outbound],
     *,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -8,6 +8,8 @@ The conversation (supervisor → worker, worker → supervisor):
 
 - ``Spawn`` (the configuration) → ``Ready`` once the backend and the actors are up;
 - ``Submit`` (one operation) → ``Done`` (its outcome), in the order the actors ran them;
+- ``Reassert`` (worker → supervisor, unasked): created objects' statuses cast again, in the
+  stream of ``Done`` frames where the actor system emitted them;
 - ``CollectStats`` → ``StatsReport`` (listener counters, operating-status changes);
 - ``Ping`` → ``Pong``;
 - end of stream from the supervisor: the worker finishes what it holds and exits.
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 import msgspec
 import trio
 
-from lbactors.messages import ListenerStatistics, Operation, Outcome, StatusUpdate
+from lbactors.messages import ListenerStatistics, Operation, Outcome, Reassertion, StatusUpdate
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -33,6 +35,7 @@ __all__ = [
     "Pong",
     "ProtocolError",
     "Ready",
+    "Reassert",
     "Spawn",
     "StatsReport",
     "Submit",
@@ -67,6 +70,10 @@ class Done(msgspec.Struct, tag=True, kw_only=True):
     outcome: Outcome
 
 
+class Reassert(msgspec.Struct, tag=True, kw_only=True):
+    reassertion: Reassertion
+
+
 class CollectStats(msgspec.Struct, tag=True, kw_only=True):
     round: int
     #: also report the ids of every load balancer the worker holds (out-of-sync repair)
@@ -90,7 +97,7 @@ class Pong(msgspec.Struct, tag=True):
     pass
 
 
-Frame = Spawn | Ready | Submit | Done | CollectStats | StatsReport | Ping | Pong
+Frame = Spawn | Ready | Submit | Done | Reassert | CollectStats | StatsReport | Ping | Pong
 
 
 class ProtocolError(Exception):

@@ -5,6 +5,8 @@
   process): the raw JSON ``args`` as received, the method and the owning load balancer;
 - :class:`Outcome`: what comes back: at most one status update to cast, and the reply value
   or failure for an RPC ``call``;
+- :class:`Reassertion`: created objects' own status entries cast again (Octavia's commit
+  race), travelling with the outcomes (:data:`Outbound`) so that it keeps its place among them;
 - :class:`StatusUpdate` / :class:`StatusEntry`: the ``status`` kwarg of
   ``update_loadbalancer_status`` (``status-semantics.md``);
 - :class:`Statistics` / :class:`ListenerStatistics`: the ``statistics`` kwarg of
@@ -120,6 +122,24 @@ class Outcome(msgspec.Struct, kw_only=True):
     reason: str | None = None
     abandoned: bool = False
     dead_letter: str | None = None
+
+
+class Reassertion(msgspec.Struct, kw_only=True):
+    """Created objects' own entries of load balancer ``lb_id``, to cast again as they were.
+
+    Octavia calls the driver before it commits a new object, and a driver agent drops the
+    entries of objects it cannot find yet: an object whose create status was dropped would
+    stay PENDING_CREATE for ever. The actor system emits this only while ``lb_id`` has no
+    operation queued or running, in the outcome stream, so it is published before the status
+    of any later operation of ``lb_id``; it has no delivery to settle.
+    """
+
+    lb_id: str
+    status: StatusUpdate
+
+
+#: what an actor system sends to whoever publishes: outcomes, and re-assertions among them
+Outbound = Outcome | Reassertion
 
 
 # --------------------------------------------------------------------------- request decoding

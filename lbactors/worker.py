@@ -4,7 +4,9 @@ Started by the supervisor as ``python -m lbactors.worker --fd N`` with one end o
 pair on file descriptor N. The supervisor speaks first (:class:`~lbactors.ipc.Spawn`, with the
 configuration); the worker answers :class:`~lbactors.ipc.Ready` once its backend and actor
 system are up, then runs every :class:`~lbactors.ipc.Submit` it receives and sends back one
-:class:`~lbactors.ipc.Done` per operation, in the order its actors ran them. End of stream
+:class:`~lbactors.ipc.Done` per operation, in the order its actors ran them, with the
+:class:`~lbactors.ipc.Reassert` frames of created objects' statuses among them (Octavia's
+commit race; a worker restart forgets the re-assertions it had pending). End of stream
 from the supervisor means: finish and exit.
 
 Never touches AMQP (DESIGN.md, layers).
@@ -28,7 +30,7 @@ from lbactors.actor import ActorSystem, open_actor_system
 from lbactors.backends import load_backend
 from lbactors.config import Config
 from lbactors.logs import configure_logging
-from lbactors.messages import Operation, Outcome
+from lbactors.messages import Operation, Outbound, Outcome
 from lbactors.routing import shard
 
 log = structlog.get_logger("lbactors.worker")
@@ -39,15 +41,22 @@ OUTCOME_BATCH = 256
 OUTCOME_BUFFER = 1024
 
 
+def _frame(item: Outbound) -> ipc.Frame:
+    if isinstance(item, Outcome):
+        return ipc.Done(outcome=item)
+    return ipc.Reassert(reassertion=item)
+
+
 async def _forward_outcomes(
-    outcomes: trio.MemoryReceiveChannel[Outcome], frames: ipc.FrameStream
+    outcomes: trio.MemoryReceiveChannel[Outbound], frames: ipc.FrameStream
 ) -> None:
-    """Send outcomes back in order, coalescing whatever is ready into one write."""
-    async for outcome in outcomes:
-        batch: list[ipc.Frame] = [ipc.Done(outcome=outcome)]
+    """Send outcomes (and re-assertions) back in order, coalescing whatever is ready into
+    one write."""
+    async for item in outcomes:
+        batch: list[ipc.Frame] = [_frame(item)]
         while len(batch) < OUTCOME_BATCH:
             try:
-                batch.append(ipc.Done(outcome=outcomes.receive_nowait()))
+                batch.append(_frame(outcomes.receive_nowait()))
             except trio.WouldBlock:
                 break
         await frames.send_many(batch)
@@ -110,7 +119,7 @@ async def serve_worker(
     )
     backend = load_backend(config.backend)
     daemon = config.daemon
-    outcomes_send, outcomes_receive = trio.open_memory_channel[Outcome](OUTCOME_BUFFER)
+    outcomes_send, outcomes_receive = trio.open_memory_channel[Outbound](OUTCOME_BUFFER)
     # bounded by what the supervisor sends: the broker's prefetch (docs/bounds.md)
     intake_send, intake_receive = trio.open_memory_channel[Operation](math.inf)
     try:
@@ -122,6 +131,7 @@ async def serve_worker(
                 parents_on_failure=config.status.parents_on_failure,
                 idle_timeout=daemon.actor_idle_timeout,
                 cancel_grace=daemon.cancel_grace,
+                reassert_after=config.status.reassert_after,
             ) as system:
                 # what the backend still holds from before (adopted HAProxy processes, say):
                 # this worker's share of it, as the router shards load balancers

@@ -19,7 +19,7 @@ import trio
 from lbactors.config import Config
 from lbactors.gateway import Gateway, GatewaySettings, GatewaySetupError, serve_gateway
 from lbactors.logs import configure_logging
-from lbactors.messages import Outcome
+from lbactors.messages import Outbound
 from lbactors.statistics import StatisticsSettings, serve_statistics
 from supervisor.router import RestartBudgetExceeded, Router
 from supervisor.sdnotify import notify, watchdog_period
@@ -71,7 +71,8 @@ def _status_line(router: Router, gateway: Gateway) -> str:
         f"STATUS=workers {alive}/{len(router.workers)}, "
         f"broker {'connected' if gateway.connected else 'DISCONNECTED'}, "
         f"in flight {gateway.in_flight}, completed {counters.completed}, "
-        f"rejected {counters.rejected}, reconnects {counters.reconnects}"
+        f"rejected {counters.rejected}, reconnects {counters.reconnects}, "
+        f"reasserted {counters.reasserted}"
     )
 
 
@@ -89,7 +90,7 @@ async def _watchdog(router: Router, gateway: Gateway) -> None:
 
 async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until SIGTERM or SIGINT, then drain and return."""
-    outcomes_send, outcomes_receive = trio.open_memory_channel[Outcome](
+    outcomes_send, outcomes_receive = trio.open_memory_channel[Outbound](
         max(config.amqp.prefetch * 4, 64)
     )
     router = Router(config, outcomes_send)
@@ -132,7 +133,15 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
             await router.stop(within=config.daemon.stop_timeout)
             # orderly connection close: whatever is still unacked goes back to the queue
             gateway.stop()
-    log.info("lbactors stopped")
+    counters = gateway.counters
+    log.info(
+        "lbactors stopped",
+        completed=counters.completed,
+        rejected=counters.rejected,
+        reconnects=counters.reconnects,
+        reasserted=counters.reasserted,
+        reassertions_dropped=counters.reassertions_dropped,
+    )
 
 
 def run(config: Config) -> int:

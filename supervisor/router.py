@@ -47,7 +47,7 @@ import trio
 from lbactors import ipc
 from lbactors.config import Config
 from lbactors.dispatch import failed_outcome
-from lbactors.messages import Operation, Outcome
+from lbactors.messages import Operation, Outbound
 from lbactors.routing import shard
 from lbactors.statistics import RoundReport
 from supervisor.sdnotify import child_environment
@@ -110,7 +110,7 @@ class WorkerHandle:
 class Router:
     """Owns the worker processes; the gateway's :class:`~lbactors.gateway.Sink`."""
 
-    def __init__(self, config: Config, outcomes: trio.MemorySendChannel[Outcome]) -> None:
+    def __init__(self, config: Config, outcomes: trio.MemorySendChannel[Outbound]) -> None:
         self.config = config
         self.outcomes = outcomes
         count = config.daemon.workers or os.cpu_count() or 1
@@ -403,17 +403,12 @@ class Router:
                 worker.forget(outcome.op_id)
                 if worker.isolating:
                     worker.outbox_ready.set()  # the sender waits for this outcome
-                try:
-                    self.outcomes.send_nowait(outcome)
-                except trio.WouldBlock:
-                    worker.reader_blocked = True
-                    try:
-                        await self.outcomes.send(outcome)
-                    finally:
-                        worker.reader_blocked = False
-                        worker.last_heard = trio.current_time()
+                await self._pass_on(worker, outcome)
                 if outcome.abandoned:
                     self._kill(worker, process, "a backend call ignored its cancellation")
+            elif isinstance(frame, ipc.Reassert):
+                # in the worker's order: before any later outcome of its load balancer
+                await self._pass_on(worker, frame.reassertion)
             elif isinstance(frame, ipc.Pong):
                 pass
             elif isinstance(frame, ipc.Ready):
@@ -460,6 +455,17 @@ class Router:
                     reply.close()
             else:
                 log.warning("unexpected frame from worker", frame=type(frame).__name__)
+
+    async def _pass_on(self, worker: WorkerHandle, item: Outbound) -> None:
+        try:
+            self.outcomes.send_nowait(item)
+        except trio.WouldBlock:
+            worker.reader_blocked = True
+            try:
+                await self.outcomes.send(item)
+            finally:
+                worker.reader_blocked = False
+                worker.last_heard = trio.current_time()
 
     async def stop(self, within: float = 10.0) -> None:
         """Tell every worker that nothing more comes (end of stream): each finishes what it

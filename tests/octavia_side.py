@@ -55,8 +55,16 @@ class StatusEndpoint:
 class OsloDriver:
     """The provider driver and provider agent, on the real oslo.messaging."""
 
-    def __init__(self, url: str, *, topic: str, driver_topic: str, exchange: str = "common",
-                 durable_queues: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        topic: str,
+        driver_topic: str,
+        exchange: str = "common",
+        endpoint: Any = None,
+        durable_queues: bool = False,
+    ) -> None:
         transport_url = url.replace("amqp://", "rabbit://", 1)
         # oslo.messaging registers some options (tracing, metrics) on cfg.CONF only and reads
         # them from the ConfigOpts it is given: use cfg.CONF, as the baseline driver does
@@ -75,7 +83,9 @@ class OsloDriver:
             topic=topic, exchange=exchange, namespace="control", fanout=False, version="1.0"
         )
         self.client = oslo_messaging.get_rpc_client(self.transport, target)
-        self.endpoint = StatusEndpoint()
+        #: what receives our casts (``update_loadbalancer_status``, ...): a StatusEndpoint
+        #: unless the test brings its own
+        self.endpoint = StatusEndpoint() if endpoint is None else endpoint
         server_target = oslo_messaging.Target(
             topic=driver_topic, server="octavia-test", exchange=exchange, fanout=False
         )

@@ -130,7 +130,7 @@ async def test_the_worker_runs_whatever_passes_into_one_encodable_outcome(body: 
     # it crosses the process boundary and the wire
     msgspec.msgpack.decode(msgspec.msgpack.encode(ipc.Done(outcome=outcome)), type=ipc.Frame)
     if outcome.status is not None:
-        json.loads(encode_status_cast(outcome))
+        json.loads(encode_status_cast(outcome.status))
     json.loads(oslo.encode_reply("m", result_json=msgspec.json.encode(outcome.reply),
                                  failure=outcome.failure))
 

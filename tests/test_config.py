@@ -368,6 +368,7 @@ def test_env_var_names_of_every_key() -> None:
             "amqp.ca_file": __file__,
             "amqp.reconnect_initial": "1",
             "daemon.restart_backoff_initial": "1",
+            "status.reassert_after": "[0.5, 2]",
         }.get(dotted)
         if value is None:
             value = {bool: "true", int: "7", float: "7.5", str: "x"}[type(default)]
@@ -376,6 +377,27 @@ def test_env_var_names_of_every_key() -> None:
         assert getattr(getattr(config, section), key) != getattr(
             getattr(Config(), section), key
         ) or (dotted == "backend.name"), dotted
+
+
+def test_reassert_after_is_a_strictly_increasing_list_of_delays(tmp_path: Path) -> None:
+    assert Config().status.reassert_after == [1.0, 3.0, 10.0]
+    assert load_config(write(tmp_path, "[status]\nreassert_after = []\n")).status.reassert_after == []
+    env = "LBACTORS_STATUS_REASSERT_AFTER"
+    assert load_config(environ={env: "[0.5, 2]"}).status.reassert_after == [0.5, 2.0]
+    for bad, problem in (
+        ("[3.0, 1.0]", "strictly increasing"),
+        ("[1.0, 1.0]", "strictly increasing"),
+        ("[0]", "> 0.0"),
+        ("[7200]", "<= 3600"),
+        ("1.0", "array"),
+        ('["a"]', "expected `float`"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(problem)) as info:
+            load_config(environ={env: bad})
+        assert info.value.key == "status.reassert_after", bad
+        assert info.value.source == f"environment variable {env}"
+    with pytest.raises(ConfigError, match="status.reassert_after: must be strictly increasing"):
+        load_config(write(tmp_path, "[status]\nreassert_after = [2.0, 1.0]\n"))
 
 
 # ------------------------------------------------------------------ precedence

@@ -268,7 +268,7 @@ async def test_a_haproxy_command_is_killed_when_its_call_is_cancelled(tmp_path: 
         assert outcome.reason is not None and "deadline" in outcome.reason
         pid = int(pid_file.read_text())
         with trio.fail_after(5):
-            while _alive(pid):
+            while _alive(pid):  # gone, or a zombie
                 await trio.sleep(0.05)
     finally:
         import shutil
