@@ -34,6 +34,19 @@ def _entry(obj_id: str, prov: str, oper: str | None = ONLINE) -> dict[str, str]:
     return entry
 
 
+def oslo_conf() -> cfg.ConfigOpts:
+    """``cfg.CONF``, parsed once per test process.
+
+    oslo.messaging registers some options (tracing, metrics) on cfg.CONF only and reads them
+    from the ConfigOpts it is given: use cfg.CONF, as the baseline driver does.
+    """
+    global _conf_parsed
+    if not _conf_parsed:
+        cfg.CONF([], project="lbactors-tests")
+        _conf_parsed = True
+    return cfg.CONF
+
+
 class StatusEndpoint:
     target = oslo_messaging.Target(namespace="control", version="1.0")
 
@@ -57,13 +70,7 @@ class OsloDriver:
 
     def __init__(self, url: str, *, topic: str, driver_topic: str, exchange: str = "common") -> None:
         transport_url = url.replace("amqp://", "rabbit://", 1)
-        # oslo.messaging registers some options (tracing, metrics) on cfg.CONF only and reads
-        # them from the ConfigOpts it is given: use cfg.CONF, as the baseline driver does
-        global _conf_parsed
-        self.conf = cfg.CONF
-        if not _conf_parsed:
-            self.conf([], project="lbactors-tests")
-            _conf_parsed = True
+        self.conf = oslo_conf()
         self.transport = oslo_messaging.get_rpc_transport(self.conf, url=transport_url)
         target = oslo_messaging.Target(
             topic=topic, exchange=exchange, namespace="control", fanout=False, version="1.0"
