@@ -84,7 +84,7 @@ class Tree:
             pool_id=self.pool_id, loadbalancer_id=self.lb_id, listener_id=self.listener_id,
             name="pool-1", description="", admin_state_up=True, protocol="HTTP",
             lb_algorithm="ROUND_ROBIN", session_persistence=None, project_id=self.project_id,
-            tls_enabled=False,
+            tls_enabled=False, members=[],
         )  # fmt: skip
 
     def member(self, index: int = 0) -> Any:
