@@ -83,7 +83,7 @@ def _unreachable(method: str, topic: str, exc: Exception) -> lib_exc.DriverError
     )
 
 
-class LbactorsProviderDriver(provider_base.ProviderDriver):  # type: ignore[misc]
+class LbactorsProviderDriver(provider_base.ProviderDriver):
     """The provider driver. ``conf``, ``transport`` and ``parents`` are for tests and tools;
     Octavia constructs it without arguments."""
 

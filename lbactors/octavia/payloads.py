@@ -53,7 +53,7 @@ class Parents(Protocol):
 
 
 def _full(model: Any) -> dict[str, Any]:
-    return model.to_dict(recurse=True, render_unsets=True)  # type: ignore[no-any-return]
+    return model.to_dict(recurse=True, render_unsets=True)
 
 
 def _shallow(model: Any) -> dict[str, Any]:
@@ -112,9 +112,9 @@ class PayloadBuilder:
     def project_id_of(self, obj_dict: dict[str, Any]) -> str | None:
         """The object's own project, else the project of the parent it names."""
         if obj_dict.get("project_id"):
-            return obj_dict["project_id"]  # type: ignore[no-any-return]
+            return obj_dict["project_id"]
         if obj_dict.get("tenant_id"):
-            return obj_dict["tenant_id"]  # type: ignore[no-any-return]
+            return obj_dict["tenant_id"]
         lookups = (
             ("loadbalancer_id", self.parents.get_loadbalancer),
             ("pool_id", self.parents.get_pool),
@@ -126,7 +126,7 @@ class PayloadBuilder:
                 parent = get(obj_dict[key])
                 project_id = getattr(parent, "project_id", None) if parent else None
                 if project_id:
-                    return project_id  # type: ignore[no-any-return]
+                    return project_id
         return None
 
     def loadbalancer_dict(self, loadbalancer_id: str | None) -> dict[str, Any] | None:
