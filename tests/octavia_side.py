@@ -34,6 +34,19 @@ def _entry(obj_id: str, prov: str, oper: str | None = ONLINE) -> dict[str, str]:
     return entry
 
 
+def oslo_conf() -> cfg.ConfigOpts:
+    """``cfg.CONF``, parsed once per test process.
+
+    oslo.messaging registers some options (tracing, metrics) on cfg.CONF only and reads them
+    from the ConfigOpts it is given: use cfg.CONF, as the baseline driver does.
+    """
+    global _conf_parsed
+    if not _conf_parsed:
+        cfg.CONF([], project="lbactors-tests")
+        _conf_parsed = True
+    return cfg.CONF
+
+
 class StatusEndpoint:
     target = oslo_messaging.Target(namespace="control", version="1.0")
 
@@ -66,13 +79,7 @@ class OsloDriver:
         durable_queues: bool = False,
     ) -> None:
         transport_url = url.replace("amqp://", "rabbit://", 1)
-        # oslo.messaging registers some options (tracing, metrics) on cfg.CONF only and reads
-        # them from the ConfigOpts it is given: use cfg.CONF, as the baseline driver does
-        global _conf_parsed
-        self.conf = cfg.CONF
-        if not _conf_parsed:
-            self.conf([], project="lbactors-tests")
-            _conf_parsed = True
+        self.conf = oslo_conf()
         self.transport = oslo_messaging.get_rpc_transport(self.conf, url=transport_url)
         # ``[oslo_messaging_rabbit] amqp_durable_queues``, read when a connection opens (the
         # driver registered the option above); cfg.CONF is global: cleared again by stop()
