@@ -449,6 +449,11 @@ class ConfirmTracker(Generic[T]):
                 settled.append(item)
         while self._lowest < self.next_tag and self._lowest not in outstanding:
             self._lowest += 1
+        # settled mandatory publishes leave the return lookup too (else it grows for ever:
+        # every status cast is mandatory); confirms come mostly in order, so the head goes
+        mandatory = self._mandatory
+        while mandatory and mandatory[0][0] not in outstanding:
+            mandatory.popleft()
         if self._returned:
             self._returned.intersection_update(outstanding)
         return settled
