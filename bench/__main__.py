@@ -14,6 +14,10 @@ Scenarios (``python -m bench <scenario> --help`` for the options):
                  the ratios
 ``scale``        10 000 and 100 000 resident load balancers: start-up time, resident memory of
                  all daemon processes, statistics round cost
+``faults``       one fault per row under the driver's load (backend hangs, worker SIGSTOP and
+                 kill -9, daemon kill -9 and SIGTERM + restart, broker restart, malformed
+                 messages, poison operations, a soak): planned / completed / errors / missing,
+                 time to recover, what the daemon logged (``bench/faults.py``)
 
 Every row is printed as a JSON line and appended to ``bench/results/raw/``; each scenario
 rewrites its Markdown table and plots in ``bench/results/``. Exit status 0 when every planned
@@ -34,7 +38,7 @@ from typing import Any
 
 import trio
 
-from bench import procs, report
+from bench import faults, procs, report
 from bench.driver import DEFAULT_AMQP_URL, DriverConfig, delete_queues, open_driver
 
 Row = dict[str, Any]
@@ -553,6 +557,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--stats-rounds", type=int, default=3,
                    help="statistics rounds to watch once the load balancers exist")
     s.set_defaults(max_duration=3600.0)
+
+    f = sub.add_parser("faults", help="faults under load: hangs, kills, restarts, bad input, soak")
+    common(f, lbs=100, concurrency=20)
+    faults.add_arguments(f)
+    f.set_defaults(members=2, timeout=60.0, max_duration=300.0, daemon_log_level="info")
     return p.parse_args(argv)
 
 
@@ -563,6 +572,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cpu": scenario_cpu,
     "compare": scenario_compare,
     "scale": scenario_scale,
+    "faults": faults.scenario_faults,
 }
 
 

@@ -93,6 +93,10 @@ class DriverConfig(msgspec.Struct, kw_only=True):
     #: render casts from a pre-built template (same bytes, far less CPU) instead of building
     #: every payload's dicts as the sim does
     templates: bool = True
+    #: declare the exchange and the driver topic's queues durable, as oslo.messaging does with
+    #: ``amqp_durable_queues = true`` (the target must be set the same way:
+    #: ``LBACTORS_AMQP_DURABLE_QUEUES=true``, else the broker refuses the second declaration)
+    durable: bool = False
 
 
 class StatisticsArrival(msgspec.Struct, array_like=True):
@@ -137,10 +141,11 @@ class Driver:
         """Declare and consume the driver topic's queues exactly as oslo's RPC server does."""
         cfg = self.config
         d = cfg.driver_topic
-        await channel.exchange_declare(cfg.exchange, "topic", durable=False, auto_delete=False)
+        await channel.exchange_declare(cfg.exchange, "topic", durable=cfg.durable,
+                                       auto_delete=False)
         consumers = []
         for name in (d, f"{d}.{cfg.host}"):
-            await channel.queue_declare(name, durable=False, auto_delete=False)
+            await channel.queue_declare(name, durable=cfg.durable, auto_delete=False)
             await channel.queue_bind(name, cfg.exchange, name)
             self.queues.append(name)
             consumers.append(await channel.basic_consume(name, no_ack=True))
@@ -418,7 +423,8 @@ async def open_driver(config: DriverConfig, *, delete_queues_on_exit: bool = Tru
     """Connect, declare and consume the driver topic, and wait for the target to consume."""
     async with open_connection(config.amqp_url, heartbeat=60, client_name="lbactors-bench") as conn:
         casts = await conn.open_channel()
-        await casts.exchange_declare(config.exchange, "topic", durable=False, auto_delete=False)
+        await casts.exchange_declare(config.exchange, "topic", durable=config.durable,
+                                     auto_delete=False)
         if config.confirm:
             await casts.confirm_select()
         receive = await conn.open_channel()
