@@ -454,6 +454,9 @@ async def test_adoption_after_restart_and_restart_of_a_dead_process(state_dir: P
         nursery.cancel_scope.cancel()
 
 
+SQUATTED = "listener-on-a-squatted-port"
+
+
 async def test_port_taken_is_an_error_and_the_old_config_serves(state_dir: Path) -> None:
     vip, port = free_endpoint()
     _, other_port = free_endpoint()
@@ -464,12 +467,13 @@ async def test_port_taken_is_an_error_and_the_old_config_serves(state_dir: Path)
         squatter.bind((vip, other_port))
         squatter.listen()
         second = msgspec.convert(
-            listener_payload(vip, other_port) | {"id": "l2", "listener_id": "l2"}, Listener
+            listener_payload(vip, other_port) | {"id": SQUATTED, "listener_id": SQUATTED}, Listener
         )
         with pytest.raises(BackendError, match="Address already in use"):
             await b.listener_create(second, None)
     assert not refused(vip, port)
-    assert "l2" not in (b.directory(LB) / "haproxy.cfg").read_text()
+    # the refused listener is not in the running configuration (an id that no path contains)
+    assert SQUATTED not in (b.directory(LB) / "haproxy.cfg").read_text()
     await b.loadbalancer_delete(msgspec.convert({"id": LB}, LoadBalancer))
     assert refused(vip, port)
 
