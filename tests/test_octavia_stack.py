@@ -1,0 +1,138 @@
+"""The harness of the end-to-end suite: the real Octavia 19 (tests/octavia_stack.py) with its
+own ``noop_driver`` provider. noop_driver reports no status, so the test plays the provider
+agent through octavia-lib's DriverLibrary and the driver agent's sockets, exactly the path
+lbactors' provider agent takes."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from octavia_stack import OCTAVIA_VENV, OctaviaStack, octavia_stack, octavia_venv_ready
+
+pytestmark = pytest.mark.octavia
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def require_octavia_venv() -> None:
+    if octavia_venv_ready():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{OCTAVIA_VENV} is not built on CI: .ci/run must run scripts/octavia-venv")
+    pytest.skip(f"{OCTAVIA_VENV} is not built (run scripts/octavia-venv)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _active(stack: OctaviaStack, lb_id: str, **children: list[str]) -> None:
+    """What a provider agent sends once an operation is done: the objects ACTIVE, their load
+    balancer ACTIVE again."""
+    status: dict[str, list[dict[str, str]]] = {
+        "loadbalancers": [
+            {"id": lb_id, "provisioning_status": "ACTIVE", "operating_status": "ONLINE"}
+        ]
+    }
+    for collection, ids in children.items():
+        status[collection] = [
+            {"id": object_id, "provisioning_status": "ACTIVE", "operating_status": "ONLINE"}
+            for object_id in ids
+        ]
+    stack.push_status(status)
+
+
+def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: None) -> None:
+    with octavia_stack() as stack:
+        client = stack.client
+        pids = dict(stack.pids)
+        tmp = stack.tmp
+        assert set(pids) == {"mariadbd", "octavia-api", "octavia-driver-agent"}
+
+        # with the noop network driver any subnet id will do
+        lb = client.create(
+            "loadbalancer",
+            {"name": "e2e", "vip_subnet_id": str(uuid.uuid4()), "provider": "noop_driver"},
+        )
+        assert lb["provisioning_status"] == "PENDING_CREATE"
+        assert lb["provider"] == "noop_driver"
+        assert lb["project_id"] == stack.project_id
+        # noop_driver reports nothing: without a provider agent the load balancer stays pending
+        got = client.get("loadbalancer", lb["id"])
+        assert got is not None and got["provisioning_status"] == "PENDING_CREATE"
+
+        _active(stack, lb["id"])
+        active = client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+        assert active is not None and active["operating_status"] == "ONLINE"
+
+        listener = client.create(
+            "listener",
+            {"loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": 80, "name": "l1"},
+        )
+        assert listener["provisioning_status"] == "PENDING_CREATE"
+        got = client.get("loadbalancer", lb["id"])
+        assert got is not None and got["provisioning_status"] == "PENDING_UPDATE"
+        _active(stack, lb["id"], listeners=[listener["id"]])
+        client.wait_for_status("listener", listener["id"], "ACTIVE", TIMEOUT)
+        client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+
+        pool = client.create(
+            "pool",
+            {"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"},
+        )
+        assert pool["provisioning_status"] == "PENDING_CREATE"
+        _active(stack, lb["id"], listeners=[listener["id"]], pools=[pool["id"]])
+        client.wait_for_status("pool", pool["id"], "ACTIVE", TIMEOUT)
+        client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+
+        # the driver agent's other two sockets: statistics written, objects read back
+        stack.push_statistics(
+            {
+                "listeners": [
+                    {
+                        "id": listener["id"],
+                        "active_connections": 3,
+                        "bytes_in": 1000,
+                        "bytes_out": 2000,
+                        "request_errors": 0,
+                        "total_connections": 7,
+                    }
+                ]
+            }
+        )
+        stats = client.request("GET", f"v2/lbaas/listeners/{listener['id']}/stats")["stats"]
+        assert (stats["bytes_in"], stats["bytes_out"], stats["total_connections"]) == (
+            1000,
+            2000,
+            7,
+        )
+        seen = stack.driver_lib("get_loadbalancer", lb["id"])
+        assert seen["loadbalancer_id"] == lb["id"]
+        assert [item["listener_id"] for item in seen["listeners"]] == [listener["id"]]
+
+        client.delete("loadbalancer", lb["id"], cascade=True)
+        got = client.get("loadbalancer", lb["id"])
+        assert got is not None and got["provisioning_status"] == "PENDING_DELETE"
+        deleted = {"provisioning_status": "DELETED"}
+        stack.push_status(
+            {
+                "loadbalancers": [{"id": lb["id"], **deleted}],
+                "listeners": [{"id": listener["id"], **deleted}],
+                "pools": [{"id": pool["id"], **deleted}],
+            }
+        )
+        client.wait_gone("loadbalancer", lb["id"], TIMEOUT)
+        client.wait_gone("listener", listener["id"], TIMEOUT)
+        client.wait_gone("pool", pool["id"], TIMEOUT)
+
+    # every process it started is gone, and so is its directory
+    assert [name for name, pid in pids.items() if _alive(pid)] == []
+    assert not tmp.exists()
