@@ -36,14 +36,24 @@ What Octavia 19 needs and does not need here (found by running it):
 - Octavia's ``noop_driver`` provider accepts every call and **never reports a status**: its
   objects stay ``PENDING_*`` until someone writes a status through the driver agent's status
   socket, which is what a real provider agent (lbactors' one) does. ``OctaviaStack.push_status``
-  plays that agent: it calls octavia-lib's ``DriverLibrary.update_loadbalancer_status`` from
-  ``.octavia-venv``'s python. ``noop_agent`` (the built-in provider agent) only sleeps.
+  plays that agent, speaking DriverLibrary's socket protocol in process;
+  ``OctaviaStack.driver_lib`` calls the real octavia-lib ``DriverLibrary`` from
+  ``.octavia-venv``'s python (a process per call: too slow for bursts). ``noop_agent`` (the
+  built-in provider agent) only sleeps.
 - VIP: any UUID as ``vip_subnet_id`` does. A provider's ``create_vip_port`` answers with the
   VIP (noop_driver makes one up: 198.0.2.5); a provider that raises ``NotImplementedError`` gets
   the port from the network driver, and ``network_noop_driver`` makes up any subnet and port.
 - Statistics: Octavia has no interval for provider statistics; the provider pushes them (for
   lbactors, ``[statistics] interval``, 10 s by default). Keep it realistic: with statistics
   every second Octavia's own statistics writer hit MariaDB deadlocks (error 1213).
+- The driver agent's status / statistics / get listeners are forking ``socketserver`` servers
+  with the default listen backlog (5), and DriverLibrary connects with a timeout set: under a
+  burst of concurrent calls (measured: 50 load balancers built at once, 2 API workers) a
+  connect fails at once with ``UpdateStatusError: [Errno 11] Resource temporarily
+  unavailable`` (5 of 50 pushes without a retry). A provider agent must retry that error;
+  ``push_status`` and ``driver_lib`` do (bounded) and count the retries in ``busy_retries``.
+- A status write by the driver agent forks a process and takes DB locks; DriverLibrary waits
+  up to 30 s for the answer (its ``DRIVER_AGENT_TIMEOUT``), then the listener logs BrokenPipe.
 - ``[driver_agent] provider_agent_shutdown_timeout`` defaults to 60 s; 5 here, so a stop is quick.
 - gunicorn 27 opens a control socket at ``~/.gunicorn/gunicorn.ctl`` by default, shared by
   every gunicorn of the user: ``--no-control-socket``.
@@ -61,6 +71,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,17 +101,59 @@ COLLECTIONS = {
     "l7rule": "l7policies/{parent}/rules",
 }
 
-# octavia-lib's DriverLibrary, run with .octavia-venv's python: method name in argv, payload on stdin
+# octavia-lib's DriverLibrary, run with .octavia-venv's python: method name and sockets in argv,
+# arguments on stdin. The driver agent's listeners are socketserver servers with the default
+# listen backlog of 5, and DriverLibrary's socket has a timeout (so it is non-blocking inside):
+# a connect while 5 others wait fails at once with EAGAIN ("[Errno 11] Resource temporarily
+# unavailable"). A provider agent must retry that; this one does, for up to argv[5] seconds.
 _DRIVER_LIB_SCRIPT = """
-import json, sys
+import json, sys, time
 from octavia_lib.api.drivers import driver_lib
-status, stats, get = sys.argv[2:5]
+method, status, stats, get, busy_for = sys.argv[1:6]
 lib = driver_lib.DriverLibrary(status_socket=status, stats_socket=stats, get_socket=get)
-result = getattr(lib, sys.argv[1])(*json.load(sys.stdin))
+args = json.load(sys.stdin)
+deadline = time.monotonic() + float(busy_for)
+busy = 0
+while True:
+    try:
+        result = getattr(lib, method)(*args)
+        break
+    except Exception as error:
+        if "Errno 11" not in f"{error} {error.__cause__}" or time.monotonic() > deadline:
+            raise
+        busy += 1
+        time.sleep(min(0.5, 0.02 * busy))
 if hasattr(result, "to_dict"):  # the get_* methods answer octavia-lib data models
     result = result.to_dict(recurse=True)
-json.dump(result, sys.stdout, default=str)
+json.dump({"result": result, "busy_retries": busy}, sys.stdout, default=str)
 """
+
+
+def driver_agent_call(path: Path, payload: Any, timeout: float = 30) -> Any:
+    """One request to a driver agent socket, in octavia-lib's ``DriverLibrary._send`` protocol
+    (``b"<length>\\n"`` + JSON each way), without its process: cheap enough for hundreds of
+    concurrent calls from threads. EAGAIN on connect (backlog full, see above) is retried until
+    ``timeout``; returns the decoded answer and how many connects were retried."""
+    data = json.dumps(payload).encode()
+    deadline = time.monotonic() + timeout
+    busy = 0
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise OctaviaStackError(f"{path}: backlog full for {timeout} s") from None
+            busy += 1
+            time.sleep(min(0.5, 0.02 * busy))
+            continue
+        with sock:
+            sock.sendall(b"%d\n" % len(data) + data)
+            stream = sock.makefile("rb")
+            size = int(stream.readline())
+            return json.loads(stream.read(size)), busy
 
 
 class OctaviaStackError(RuntimeError):
@@ -324,6 +377,9 @@ class OctaviaStack:
     project_id: str
     client: OctaviaClient
     pids: dict[str, int] = field(default_factory=dict)
+    # DriverLibrary calls that found the driver agent's listen backlog full and were retried
+    busy_retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def status_socket(self) -> Path:
@@ -353,6 +409,7 @@ class OctaviaStack:
                 str(self.status_socket),
                 str(self.stats_socket),
                 str(self.get_socket),
+                str(timeout / 2),
             ],
             input=json.dumps(list(args)),
             capture_output=True,
@@ -361,14 +418,26 @@ class OctaviaStack:
         )
         if result.returncode != 0:
             raise OctaviaStackError(f"DriverLibrary.{method} failed:\n{result.stderr[-3000:]}")
-        return json.loads(result.stdout) if result.stdout.strip() else None
+        answer = json.loads(result.stdout)
+        with self._lock:
+            self.busy_retries += answer["busy_retries"]
+        return answer["result"]
 
-    def push_status(self, status: Mapping[str, Any]) -> None:
-        """``DriverLibrary.update_loadbalancer_status(status)``: what a provider agent does."""
-        self.driver_lib("update_loadbalancer_status", dict(status))
+    def _agent_call(self, path: Path, payload: Mapping[str, Any], timeout: float) -> None:
+        answer, busy = driver_agent_call(path, dict(payload), timeout)
+        with self._lock:
+            self.busy_retries += busy
+        if answer.get("status_code") != 200:
+            raise OctaviaStackError(f"driver agent refused {dict(payload)}: {answer}")
 
-    def push_statistics(self, statistics: Mapping[str, Any]) -> None:
-        self.driver_lib("update_listener_statistics", dict(statistics))
+    def push_status(self, status: Mapping[str, Any], timeout: float = 30) -> None:
+        """What ``DriverLibrary.update_loadbalancer_status(status)`` does, in process (see
+        ``driver_agent_call``); ``driver_lib(...)`` runs the real octavia-lib instead."""
+        self._agent_call(self.status_socket, status, timeout)
+
+    def push_statistics(self, statistics: Mapping[str, Any], timeout: float = 30) -> None:
+        """What ``DriverLibrary.update_listener_statistics(statistics)`` does, in process."""
+        self._agent_call(self.stats_socket, statistics, timeout)
 
     def log_tails(self, lines: int = 40) -> str:
         return "\n".join(
