@@ -357,6 +357,38 @@ class OctaviaClient:
                 )
             time.sleep(0.2)
 
+    def provisioning_statuses(self, kind: str) -> dict[str, str]:
+        """Every object of a top-level kind (not members or L7 rules) by id, in one request."""
+        answer = self.request(
+            "GET", f"{self.collection(kind)}?fields=id&fields=provisioning_status"
+        )
+        return {item["id"]: item["provisioning_status"] for item in answer[COLLECTIONS[kind]]}
+
+    def wait_for_statuses(
+        self, kind: str, ids: Sequence[str], provisioning_status: str, timeout: float
+    ) -> None:
+        """Poll the collection (one request a round, not one per object) until every object of
+        ``ids`` has that provisioning_status (``DELETED``: or is gone); TimeoutError naming the
+        others."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.provisioning_statuses(kind)
+            if provisioning_status == "DELETED":
+                behind = {key: seen[key] for key in ids if seen.get(key, "DELETED") != "DELETED"}
+            else:
+                behind = {
+                    key: seen.get(key, "gone")
+                    for key in ids
+                    if seen.get(key) != provisioning_status
+                }
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(behind)} {kind}s not {provisioning_status} after {timeout} s: {behind}"
+                )
+            time.sleep(0.5)
+
     def wait_gone(
         self, kind: str, object_id: str, timeout: float, *, parent: str | None = None
     ) -> None:

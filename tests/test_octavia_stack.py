@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,59 @@ def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: 
     # every process it started is gone, and so is its directory
     assert [name for name, pid in pids.items() if _alive(pid)] == []
     assert not tmp.exists()
+
+
+CONCURRENT_LBS = 20
+
+
+def test_concurrent_load_balancers_leave_nothing_pending(require_octavia_venv: None) -> None:
+    """The harness under the concurrency the end-to-end suite needs (SQLite gave up here):
+    load balancers built and cascade-deleted at once, each status written as soon as Octavia
+    accepted the call; nothing is left, nothing PENDING, no API or driver agent error."""
+    with octavia_stack() as stack:
+        client = stack.client
+
+        def build(index: int) -> tuple[str, str, str]:
+            lb = client.create(
+                "loadbalancer", {"name": f"c{index}", "vip_subnet_id": str(uuid.uuid4())}
+            )
+            _active(stack, lb["id"])
+            listener = client.create(
+                "listener",
+                {"loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": 80 + index},
+            )
+            _active(stack, lb["id"], listeners=[listener["id"]])
+            pool = client.create(
+                "pool",
+                {"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"},
+            )
+            _active(stack, lb["id"], listeners=[listener["id"]], pools=[pool["id"]])
+            return lb["id"], listener["id"], pool["id"]
+
+        def cascade_delete(ids: tuple[str, str, str]) -> None:
+            lb_id, listener_id, pool_id = ids
+            client.delete("loadbalancer", lb_id, cascade=True)
+            deleted = {"provisioning_status": "DELETED"}
+            stack.push_status(
+                {
+                    "loadbalancers": [{"id": lb_id, **deleted}],
+                    "listeners": [{"id": listener_id, **deleted}],
+                    "pools": [{"id": pool_id, **deleted}],
+                }
+            )
+
+        with ThreadPoolExecutor(CONCURRENT_LBS) as threads:
+            trees = list(threads.map(build, range(CONCURRENT_LBS), timeout=180))
+            for position, kind in enumerate(("loadbalancer", "listener", "pool")):
+                client.wait_for_statuses(kind, [tree[position] for tree in trees], "ACTIVE", 30)
+            list(threads.map(cascade_delete, trees, timeout=180))
+        for position, kind in enumerate(("loadbalancer", "listener", "pool")):
+            client.wait_for_statuses(kind, [tree[position] for tree in trees], "DELETED", 30)
+        for kind in ("loadbalancer", "listener", "pool"):
+            assert {
+                key: status
+                for key, status in client.provisioning_statuses(kind).items()
+                if status != "DELETED"
+            } == {}
+        for name in ("octavia-api", "octavia-driver-agent"):
+            assert "Traceback" not in stack.logs[name].read_text(), name
