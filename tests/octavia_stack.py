@@ -76,10 +76,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import trio
 
 REPO = Path(__file__).resolve().parent.parent
 OCTAVIA_VENV = REPO / ".octavia-venv"
@@ -696,3 +698,25 @@ def octavia_stack(
                 print(f"--- {path} ---\n{_tail(path)}", file=sys.stderr)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def open_octavia_stack(**options: Any) -> AsyncIterator[OctaviaStack]:
+    """``octavia_stack(**options)`` for trio tests: start and stop run in a worker thread (the
+    stop shielded from cancellation, so it always completes), the event loop runs meanwhile.
+    The client blocks: call it through ``trio.to_thread.run_sync`` (trio's default limiter
+    runs 40 at once)."""
+    manager = octavia_stack(**options)
+    stack = await trio.to_thread.run_sync(manager.__enter__)
+    try:
+        yield stack
+    except BaseException as error:
+        with trio.CancelScope(shield=True):
+            suppressed = await trio.to_thread.run_sync(
+                manager.__exit__, type(error), error, error.__traceback__
+            )
+        if not suppressed:
+            raise
+    else:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(manager.__exit__, None, None, None)

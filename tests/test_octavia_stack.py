@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from octavia_stack import OCTAVIA_VENV, OctaviaStack, octavia_stack, octavia_venv_ready
+import trio
+from octavia_stack import (
+    OCTAVIA_VENV,
+    OctaviaStack,
+    octavia_stack,
+    octavia_venv_ready,
+    open_octavia_stack,
+)
 
 pytestmark = pytest.mark.octavia
 
@@ -151,14 +157,16 @@ def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: 
 CONCURRENT_LBS = 20
 
 
-def test_concurrent_load_balancers_leave_nothing_pending(require_octavia_venv: None) -> None:
-    """The harness under the concurrency the end-to-end suite needs (SQLite gave up here):
-    load balancers built and cascade-deleted at once, each status written as soon as Octavia
-    accepted the call; nothing is left, nothing PENDING, no API or driver agent error."""
-    with octavia_stack() as stack:
+async def test_concurrent_load_balancers_leave_nothing_pending(require_octavia_venv: None) -> None:
+    """The harness under the concurrency the end-to-end suite needs (SQLite gave up here), from
+    trio as that suite will run it: load balancers built and cascade-deleted at once, each
+    status written as soon as Octavia accepted the call; nothing is left, nothing PENDING, no
+    API or driver agent error."""
+    async with open_octavia_stack() as stack:
         client = stack.client
+        trees: list[tuple[str, str, str]] = []
 
-        def build(index: int) -> tuple[str, str, str]:
+        def build(index: int) -> None:
             lb = client.create(
                 "loadbalancer", {"name": f"c{index}", "vip_subnet_id": str(uuid.uuid4())}
             )
@@ -173,10 +181,9 @@ def test_concurrent_load_balancers_leave_nothing_pending(require_octavia_venv: N
                 {"listener_id": listener["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"},
             )
             _active(stack, lb["id"], listeners=[listener["id"]], pools=[pool["id"]])
-            return lb["id"], listener["id"], pool["id"]
+            trees.append((lb["id"], listener["id"], pool["id"]))
 
-        def cascade_delete(ids: tuple[str, str, str]) -> None:
-            lb_id, listener_id, pool_id = ids
+        def cascade_delete(lb_id: str, listener_id: str, pool_id: str) -> None:
             client.delete("loadbalancer", lb_id, cascade=True)
             deleted = {"provisioning_status": "DELETED"}
             stack.push_status(
@@ -187,18 +194,23 @@ def test_concurrent_load_balancers_leave_nothing_pending(require_octavia_venv: N
                 }
             )
 
-        with ThreadPoolExecutor(CONCURRENT_LBS) as threads:
-            trees = list(threads.map(build, range(CONCURRENT_LBS), timeout=180))
-            for position, kind in enumerate(("loadbalancer", "listener", "pool")):
-                client.wait_for_statuses(kind, [tree[position] for tree in trees], "ACTIVE", 30)
-            list(threads.map(cascade_delete, trees, timeout=180))
-        for position, kind in enumerate(("loadbalancer", "listener", "pool")):
-            client.wait_for_statuses(kind, [tree[position] for tree in trees], "DELETED", 30)
-        for kind in ("loadbalancer", "listener", "pool"):
-            assert {
-                key: status
-                for key, status in client.provisioning_statuses(kind).items()
-                if status != "DELETED"
-            } == {}
+        kinds = ("loadbalancer", "listener", "pool")
+        with trio.fail_after(180):
+            async with trio.open_nursery() as nursery:
+                for index in range(CONCURRENT_LBS):
+                    nursery.start_soon(trio.to_thread.run_sync, build, index)
+            assert len(trees) == CONCURRENT_LBS
+            for position, kind in enumerate(kinds):
+                ids = [tree[position] for tree in trees]
+                await trio.to_thread.run_sync(client.wait_for_statuses, kind, ids, "ACTIVE", 30)
+            async with trio.open_nursery() as nursery:
+                for tree in trees:
+                    nursery.start_soon(trio.to_thread.run_sync, cascade_delete, *tree)
+            for position, kind in enumerate(kinds):
+                ids = [tree[position] for tree in trees]
+                await trio.to_thread.run_sync(client.wait_for_statuses, kind, ids, "DELETED", 30)
+        for kind in kinds:
+            left = await trio.to_thread.run_sync(client.provisioning_statuses, kind)
+            assert {key: status for key, status in left.items() if status != "DELETED"} == {}
         for name in ("octavia-api", "octavia-driver-agent"):
             assert "Traceback" not in stack.logs[name].read_text(), name
