@@ -674,6 +674,27 @@ def octavia_stack(
             start_timeout,
             alive=lambda: agent.poll() is None,
         )
+        # a provider driver or agent that does not load is dropped with a log line only:
+        # fail here, by name, instead of in the first API call
+        providers = {
+            item["name"] for item in client.request("GET", "v2/lbaas/providers")["providers"]
+        }
+        if missing := set(provider_drivers) - providers:
+            raise OctaviaStackError(
+                f"provider drivers not loaded by the API: {sorted(missing)} (entry points of "
+                f"octavia.api.drivers in {OCTAVIA_VENV}? see octavia-api.log)"
+            )
+        agent_log = tmp / "octavia-driver-agent.log"
+        for name in provider_agents:
+            _wait_until(
+                f"provider agent {name!r} (an entry point of octavia.driver_agent.provider_agents"
+                f" in {OCTAVIA_VENV}?)",
+                lambda name=name: (
+                    f'Started enabled provider agent: "{name}"' in agent_log.read_text()
+                ),
+                start_timeout,
+                alive=lambda: agent.poll() is None,
+            )
         stack = OctaviaStack(
             tmp=tmp,
             conf_path=conf_path,

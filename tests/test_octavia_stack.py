@@ -58,19 +58,28 @@ def _active(stack: OctaviaStack, lb_id: str, **children: list[str]) -> None:
 
 
 def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: None) -> None:
-    with octavia_stack() as stack:
+    # providers and agents are parameters (lbactors' plug in the same way): two enabled, the
+    # default one not the first, Octavia's agent named explicitly
+    with octavia_stack(
+        provider_drivers={"noop_driver": "The No-Op driver.", "noop_driver-alt": "Another one."},
+        default_provider="noop_driver-alt",
+        provider_agents=["noop_agent"],
+    ) as stack:
         client = stack.client
         pids = dict(stack.pids)
+        providers = client.request("GET", "v2/lbaas/providers")["providers"]
+        assert {item["name"] for item in providers} == {"noop_driver", "noop_driver-alt"}
+        assert (
+            'Started enabled provider agent: "noop_agent"'
+            in stack.logs["octavia-driver-agent"].read_text()
+        )
         tmp = stack.tmp
         assert set(pids) == {"mariadbd", "octavia-api", "octavia-driver-agent"}
 
         # with the noop network driver any subnet id will do
-        lb = client.create(
-            "loadbalancer",
-            {"name": "e2e", "vip_subnet_id": str(uuid.uuid4()), "provider": "noop_driver"},
-        )
+        lb = client.create("loadbalancer", {"name": "e2e", "vip_subnet_id": str(uuid.uuid4())})
         assert lb["provisioning_status"] == "PENDING_CREATE"
-        assert lb["provider"] == "noop_driver"
+        assert lb["provider"] == "noop_driver-alt"
         assert lb["project_id"] == stack.project_id
         # noop_driver reports nothing: without a provider agent the load balancer stays pending
         got = client.get("loadbalancer", lb["id"])
