@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 import trio
-from octavia_stack import (
+
+from tests.conftest import rabbitmqctl
+from tests.daemon_process import _alive
+from tests.octavia_stack import (
     OCTAVIA_VENV,
     OctaviaStack,
     octavia_stack,
@@ -31,14 +33,6 @@ def require_octavia_venv() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{OCTAVIA_VENV} is not built on CI: .ci/run must run scripts/octavia-venv")
     pytest.skip(f"{OCTAVIA_VENV} is not built (run scripts/octavia-venv)")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _active(stack: OctaviaStack, lb_id: str, **children: list[str]) -> None:
@@ -74,6 +68,8 @@ def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: 
             in stack.logs["octavia-driver-agent"].read_text()
         )
         tmp = stack.tmp
+        vhost = stack.transport_url.rsplit("/", 1)[1]
+        assert vhost in rabbitmqctl("list_vhosts", "name").split()
         assert set(pids) == {"mariadbd", "octavia-api", "octavia-driver-agent"}
 
         # with the noop network driver any subnet id will do
@@ -158,9 +154,10 @@ def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: 
         client.wait_gone("listener", listener["id"], TIMEOUT)
         client.wait_gone("pool", pool["id"], TIMEOUT)
 
-    # every process it started is gone, and so is its directory
+    # every process it started is gone, and so are its directory and its vhost
     assert [name for name, pid in pids.items() if _alive(pid)] == []
     assert not tmp.exists()
+    assert vhost not in rabbitmqctl("list_vhosts", "name").split()
 
 
 CONCURRENT_LBS = 20
