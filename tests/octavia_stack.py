@@ -25,6 +25,16 @@ temp dir, and is stopped by its pid in ``finally`` (SIGTERM, a bounded wait, the
 process group so no gunicorn worker or agent child outlives it). Every wait is bounded. The temp
 dir is removed on success and kept (its path printed with the tails of the logs) on failure.
 
+lbactors plugs in by name, once its entry points are in ``pyproject.toml`` (the stamp of
+``scripts/octavia-venv`` covers ``pyproject.toml``, so the editable install is redone)::
+
+    async with open_octavia_stack(
+        provider_drivers={"lbactors": "lbactors"},
+        provider_agents=["lbactors"],
+        extra_conf={...},  # whatever section the driver reads from octavia.conf
+    ) as stack:
+        ...  # lbactors serve with LBACTORS_AMQP_URL=stack.amqp_url
+
 What Octavia 19 needs and does not need here (found by running it):
 
 - noauth: no keystone, no ``[service_auth]``, no ``[keystone_authtoken]``. The request context
@@ -414,6 +424,12 @@ class OctaviaStack:
     # DriverLibrary calls that found the driver agent's listen backlog full and were retried
     busy_retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def amqp_url(self) -> str:
+        """``transport_url`` as ``lbactors serve`` spells it (``LBACTORS_AMQP_URL``): the same
+        broker and vhost, so the daemon meets this Octavia's provider driver and agent."""
+        return "amqp://" + self.transport_url.split("://", 1)[1]
 
     @property
     def status_socket(self) -> Path:

@@ -69,6 +69,7 @@ def test_load_balancer_lifecycle_through_the_real_octavia(require_octavia_venv: 
         )
         tmp = stack.tmp
         vhost = stack.transport_url.rsplit("/", 1)[1]
+        assert stack.amqp_url == f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
         assert vhost in rabbitmqctl("list_vhosts", "name").split()
         assert set(pids) == {"mariadbd", "octavia-api", "octavia-driver-agent"}
 
