@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint venv clean
+.PHONY: run test test-quick lint venv octavia-venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,17 +14,26 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+## .octavia-venv: the real Octavia 19 for tests/test_octavia_*.py (instant once built).
+octavia-venv:
+	scripts/octavia-venv
+
 ## Run the daemon on its defaults (broker amqp://guest:guest@127.0.0.1:5672/, noop backend).
 run: $(STAMP)
 	scripts/ensure-broker
 	$(VENV)/bin/lbactors serve
 
-## Run the whole test suite (needs RabbitMQ on 127.0.0.1:5672, see .ci/run).
-test: $(STAMP)
+## Run the whole test suite (needs RabbitMQ on 127.0.0.1:5672 and mariadb-server, see .ci/run).
+test: $(STAMP) octavia-venv
 	scripts/ensure-broker
 	$(VENV)/bin/ruff check lbactors supervisor bench tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
+## The quick loop: everything but the tests that run the real Octavia.
+test-quick: $(STAMP)
+	scripts/ensure-broker
+	$(PY) -m pytest -m "not octavia"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .octavia-venv .pytest_cache .mypy_cache
