@@ -20,11 +20,14 @@ octavia-venv:
 
 ## Run the daemon on its defaults (broker amqp://guest:guest@127.0.0.1:5672/, noop backend).
 run: $(STAMP)
+	scripts/ensure-packages rabbitmq-server
 	scripts/ensure-broker
 	$(VENV)/bin/lbactors serve
 
-## Run the whole test suite (needs RabbitMQ on 127.0.0.1:5672 and mariadb-server, see .ci/run).
+## Run the whole test suite: installs what it runs for real (RabbitMQ, HAProxy, MariaDB; as root),
+## builds .venv and .octavia-venv, starts the broker if it is down.
 test: $(STAMP) octavia-venv
+	scripts/ensure-packages
 	scripts/ensure-broker
 	$(VENV)/bin/ruff check lbactors supervisor bench tests
 	$(VENV)/bin/mypy
@@ -32,6 +35,7 @@ test: $(STAMP) octavia-venv
 
 ## The quick loop: everything but the tests that run the real Octavia.
 test-quick: $(STAMP)
+	scripts/ensure-packages
 	scripts/ensure-broker
 	$(PY) -m pytest -m "not octavia"
 
