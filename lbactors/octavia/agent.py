@@ -391,15 +391,35 @@ def serve_agent(
     LOG.info("lbactors provider agent started on topic %s", options.driver_topic)
     if ready is not None:
         ready.set()
+    logged = counters(writer, library)
     try:
         while not exit_event.wait(1):
-            pass
+            now = counters(writer, library)
+            if now != logged:  # at most one line a second, only when something was retried
+                LOG.info("lbactors provider agent counters: %s", _spelled(now))
+                logged = now
     finally:
         LOG.info("lbactors provider agent is stopping")
         rpc_server.stop()
         rpc_server.wait()
         writer.close()
-        LOG.info("lbactors provider agent stopped")
+        LOG.info("lbactors provider agent stopped: %s", _spelled(counters(writer, library)))
+
+
+def counters(writer: StatusWriter, library: Any) -> dict[str, int]:
+    """What the agent retried: status entries of uncommitted objects (``retried`` tries,
+    ``dropped`` entries), and driver agent calls made again because its listen backlog was
+    full (``busy_retries``; ``busy_failures``: calls that gave up, see lbactors.octavia.busy)."""
+    return {
+        "retried": writer.retried,
+        "dropped": writer.dropped,
+        "busy_retries": getattr(library, "busy_retries", 0),
+        "busy_failures": getattr(library, "busy_failures", 0),
+    }
+
+
+def _spelled(values: dict[str, int]) -> str:
+    return " ".join(f"{key}={value}" for key, value in values.items())
 
 
 def lbactors_provider_agent(exit_event: Any) -> None:
