@@ -11,6 +11,10 @@ at once made status writes and the driver's parent lookups fail that way.
 Nothing was sent when the connect failed, so a call is simply made again, after a short
 growing pause (10 ms, doubled up to 200 ms), for at most ``busy_for`` seconds; then the last
 error is raised as DriverLibrary raised it. Every other error is raised at once.
+
+The backlog is shared by every process that talks to the driver agent, so a process should not
+fill it alone: at most ``max_calls`` calls of one wrapper run at once (4, one less than the
+backlog); the others wait their turn (each call is bounded by DriverLibrary's own timeouts).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class BusyRetrying:
         library: Any,
         *,
         busy_for: float = 10.0,
+        max_calls: int = 4,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -71,6 +76,7 @@ class BusyRetrying:
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._calls = threading.BoundedSemaphore(max_calls)
         #: connects retried because the backlog was full, and calls that gave up on it
         self.busy_retries = 0
         self.busy_failures = 0
@@ -81,6 +87,10 @@ class BusyRetrying:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            with self._calls:
+                return busy_retried(*args, **kwargs)
+
+        def busy_retried(*args: Any, **kwargs: Any) -> Any:
             deadline = self._clock() + self._busy_for
             pause = 0.01
             while True:
