@@ -118,9 +118,20 @@ def e2e() -> Iterator[E2E]:
     ) as stack:
         yield E2E(stack, names)
         for name in ("octavia-api", "octavia-driver-agent"):
-            assert "Traceback" not in stack.logs[name].read_text(errors="replace"), (
+            assert unexpected_tracebacks(stack.logs[name].read_text(errors="replace")) == [], (
                 f"{name}:\n{stack.log_tails(80)}"
             )
+
+
+def unexpected_tracebacks(log: str) -> list[str]:
+    """The tracebacks of a log but the ones Octavia's API writes for the refused flavor
+    profiles (a 501 answer: wsme logs it as a server-side error, with the driver's
+    UnsupportedOptionError and Octavia's ProviderUnsupportedOptionError chained)."""
+    return [
+        block[:2000]
+        for block in log.split("Traceback (most recent call last)")[1:]
+        if "UnsupportedOptionError" not in block[:5000]
+    ]
 
 
 @asynccontextmanager
