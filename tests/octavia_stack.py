@@ -113,6 +113,9 @@ COLLECTIONS = {
     "l7rule": "l7policies/{parent}/rules",
 }
 
+# The JSON key of one object in requests and answers, where it is not the kind's name.
+BODY_KEYS = {"l7rule": "rule"}
+
 # octavia-lib's DriverLibrary, run with .octavia-venv's python: method name and sockets in argv,
 # arguments on stdin. The driver agent's listeners are socketserver servers with the default
 # listen backlog of 5, and DriverLibrary's socket has a timeout (so it is non-blocking inside):
@@ -237,6 +240,10 @@ def render_octavia_conf(
     extra_conf: Mapping[str, Mapping[str, str]] = {},
 ) -> str:
     """The whole octavia.conf of a stack; ``extra_conf`` adds sections or overrides options."""
+    for name, description in provider_drivers.items():
+        if any(char in f"{name}{description}" for char in ",:"):
+            # oslo.config's Dict option splits on them: the API would not even start
+            raise ValueError(f"provider {name!r}: no ',' or ':' in a name or description")
     sections: dict[str, dict[str, str]] = {
         "DEFAULT": {"transport_url": transport_url, "debug": "false"},
         "api_settings": {
@@ -311,8 +318,9 @@ class OctaviaClient:
     def create(
         self, kind: str, fields: Mapping[str, Any], *, parent: str | None = None
     ) -> dict[str, Any]:
-        answer = self.request("POST", self.collection(kind, parent), {kind: dict(fields)})
-        return dict(answer[kind])
+        key = BODY_KEYS.get(kind, kind)
+        answer = self.request("POST", self.collection(kind, parent), {key: dict(fields)})
+        return dict(answer[key])
 
     def get(self, kind: str, object_id: str, *, parent: str | None = None) -> dict[str, Any] | None:
         """The object, or None when Octavia answers 404."""
@@ -322,15 +330,16 @@ class OctaviaClient:
             if error.status == 404:
                 return None
             raise
-        return dict(answer[kind])
+        return dict(answer[BODY_KEYS.get(kind, kind)])
 
     def update(
         self, kind: str, object_id: str, fields: Mapping[str, Any], *, parent: str | None = None
     ) -> dict[str, Any]:
+        key = BODY_KEYS.get(kind, kind)
         answer = self.request(
-            "PUT", f"{self.collection(kind, parent)}/{object_id}", {kind: dict(fields)}
+            "PUT", f"{self.collection(kind, parent)}/{object_id}", {key: dict(fields)}
         )
-        return dict(answer[kind])
+        return dict(answer[key])
 
     def delete(
         self, kind: str, object_id: str, *, parent: str | None = None, cascade: bool = False

@@ -28,6 +28,7 @@ from octavia_lib.api.drivers import data_models, driver_lib, provider_base
 from octavia_lib.api.drivers import exceptions as lib_exc
 from oslo_config import cfg
 
+from lbactors.octavia.busy import BusyRetrying
 from lbactors.octavia.config import register_opts
 from lbactors.octavia.payloads import Parents, PayloadBuilder, certificate
 
@@ -44,9 +45,10 @@ def rpc_transport(conf: cfg.ConfigOpts) -> Any:
         return transport
 
 
-def driver_library(conf: cfg.ConfigOpts) -> driver_lib.DriverLibrary:
+def driver_library(conf: cfg.ConfigOpts) -> BusyRetrying:
     """octavia-lib's DriverLibrary on the driver agent's sockets (``[driver_agent]`` of
-    octavia.conf when Octavia registered it, octavia-lib's defaults otherwise)."""
+    octavia.conf when Octavia registered it, octavia-lib's defaults otherwise), its calls
+    retried while the driver agent's listen backlog is full (:mod:`lbactors.octavia.busy`)."""
     kwargs = {}
     try:
         agent = conf.driver_agent
@@ -57,7 +59,7 @@ def driver_library(conf: cfg.ConfigOpts) -> driver_lib.DriverLibrary:
         }
     except (cfg.NoSuchOptError, AttributeError):
         pass
-    return driver_lib.DriverLibrary(**kwargs)
+    return BusyRetrying(driver_lib.DriverLibrary(**kwargs))
 
 
 class _LazyParents:
