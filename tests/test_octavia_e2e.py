@@ -41,7 +41,9 @@ from tests.octavia_stack import (
 pytestmark = pytest.mark.octavia
 
 TIMEOUT = 30
-CONCURRENT_LBS = 50
+#: the issue's figure is 50 (``LBACTORS_E2E_LBS=50``: about 5 minutes here, all of it in
+#: Octavia's driver agent); the suite builds 10 at once to keep CI well under 20 minutes
+CONCURRENT_LBS = int(os.environ.get("LBACTORS_E2E_LBS", "10"))
 PHASE_TIMEOUT = 60
 #: one re-assertion per create in the 50-LB run, not the default three: every status entry
 #: costs Octavia's driver agent a database transaction (about 50 entries a second here), and
