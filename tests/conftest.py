@@ -5,9 +5,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import trio
+
+from tests.daemon_process import NotifySocket
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -31,6 +34,26 @@ def amqp_url() -> str:
 def unique_prefix() -> str:
     """A name prefix no other test uses, so tests never see each other's messages."""
     return f"lbt_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def names(unique_prefix: str) -> dict[str, str]:
+    """The daemon's and the driver's topics and exchange, unique to the test."""
+    return {
+        "topic": f"{unique_prefix}_lb_listener",
+        "driver_topic": f"{unique_prefix}_driver_listener",
+        "exchange": f"{unique_prefix}_common",
+    }
+
+
+@pytest.fixture
+async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
+    """A systemd notification socket for a daemon started by the test."""
+    notify = NotifySocket()
+    await notify.bind()
+    nursery.start_soon(notify.serve)
+    yield notify
+    notify.close()
 
 
 def rabbitmqctl(*args: str) -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -213,24 +212,6 @@ def build_peer(trees: list[LoadBalancerTree]) -> Peer:
             delays[object_id] = 0.0 if rng.random() < 0.5 else rng.uniform(0.0, 1.5)
             lb_of[object_id] = tree.lb_id
     return Peer(commit_delay=delays, lb_of=lb_of)
-
-
-@pytest.fixture
-async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
-    socket = NotifySocket()
-    await socket.bind()
-    nursery.start_soon(socket.serve)
-    yield socket
-    socket.close()
-
-
-@pytest.fixture
-def names(unique_prefix: str) -> dict[str, str]:
-    return {
-        "topic": f"{unique_prefix}_lb_listener",
-        "driver_topic": f"{unique_prefix}_driver_listener",
-        "exchange": f"{unique_prefix}_common",
-    }
 
 
 async def race(

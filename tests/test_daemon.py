@@ -31,15 +31,6 @@ BASELINE = Path(__file__).resolve().parents[2] / "shared" / "baseline"
 
 
 @pytest.fixture
-def names(unique_prefix: str) -> dict[str, str]:
-    return {
-        "topic": f"{unique_prefix}_lb_listener",
-        "driver_topic": f"{unique_prefix}_driver_listener",
-        "exchange": f"{unique_prefix}_common",
-    }
-
-
-@pytest.fixture
 def daemon_env(amqp_url: str, names: dict[str, str]) -> dict[str, str]:
     return {
         "LBACTORS_AMQP_URL": amqp_url,
@@ -49,15 +40,6 @@ def daemon_env(amqp_url: str, names: dict[str, str]) -> dict[str, str]:
         "LBACTORS_DAEMON_WORKERS": "2",
         "LBACTORS_STATS_INTERVAL": "0",
     }
-
-
-@pytest.fixture
-async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
-    socket = NotifySocket()
-    await socket.bind()
-    nursery.start_soon(socket.serve)
-    yield socket
-    socket.close()
 
 
 @pytest.fixture

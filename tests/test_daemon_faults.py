@@ -25,15 +25,6 @@ pytestmark = pytest.mark.broker
 
 
 @pytest.fixture
-def names(unique_prefix: str) -> dict[str, str]:
-    return {
-        "topic": f"{unique_prefix}_lb_listener",
-        "driver_topic": f"{unique_prefix}_driver_listener",
-        "exchange": f"{unique_prefix}_common",
-    }
-
-
-@pytest.fixture
 def driver(amqp_url: str, names: dict[str, str]) -> Iterator[OsloDriver]:
     oslo_driver = OsloDriver(amqp_url, **names).start()
     yield oslo_driver

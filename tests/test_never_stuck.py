@@ -41,15 +41,6 @@ FAST_PINGS = {"LBACTORS_DAEMON_PING_INTERVAL": "0.3", "LBACTORS_DAEMON_PING_TIME
 
 
 @pytest.fixture
-def names(unique_prefix: str) -> dict[str, str]:
-    return {
-        "topic": f"{unique_prefix}_lb_listener",
-        "driver_topic": f"{unique_prefix}_driver_listener",
-        "exchange": f"{unique_prefix}_common",
-    }
-
-
-@pytest.fixture
 def daemon_env(amqp_url: str, names: dict[str, str]) -> dict[str, str]:
     return {
         "LBACTORS_AMQP_URL": amqp_url,
@@ -62,15 +53,6 @@ def daemon_env(amqp_url: str, names: dict[str, str]) -> dict[str, str]:
         "LBACTORS_STATUS_REASSERT_AFTER": "[]",
         "LBACTORS_DAEMON_STOP_TIMEOUT": "1",
     }
-
-
-@pytest.fixture
-async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
-    notify = NotifySocket()
-    await notify.bind()
-    nursery.start_soon(notify.serve)
-    yield notify
-    notify.close()
 
 
 @pytest.fixture

@@ -633,15 +633,6 @@ def test_busy_retries_are_bounded_and_other_errors_are_not_retried() -> None:
 
 
 @pytest.fixture
-def names(unique_prefix: str) -> dict[str, str]:
-    return {
-        "topic": f"{unique_prefix}_lb_listener",
-        "driver_topic": f"{unique_prefix}_driver_listener",
-        "exchange": f"{unique_prefix}_common",
-    }
-
-
-@pytest.fixture
 def octavia_conf(names: dict[str, str]) -> Iterator[Any]:
     """octavia.conf's ``[lbactors]`` for this test: its own topics, short retries."""
     conf = oslo_conf()
@@ -664,15 +655,6 @@ def transport(amqp_url: str) -> Iterator[Any]:
     transport = oslo_messaging.get_rpc_transport(oslo_conf(), url=amqp_url.replace("amqp://", "rabbit://", 1))
     yield transport
     transport.cleanup()
-
-
-@pytest.fixture
-async def notify_socket(nursery: trio.Nursery) -> AsyncIterator[NotifySocket]:
-    notify = NotifySocket()
-    await notify.bind()
-    nursery.start_soon(notify.serve)
-    yield notify
-    notify.close()
 
 
 @asynccontextmanager
