@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +28,14 @@ from lbactors.backends.base import BackendError
 from lbactors.backends.haproxy import HaproxyBackend
 from lbactors.messages import Operation, Outcome
 from lbactors.model import Certificate, L7Rule, Listener, LoadBalancer, Member, Pool
+from tests.haproxy_helpers import (
+    MemberServer,
+    alive,
+    free_endpoint,
+    http_get,
+    kill_haproxies,
+    refused,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None, reason="haproxy is not installed (apt-get install haproxy)"
@@ -52,102 +58,19 @@ PROJECT = "9c6f0000-0000-4000-8000-000000003a21"
 # --------------------------------------------------------------------------- fixtures
 
 
-def _kill_haproxies(state_dir: Path) -> None:
-    for pid_file in state_dir.glob("*/haproxy.pid"):
-        try:
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
-
-
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     # short: unix socket paths must fit in 107 bytes
     path = Path(tempfile.mkdtemp(prefix="lbh"))
     yield path
-    _kill_haproxies(path)
+    kill_haproxies(path)
     shutil.rmtree(path, ignore_errors=True)
-
-
-_vips = itertools.count(random.randrange(20, 120))
-
-
-def free_endpoint() -> tuple[str, int]:
-    """A loopback VIP of this test's own and a port free on it."""
-    vip = f"127.0.{next(_vips) % 250 + 2}.{random.randrange(2, 250)}"
-    with socket.socket() as s:
-        s.bind((vip, 0))
-        return vip, s.getsockname()[1]
 
 
 def backend(state_dir: Path, **options: Any) -> HaproxyBackend:
     b = load_backend("haproxy", {"state_dir": str(state_dir), "check_fastinter_ms": 100, **options})
     assert isinstance(b, HaproxyBackend)
     return b
-
-
-class MemberServer:
-    """A tiny HTTP server on 127.0.0.1 answering every request with its name."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.port = 0
-        self.scope = trio.CancelScope()
-        self.requests = 0
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        data = b""
-        with trio.move_on_after(5):
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                data += chunk
-        self.requests += 1
-        body = self.name.encode()
-        try:
-            await stream.send_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            await stream.aclose()
-        except trio.BrokenResourceError:
-            pass
-
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with self.scope:
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            self.port = listeners[0].socket.getsockname()[1]
-            task_status.started(self)
-            await trio.serve_listeners(self._handle, listeners)
-
-    def stop(self) -> None:
-        self.scope.cancel()
-
-
-async def http_get(
-    host: str, port: int, path: str = "/", *, tls: bool = False
-) -> tuple[int, str]:
-    """``(status, body)`` of a GET through the load balancer."""
-    with trio.fail_after(5):
-        stream: Any = await trio.open_tcp_stream(host, port)
-        if tls:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            stream = trio.SSLStream(stream, context, server_hostname="lb.test")
-        async with stream:
-            await stream.send_all(
-                f"GET {path} HTTP/1.0\r\nHost: lb.test\r\nUser-Agent: t\r\n\r\n".encode()
-            )
-            data = b""
-            try:
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
-            except trio.BrokenResourceError:
-                pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 class Driver:
@@ -274,19 +197,6 @@ async def wait_for_status(b: HaproxyBackend, expected: dict[tuple[str, str], str
                 return
             await trio.sleep(0.1)
     pytest.fail(f"operating statuses {current} never reached {expected}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def refused(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
 
 
 # --------------------------------------------------------------------------- tests

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -28,6 +30,14 @@ import pytest
 import trio
 
 from tests.daemon_process import DaemonProcess, NotifySocket
+from tests.haproxy_helpers import (
+    MemberServer,
+    alive,
+    free_endpoint,
+    http_get,
+    kill_haproxies,
+    refused,
+)
 from tests.octavia_stack import (
     OCTAVIA_VENV,
     OctaviaAPIError,
@@ -495,3 +505,134 @@ async def test_flavor_validation_through_octavias_flavor_api(e2e: E2E, tmp_path:
                 "max_connections",
                 "timeout_client_data",
             }
+
+
+# ---------------------------------------------------------------------- 4. haproxy in the loop
+
+
+async def test_haproxy_backend_in_the_loop(e2e: E2E, tmp_path: Path) -> None:
+    """``lbactors serve`` with the haproxy backend: a VIP on 127.0.0.x (Octavia's noop network
+    driver keeps the address asked for), two real HTTP members answering round robin through
+    it, listener statistics growing in Octavia's API, a stopped member ERROR with its pool
+    DEGRADED and both ONLINE again once it is back, and a cascade delete that stops HAProxy."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    client = e2e.client()
+    vip, port = free_endpoint()
+    state_dir = Path(tempfile.mkdtemp(prefix="lbe"))  # short: unix socket paths
+    env = {
+        "LBACTORS_BACKEND_NAME": "haproxy",
+        "LBACTORS_BACKEND_HAPROXY_STATE_DIR": str(state_dir),
+        "LBACTORS_BACKEND_HAPROXY_CHECK_FASTINTER_MS": "100",
+        "LBACTORS_STATS_INTERVAL": "0.5",
+    }
+
+    def wait_operating(kind: str, object_id: str, status: str, parent: str | None = None) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while (got := client.get(kind, object_id, parent=parent)) is None or (
+            got["operating_status"] != status
+        ):
+            assert time.monotonic() < deadline, f"{kind} {object_id} not {status}: {got}"
+            time.sleep(0.2)
+
+    def stats(listener_id: str) -> dict[str, int]:
+        return dict(client.request("GET", f"v2/lbaas/listeners/{listener_id}/stats")["stats"])
+
+    def wait_stats(listener_id: str, at_least: int) -> dict[str, int]:
+        deadline = time.monotonic() + TIMEOUT
+        while (seen := stats(listener_id))["total_connections"] < at_least:
+            assert time.monotonic() < deadline, f"listener stats stuck at {seen}"
+            time.sleep(0.2)
+        return seen
+
+    async def answers(count: int) -> list[str]:
+        return [(await http_get(vip, port, "/"))[1] for _ in range(count)]
+
+    try:
+        async with trio.open_nursery() as members, lbactors_serve(e2e, tmp_path, **env) as daemon:
+            server_a = await members.start(MemberServer("a").serve)
+            server_b = await members.start(MemberServer("b").serve)
+            with trio.fail_after(180):
+                lb = await in_thread(
+                    client.create,
+                    "loadbalancer",
+                    {"name": "e2e-haproxy", "vip_subnet_id": str(uuid.uuid4()), "vip_address": vip},
+                )
+                assert lb["vip_address"] == vip
+                await in_thread(client.wait_for_status, "loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+
+                async def create(kind: str, fields: dict[str, Any], parent: str | None = None) -> str:
+                    made = await in_thread(lambda: client.create(kind, fields, parent=parent))
+                    await in_thread(
+                        lambda: client.wait_for_status(
+                            kind, made["id"], "ACTIVE", TIMEOUT, parent=parent
+                        )
+                    )
+                    await in_thread(client.wait_for_status, "loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+                    return str(made["id"])
+
+                listener = await create(
+                    "listener",
+                    {"loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": port},
+                )
+                pool = await create(
+                    "pool",
+                    {"listener_id": listener, "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"},
+                )
+                member_a = await create(
+                    "member", {"address": "127.0.0.1", "protocol_port": server_a.port}, pool
+                )
+                member_b = await create(
+                    "member", {"address": "127.0.0.1", "protocol_port": server_b.port}, pool
+                )
+                await create(
+                    "healthmonitor",
+                    {"pool_id": pool, "type": "HTTP", "delay": 1, "timeout": 1, "max_retries": 1,
+                     "max_retries_down": 1, "url_path": "/health"},
+                )  # fmt: skip
+                for member in (member_a, member_b):
+                    await in_thread(wait_operating, "member", member, "ONLINE", pool)
+                await in_thread(wait_operating, "pool", pool, "ONLINE")
+                await in_thread(wait_operating, "loadbalancer", lb["id"], "ONLINE")
+
+                # round robin through the VIP, and the statistics in Octavia's API
+                bodies = await answers(10)
+                assert sorted(bodies) == ["a"] * 5 + ["b"] * 5, bodies
+                assert all(bodies[i] != bodies[i + 1] for i in range(9)), bodies
+                first = await in_thread(wait_stats, listener, 10)
+                assert first["bytes_in"] > 0 and first["bytes_out"] > 0, first
+                await answers(6)
+                second = await in_thread(wait_stats, listener, first["total_connections"] + 6)
+                assert second["bytes_in"] > first["bytes_in"], (first, second)
+                assert second["bytes_out"] > first["bytes_out"], (first, second)
+
+                # a member stops: ERROR, its pool DEGRADED, and the other one takes everything
+                server_b.stop()
+                await in_thread(wait_operating, "member", member_b, "ERROR", pool)
+                await in_thread(wait_operating, "pool", pool, "DEGRADED")
+                await in_thread(wait_operating, "loadbalancer", lb["id"], "DEGRADED")
+                got = await in_thread(lambda: client.get("member", member_a, parent=pool))
+                assert got is not None and got["operating_status"] == "ONLINE"
+                assert set(await answers(4)) == {"a"}
+
+                # back on its port: ONLINE again, and round robin again
+                await members.start(MemberServer("b", server_b.port).serve)
+                await in_thread(wait_operating, "member", member_b, "ONLINE", pool)
+                await in_thread(wait_operating, "pool", pool, "ONLINE")
+                await in_thread(wait_operating, "loadbalancer", lb["id"], "ONLINE")
+                assert set(await answers(4)) == {"a", "b"}
+
+                # cascade delete: gone from Octavia, HAProxy stopped, its directory removed
+                pid_file = state_dir / lb["id"] / "haproxy.pid"
+                master = int(pid_file.read_text().split()[0])
+                await in_thread(lambda: client.delete("loadbalancer", lb["id"], cascade=True))
+                await in_thread(client.wait_gone, "loadbalancer", lb["id"], TIMEOUT)
+                assert not (state_dir / lb["id"]).exists()
+                assert not alive(master)
+                assert await in_thread(refused, vip, port)
+            members.cancel_scope.cancel()
+    finally:
+        kill_haproxies(state_dir)
+        shutil.rmtree(state_dir, ignore_errors=True)
+    assert e2e.statuses(client.project_id) == {"load_balancer": {"DELETED": 1}}
+    assert no_daemon_errors(daemon) == []
