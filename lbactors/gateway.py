@@ -259,9 +259,15 @@ def body_summary(body: bytes, limit: int = 160) -> str:
     return repr(head) + (f"... ({len(body)} bytes)" if len(body) > limit else "")
 
 
-def encode_status_cast(status: StatusUpdate | None) -> bytes:
+#: the oslo context entry that marks a re-assertion (``ctxt["lbactors_reassertion"]`` at the
+#: peer): lbactors' own provider agent skips the entries it has written already; any other
+#: peer (vmware-nsx's agent) ignores its context
+REASSERTION_CONTEXT = b',"_context_lbactors_reassertion":true'
+
+
+def encode_status_cast(status: StatusUpdate | None, *, reassertion: bool = False) -> bytes:
     args = b'{"status":' + _status_encoder.encode(status) + b"}"
-    return oslo.encode_cast(STATUS_METHOD, args)
+    return oslo.encode_cast(STATUS_METHOD, args, REASSERTION_CONTEXT if reassertion else b"")
 
 
 def _entry_count(status: StatusUpdate) -> int:
@@ -757,7 +763,7 @@ class Gateway:
         confirmation = await channel.publish(
             self.settings.exchange,
             self.settings.driver_topic,
-            encode_status_cast(reassertion.status),
+            encode_status_cast(reassertion.status, reassertion=True),
             properties=oslo.CAST_PROPERTIES,
             mandatory=True,
         )

@@ -26,6 +26,7 @@ the broker is invisible to lbactors), and nothing names an object after it was d
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -85,6 +86,8 @@ class Peer:
     dropped: int = 0
     #: status messages that were not the in-flight operation's own status (re-assertions)
     other_messages: int = 0
+    #: the oslo contexts seen: (whether the message was an operation's own status, ctxt)
+    contexts: set[tuple[bool, str]] = field(default_factory=set)
     #: (object id, seconds since the newer operation was cast, the message)
     stale: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
     #: (object id, the message): statuses for objects already deleted
@@ -97,7 +100,11 @@ class Peer:
         with self.cond:
             lb_id = self.lb_of.get(entries[0]["id"], "") if entries else ""
             flight = self.flights.get(lb_id)
-            if flight is not None and normalized(status) == flight.expected:
+            own = flight is not None and normalized(status) == flight.expected
+            # oslo's receiving side adds client_timeout (the call timeout; None for a cast)
+            sent = {key: value for key, value in ctxt.items() if key != "client_timeout"}
+            self.contexts.add((own, json.dumps(sent, sort_keys=True)))
+            if own:
                 del self.flights[lb_id]
             else:
                 self.other_messages += 1
@@ -283,6 +290,9 @@ async def test_commit_race_leaves_nothing_pending_and_nothing_stale(
         f"slowest tree built in {max(r.built_in or 0 for r in on.results):.1f} s"
     )
     assert peer.dropped > 0  # the race happened here too
+    # an operation's own status has oslo's empty context, a re-assertion says what it is
+    assert on.peer.contexts == {(True, "{}"), (False, '{"lbactors_reassertion": true}')}
+    assert off.peer.contexts == {(True, "{}")}
     assert on.pending == 0, [r.pending for r in on.results if r.pending]
     assert all(r.finished for r in on.results)
     assert on.reasserted is not None and on.reasserted > 0

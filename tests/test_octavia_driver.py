@@ -35,7 +35,7 @@ from octavia_lib.api.drivers import exceptions as lib_exc  # noqa: E402
 from oslo_serialization import jsonutils  # noqa: E402
 
 from lbactors.messages import decode_request  # noqa: E402
-from lbactors.octavia.agent import StatusWriter, serve_agent  # noqa: E402
+from lbactors.octavia.agent import ProviderAgentEndpoint, StatusWriter, serve_agent  # noqa: E402
 from lbactors.octavia.config import GROUP, register_opts  # noqa: E402
 from lbactors.octavia.driver import LbactorsProviderDriver  # noqa: E402
 from lbactors.routing import owner_of  # noqa: E402
@@ -463,6 +463,58 @@ def test_writer_a_newer_status_replaces_a_pending_entry() -> None:
     writer.write({"pools": [{"id": tree.pool_id, "operating_status": "ERROR"}]})
     assert writer.pending() == []
     assert octavia.status_of(tree.pool_id) == {"provisioning_status": "ACTIVE", "operating_status": "ERROR"}
+
+
+def test_writer_skips_reasserted_entries_it_has_written_already() -> None:
+    """A re-assertion costs the driver agent a database transaction per call: lbactors' agent
+    retries uncommitted entries itself, so it writes a re-asserted entry only when the first
+    one did not land (or is still pending), and never skips an ordinary status."""
+    octavia = FakeOctavia()
+    tree = Tree()
+    octavia.commit(tree.lb())
+    octavia.commit(tree.pool())
+    writer = StatusWriter(octavia, attempts=5, initial_delay=60, max_delay=60)  # never due here
+    active = {"provisioning_status": "ACTIVE", "operating_status": "ONLINE"}
+    pool = {"pools": [{"id": tree.pool_id, **active}]}
+    writer.write(pool)
+    assert len(octavia.status_writes) == 1
+    writer.write(pool, reassertion=True)  # written already: skipped
+    assert len(octavia.status_writes) == 1 and writer.skipped == 1
+    writer.write(pool)  # not a re-assertion: written again
+    assert len(octavia.status_writes) == 2
+    # a field that differs from what was written: written
+    writer.write({"pools": [{"id": tree.pool_id, "operating_status": "ERROR"}]}, reassertion=True)
+    assert len(octavia.status_writes) == 3 and writer.skipped == 1
+    assert octavia.status_of(tree.pool_id) == {"provisioning_status": "ACTIVE", "operating_status": "ERROR"}
+    # the first status of a member was lost (the agent never saw it): the re-assertion lands
+    member = tree.member(0)
+    octavia.commit(member)
+    writer.write({"members": [{"id": member.member_id, **active}]}, reassertion=True)
+    assert octavia.status_of(member.member_id) == active and writer.skipped == 1
+    # an entry still pending (its object not committed when first written) is written
+    octavia.commit(tree.hm())
+    octavia.hide(tree.hm_id, 1)
+    writer.write({"healthmonitors": [{"id": tree.hm_id, **active}]})
+    assert writer.pending() == [("healthmonitors", tree.hm_id)]
+    writer.write({"healthmonitors": [{"id": tree.hm_id, **active}]}, reassertion=True)
+    assert writer.pending() == [] and octavia.status_of(tree.hm_id) == active
+    assert writer.skipped == 1
+    writer.close()
+
+
+def test_agent_endpoint_passes_the_reassertion_mark_of_the_oslo_context() -> None:
+    octavia = FakeOctavia()
+    tree = Tree()
+    octavia.commit(tree.lb())
+    writer = StatusWriter(octavia)
+    endpoint = ProviderAgentEndpoint(octavia, writer, lambda: [])
+    status = {"loadbalancers": [{"id": tree.lb_id, "provisioning_status": "ACTIVE"}]}
+    endpoint.update_loadbalancer_status({}, status)
+    endpoint.update_loadbalancer_status({"lbactors_reassertion": "yes"}, status)  # not True
+    assert writer.skipped == 0 and len(octavia.status_writes) == 2
+    endpoint.update_loadbalancer_status({"lbactors_reassertion": True}, status)
+    assert writer.skipped == 1 and len(octavia.status_writes) == 2
+    writer.close()
 
 
 def test_writer_writes_concurrent_statuses_together_and_one_id_at_a_time() -> None:
@@ -930,7 +982,6 @@ async def test_statistics_and_active_load_balancers(
 
 
 def test_statistics_of_a_refused_listener_do_not_cost_the_others() -> None:
-    from lbactors.octavia.agent import ProviderAgentEndpoint
 
     octavia = FakeOctavia()
     tree = Tree()

@@ -295,9 +295,13 @@ def _inner(method: str, args_json: bytes) -> bytes:
     )
 
 
-def encode_cast(method: str, args_json: bytes) -> bytes:
-    """A cast of ``method(**args)`` to namespace ``control``, version ``1.0``."""
-    return _envelope(_inner(method, args_json) + b"}")
+def encode_cast(method: str, args_json: bytes, context_json: bytes = b"") -> bytes:
+    """A cast of ``method(**args)`` to namespace ``control``, version ``1.0``.
+
+    ``context_json``: the oslo context entries, already encoded as ``,"_context_<key>":<value>``
+    pairs (oslo's ``pack_context``: a peer's endpoint gets ``{key: value}`` as its ``ctxt``); the
+    empty default is oslo's ``{}``."""
+    return _envelope(_inner(method, args_json) + context_json + b"}")
 
 
 def encode_call(

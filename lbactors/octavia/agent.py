@@ -153,6 +153,8 @@ class StatusWriter:
         self.retried = 0
         self.dropped = 0
         self.batches = 0
+        #: re-asserted entries skipped because they were written already
+        self.skipped = 0
 
     # ------------------------------------------------------------------ public
 
@@ -185,9 +187,17 @@ class StatusWriter:
         with self._state:
             return list(self._pending)
 
-    def write(self, status: dict[str, Any]) -> None:
-        """Write ``status`` now; entries of uncommitted objects are retried later."""
+    def write(self, status: dict[str, Any], *, reassertion: bool = False) -> None:
+        """Write ``status`` now; entries of uncommitted objects are retried later.
+
+        ``reassertion``: ``status`` repeats create statuses ``lbactors serve`` sent before (the
+        cast's oslo context says so), for peers that drop the entries of uncommitted objects.
+        This writer retries those itself, so an entry it has written already (the last record
+        it wrote for that object holds the same fields: Octavia has them) is skipped, and a
+        re-assertion costs the driver agent nothing unless the first status was lost."""
         entries = self._entries(status)
+        if reassertion:
+            entries = self._not_written_yet(entries)
         if not entries:
             return
         with self._locked([entry.key for entry in entries]):
@@ -200,6 +210,19 @@ class StatusWriter:
             self._try(entries)
 
     # ------------------------------------------------------------------ internals
+
+    def _not_written_yet(self, entries: list[_Entry]) -> list[_Entry]:
+        left = []
+        with self._state:
+            for entry in entries:
+                known = self._known.get(entry.key)
+                if known is not None and all(
+                    known.get(field) == value for field, value in entry.record.items()
+                ):
+                    self.skipped += 1
+                else:
+                    left.append(entry)
+        return left
 
     @contextlib.contextmanager
     def _locked(self, keys: list[tuple[str, str]]) -> Iterator[None]:
@@ -470,7 +493,8 @@ class ProviderAgentEndpoint:
         self._active_loadbalancers = active_loadbalancers
 
     def update_loadbalancer_status(self, ctxt: Any, status: dict[str, Any]) -> None:
-        self._writer.write(status)
+        reassertion = isinstance(ctxt, dict) and ctxt.get("lbactors_reassertion") is True
+        self._writer.write(status, reassertion=reassertion)
 
     def update_listener_statistics(self, ctxt: Any, statistics: dict[str, Any]) -> None:
         listeners = [s for s in (statistics or {}).get("listeners") or [] if isinstance(s, dict)]
@@ -557,12 +581,13 @@ def serve_agent(
 def counters(writer: StatusWriter, library: Any) -> dict[str, int]:
     """What the agent retried: status entries of uncommitted objects (``retried`` tries,
     ``dropped`` entries), the status writes made (``batches``: concurrent statuses are written
-    together), and driver agent calls made again because its listen backlog was
+    together), the re-asserted entries not written again (``reassertions_skipped``), and driver agent calls made again because its listen backlog was
     full (``busy_retries``; ``busy_failures``: calls that gave up, see lbactors.octavia.busy)."""
     return {
         "retried": writer.retried,
         "dropped": writer.dropped,
         "batches": writer.batches,
+        "reassertions_skipped": writer.skipped,
         "busy_retries": getattr(library, "busy_retries", 0),
         "busy_failures": getattr(library, "busy_failures", 0),
     }
