@@ -633,3 +633,85 @@ async def test_haproxy_backend_in_the_loop(e2e: E2E, tmp_path: Path) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
     assert e2e.statuses(client.project_id) == {"load_balancer": {"DELETED": 1}}
     assert no_daemon_errors(daemon) == []
+
+
+# ---------------------------------------------------------------------- 5. parent lookups
+
+
+_PARENTS_SCRIPT = """
+import json, sys
+from octavia.common import config
+conf_path, status, stats, get = sys.argv[1:5]
+config.init(["--config-file", conf_path])
+from octavia_lib.api.drivers import driver_lib
+from lbactors.octavia.driver import DatabaseParents
+database = DatabaseParents()
+library = driver_lib.DriverLibrary(status_socket=status, stats_socket=stats, get_socket=get)
+def plain(model):
+    return None if model is None else model.to_dict(recurse=True, render_unsets=True)
+out = []
+for method, object_id in json.load(sys.stdin):
+    out.append([method, object_id, plain(getattr(database, method)(object_id)),
+                plain(getattr(library, method)(object_id))])
+json.dump(out, sys.stdout, default=str)
+"""
+
+
+async def test_parents_read_in_octavia_api_match_the_driver_agents(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    """Inside octavia-api the driver reads the parents it nests into payloads with the driver
+    agent's own get code, in-process (no fork, no socket); what it reads is what octavia-lib's
+    DriverLibrary gets from the driver agent, field for field, for every kind it looks up."""
+    client = e2e.client()
+    stack = e2e.stack
+    async with lbactors_serve(e2e, tmp_path):
+
+        def build() -> dict[str, str]:
+            tree: dict[str, str] = {}
+            lb = client.create("loadbalancer", {"vip_subnet_id": str(uuid.uuid4())})
+            tree["loadbalancer"] = lb["id"]
+            for kind, fields in (
+                ("listener", {"loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": 80}),
+                ("pool", {"loadbalancer_id": lb["id"], "protocol": "HTTP", "lb_algorithm": "ROUND_ROBIN"}),
+                ("healthmonitor", {"type": "HTTP", "delay": 5, "timeout": 3, "max_retries": 3}),
+                ("l7policy", {"action": "REDIRECT_TO_POOL", "position": 1}),
+            ):  # fmt: skip
+                client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+                if kind == "healthmonitor":
+                    fields = {**fields, "pool_id": tree["pool"]}
+                if kind == "l7policy":
+                    fields = {**fields, "listener_id": tree["listener"], "redirect_pool_id": tree["pool"]}
+                tree[kind] = client.create(kind, fields)["id"]
+                client.wait_for_status(kind, tree[kind], "ACTIVE", TIMEOUT)
+            client.create(
+                "member", {"address": "192.0.2.7", "protocol_port": 80}, parent=tree["pool"]
+            )
+            client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+            return tree
+
+        with trio.fail_after(180):
+            tree = await in_thread(build)
+            lookups = [[f"get_{kind}", object_id] for kind, object_id in tree.items()]
+            lookups.append(["get_pool", str(uuid.uuid4())])  # not there: None both ways
+            result = await trio.run_process(
+                [str(OCTAVIA_VENV / "bin" / "python"), "-c", _PARENTS_SCRIPT,
+                 str(stack.conf_path), str(stack.status_socket), str(stack.stats_socket),
+                 str(stack.get_socket)],
+                stdin=json.dumps(lookups).encode(), capture_stdout=True, capture_stderr=True,
+                check=False,
+            )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    answers = json.loads(result.stdout)
+    assert [answer[:2] for answer in answers] == lookups
+    for method, object_id, database, library in answers:
+        assert database == library, (method, object_id)
+    assert all(answer[2] is not None for answer in answers[:-1])
+    assert answers[-1][2] is None
+    # the pool's payload nests its members and health monitor; the policy its pool
+    pool = answers[2][2]
+    assert pool["healthmonitor"]["healthmonitor_id"] == tree["healthmonitor"]
+    assert len(pool["members"]) == 1
+    api_log = stack.logs["octavia-api"].read_text(errors="replace")
+    assert "parent lookups read Octavia's database in this process" in api_log
+    assert "parent lookups ask the driver agent" not in api_log

@@ -14,12 +14,15 @@ haproxy backend and a UDP, SCTP or PROMETHEUS listener, for instance) goes to ER
 daemon's status, with its parents back to ACTIVE (``status-semantics.md``). A flavor or
 availability zone the backend does not know is refused at once, through the calls.
 
-Octavia creates the driver per API request, so the oslo transport is one per process and the
-parent lookups open their DriverLibrary only when a payload first needs a parent.
+Octavia creates the driver per API request, so the oslo transport is one per process and so
+is the parents source, opened when a payload first needs a parent: inside octavia-api (Octavia's
+database configured) the driver agent's own get code runs in-process (:class:`DatabaseParents`),
+elsewhere octavia-lib's DriverLibrary asks the driver agent (``[lbactors] parent_lookup``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -31,6 +34,8 @@ from oslo_config import cfg
 from lbactors.octavia.busy import BusyRetrying
 from lbactors.octavia.config import register_opts
 from lbactors.octavia.payloads import Parents, PayloadBuilder, certificate
+
+LOG = logging.getLogger(__name__)
 
 _transport_lock = threading.Lock()
 _transports: dict[int, Any] = {}
@@ -62,18 +67,102 @@ def driver_library(conf: cfg.ConfigOpts) -> BusyRetrying:
     return BusyRetrying(driver_lib.DriverLibrary(**kwargs))
 
 
-class _LazyParents:
-    """A DriverLibrary opened on first use: its constructor waits (up to minutes) for the
-    driver agent's sockets, and most operations never need it more than once per request."""
+class DatabaseParents:
+    """The parent lookups of octavia-lib's DriverLibrary, answered in this process by the code
+    the driver agent's get socket runs (``driver_get.process_get``: Octavia's repositories and
+    its provider-model conversion), with the same JSON round trip, without the fork and the
+    socket. Only inside a process where Octavia's database is configured (octavia-api)."""
 
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
+    _MODELS = {
+        "loadbalancers": "LoadBalancer",
+        "listeners": "Listener",
+        "pools": "Pool",
+        "healthmonitors": "HealthMonitor",
+        "l7policies": "L7Policy",
+    }
+
+    def __init__(self) -> None:
+        from octavia.api.drivers.driver_agent import driver_get  # only inside Octavia
+        from oslo_serialization import jsonutils
+
+        self._process_get = driver_get.process_get
+        self._jsonutils = jsonutils
+
+    def _get(self, kind: str, object_id: str) -> Any:
+        found = self._process_get({"object": kind, "id": object_id})
+        if not found:
+            return None
+        data = self._jsonutils.loads(self._jsonutils.dump_as_bytes(found))
+        return getattr(data_models, self._MODELS[kind]).from_dict(data)
+
+    def get_loadbalancer(self, loadbalancer_id: str) -> Any:
+        return self._get("loadbalancers", loadbalancer_id)
+
+    def get_listener(self, listener_id: str) -> Any:
+        return self._get("listeners", listener_id)
+
+    def get_pool(self, pool_id: str) -> Any:
+        return self._get("pools", pool_id)
+
+    def get_healthmonitor(self, healthmonitor_id: str) -> Any:
+        return self._get("healthmonitors", healthmonitor_id)
+
+    def get_l7policy(self, l7policy_id: str) -> Any:
+        return self._get("l7policies", l7policy_id)
+
+
+def octavia_database_configured(conf: cfg.ConfigOpts) -> bool:
+    """Whether Octavia's database is configured in this process (octavia-api registers
+    ``[database]``; a process without it has no connection to read from)."""
+    try:
+        return bool(conf.database.connection)
+    except (cfg.NoSuchOptError, AttributeError):
+        return False
+
+
+def parent_lookup(conf: cfg.ConfigOpts, choice: str) -> Parents:
+    """The parents source ``[lbactors] parent_lookup`` asks for (see its help)."""
+    if choice == "database" or (choice == "auto" and octavia_database_configured(conf)):
+        try:
+            parents = DatabaseParents()
+        except ImportError:
+            if choice == "database":
+                raise
+        else:
+            LOG.info("lbactors: parent lookups read Octavia's database in this process")
+            return parents
+    LOG.info("lbactors: parent lookups ask the driver agent (get socket)")
+    return driver_library(conf)
+
+
+class _LazyParents:
+    """The parents source opened on first use: a DriverLibrary's constructor waits (up to
+    minutes) for the driver agent's sockets, and most operations never need it more than once
+    per request."""
+
+    def __init__(self, conf: cfg.ConfigOpts, choice: str) -> None:
         self._conf = conf
+        self._choice = choice
         self._library: Any = None
 
     def __getattr__(self, name: str) -> Any:
         if self._library is None:
-            self._library = driver_library(self._conf)
+            self._library = _shared_parents(self._conf, self._choice)
         return getattr(self._library, name)
+
+
+_parents_lock = threading.Lock()
+_parents: dict[tuple[int, str], Parents] = {}
+
+
+def _shared_parents(conf: cfg.ConfigOpts, choice: str) -> Parents:
+    """One parents source per process and configuration: Octavia creates the driver per API
+    request."""
+    with _parents_lock:
+        found = _parents.get((id(conf), choice))
+        if found is None:
+            found = _parents[(id(conf), choice)] = parent_lookup(conf, choice)
+        return found
 
 
 def _unreachable(method: str, topic: str, exc: Exception) -> lib_exc.DriverError:
@@ -110,7 +199,9 @@ class LbactorsProviderDriver(provider_base.ProviderDriver):
             version="1.0",
         )
         self.client = messaging.get_rpc_client(self.transport, target)
-        self.payloads = PayloadBuilder(_LazyParents(self.conf) if parents is None else parents)
+        self.payloads = PayloadBuilder(
+            _LazyParents(self.conf, self.options.parent_lookup) if parents is None else parents
+        )
 
     # ------------------------------------------------------------------ RPC
 

@@ -5,9 +5,9 @@ octavia_driver.py``; ``octavia-and-oslo-facts.md`` §2.3, §2.5 has the payloads
 turns an octavia-lib data model into a dict with ``to_dict(recurse=True, render_unsets=True)``
 (``render_unsets=False`` for the sparse new object of an update), writes ``project_id`` and
 ``tenant_id``, adds ``id`` and nests the parents it reads from Octavia's database. The same here,
-step by step, with one difference: the parents are read through octavia-lib's
-``DriverLibrary.get_*`` (the driver agent's get socket) instead of Octavia's repositories, which
-a provider outside Octavia's tree should not import. The get socket answers with
+step by step. The parents come from a :class:`Parents`: octavia-lib's ``DriverLibrary.get_*``
+(the driver agent's get socket) or, inside octavia-api, the same get code run in-process
+(:class:`lbactors.octavia.driver.DatabaseParents`). Both answer with
 ``provider_model.to_dict(recurse=True, render_unsets=True)`` of the same database rows vmware-nsx
 converts, so the nested dicts are the same.
 
