@@ -18,6 +18,10 @@ Scenarios (``python -m bench <scenario> --help`` for the options):
                  kill -9, daemon kill -9 and SIGTERM + restart, broker restart, malformed
                  messages, poison operations, a soak): planned / completed / errors / missing,
                  time to recover, what the daemon logged (``bench/faults.py``)
+``octavia``      the real Octavia 19 in the loop (API, driver agent, lbactors' driver and
+                 agent): per create step, API call -> ACTIVE and lbactors' share of it, 1 and
+                 50 load balancers at once, the commit race and the re-assertions
+                 (``bench/octavia.py``)
 
 Every row is printed as a JSON line and appended to ``bench/results/raw/``; each scenario
 rewrites its Markdown table and plots in ``bench/results/``. Exit status 0 when every planned
@@ -38,7 +42,7 @@ from typing import Any
 
 import trio
 
-from bench import faults, procs, report
+from bench import faults, octavia, procs, report
 from bench.driver import DEFAULT_AMQP_URL, DriverConfig, delete_queues, open_driver
 
 Row = dict[str, Any]
@@ -562,6 +566,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common(f, lbs=100, concurrency=20)
     faults.add_arguments(f)
     f.set_defaults(members=2, timeout=60.0, max_duration=300.0, daemon_log_level="info")
+    o = sub.add_parser("octavia", help="the real Octavia in the loop: API call -> ACTIVE")
+    octavia.add_arguments(o)
     return p.parse_args(argv)
 
 
@@ -573,6 +579,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": scenario_compare,
     "scale": scenario_scale,
     "faults": faults.scenario_faults,
+    "octavia": octavia.scenario_octavia,
 }
 
 
