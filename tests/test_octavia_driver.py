@@ -491,14 +491,49 @@ def test_writer_skips_reasserted_entries_it_has_written_already() -> None:
     octavia.commit(member)
     writer.write({"members": [{"id": member.member_id, **active}]}, reassertion=True)
     assert octavia.status_of(member.member_id) == active and writer.skipped == 1
-    # an entry still pending (its object not committed when first written) is written
+    # an entry waiting for its retry here (its object not committed when first tried) keeps
+    # waiting: the retry writes it
     octavia.commit(tree.hm())
     octavia.hide(tree.hm_id, 1)
     writer.write({"healthmonitors": [{"id": tree.hm_id, **active}]})
     assert writer.pending() == [("healthmonitors", tree.hm_id)]
+    writes = len(octavia.status_writes)
     writer.write({"healthmonitors": [{"id": tree.hm_id, **active}]}, reassertion=True)
-    assert writer.pending() == [] and octavia.status_of(tree.hm_id) == active
-    assert writer.skipped == 1
+    assert writer.pending() == [("healthmonitors", tree.hm_id)] and writer.skipped == 2
+    assert len(octavia.status_writes) == writes
+    writer.close()
+
+
+def test_writer_skips_a_reassertion_that_arrives_while_the_first_status_is_written() -> None:
+    """The check runs under the id's lock: a re-assertion that arrives while the first status
+    of its object is being written waits for it, then finds it written."""
+    written = threading.Event()
+    release = threading.Event()
+    calls: list[dict[str, Any]] = []
+
+    class SlowLibrary:
+        def update_loadbalancer_status(self, status: dict[str, Any]) -> None:
+            calls.append(copy.deepcopy(status))
+            written.set()
+            release.wait(10)
+
+        def get_pool(self, pool_id: str) -> object:
+            return object()
+
+    writer = StatusWriter(SlowLibrary())
+    status = {"pools": [{"id": "p-1", "provisioning_status": "ACTIVE", "operating_status": "ONLINE"}]}
+    first = threading.Thread(target=writer.write, args=(status,))
+    first.start()
+    assert written.wait(10)
+    again = threading.Thread(target=writer.write, args=(status,), kwargs={"reassertion": True})
+    again.start()
+    again.join(0.2)
+    assert again.is_alive()  # waiting for the id's lock
+    release.set()
+    first.join(10)
+    again.join(10)
+    assert not again.is_alive()
+    assert len(calls) == 1 and writer.skipped == 1
     writer.close()
 
 

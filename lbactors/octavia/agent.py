@@ -192,32 +192,40 @@ class StatusWriter:
 
         ``reassertion``: ``status`` repeats create statuses ``lbactors serve`` sent before (the
         cast's oslo context says so), for peers that drop the entries of uncommitted objects.
-        This writer retries those itself, so an entry it has written already (the last record
-        it wrote for that object holds the same fields: Octavia has them) is skipped, and a
-        re-assertion costs the driver agent nothing unless the first status was lost."""
+        This writer retries those itself, so a re-asserted entry is skipped when its fields
+        are already written (the last record written for that object holds them: Octavia has
+        them) or already waiting for a retry here; the check runs under the entry's id lock,
+        so a first status still being written is settled by then. A re-assertion thus costs
+        the driver agent nothing unless the first status was lost (or given up on)."""
         entries = self._entries(status)
-        if reassertion:
-            entries = self._not_written_yet(entries)
         if not entries:
             return
         with self._locked([entry.key for entry in entries]):
+            if reassertion:
+                entries = self._not_written_yet(entries)
             with self._state:
                 for entry in entries:
                     older = self._pending.pop(entry.key, None)
                     if older is not None:
                         # the newer fields win; the older entry's other fields still have to land
                         entry.record = {**older.record, **entry.record}
-            self._try(entries)
+            if entries:
+                self._try(entries)
 
     # ------------------------------------------------------------------ internals
 
     def _not_written_yet(self, entries: list[_Entry]) -> list[_Entry]:
+        """``entries`` but those written already or waiting for a retry (id locks held)."""
         left = []
         with self._state:
             for entry in entries:
-                known = self._known.get(entry.key)
-                if known is not None and all(
-                    known.get(field) == value for field, value in entry.record.items()
+                if any(
+                    record is not None
+                    and all(record.get(field) == value for field, value in entry.record.items())
+                    for record in (
+                        self._known.get(entry.key),
+                        getattr(self._pending.get(entry.key), "record", None),
+                    )
                 ):
                     self.skipped += 1
                 else:
