@@ -529,3 +529,50 @@ async def test_negotiated_tuning_is_what_the_connection_uses(autojump_clock):
                 # a heartbeat every heartbeat/2 s, as negotiated
                 assert len(server.heartbeats_received) >= 2
             nursery.cancel_scope.cancel()
+
+
+async def _body_raises(raise_in_body) -> pytest.ExceptionInfo:
+    server, factory = fake_connection(heartbeat=0)
+    async with trio.open_nursery() as nursery:
+
+        async def serve():
+            await server.handshake()
+            await server.drain()
+
+        nursery.start_soon(serve)
+        with pytest.raises(BaseException) as info:
+            async with open_connection(
+                "amqp://guest:guest@fake/", heartbeat=0, stream_factory=factory
+            ):
+                await raise_in_body()
+        nursery.cancel_scope.cancel()
+    return info
+
+
+async def test_one_error_of_the_body_leaves_plain_even_from_a_nested_group(autojump_clock):
+    """The unwrap counts leaves at any depth: an ``except*`` clause sees one type, never how
+    many errors the group holds, so ``open_connection`` decides on the whole group."""
+
+    async def fail_in_a_child_task():
+        async with trio.open_nursery() as inner:
+
+            async def fail():
+                raise ValueError("in a child of the body")
+
+            inner.start_soon(fail)
+
+    with trio.fail_after(30):
+        info = await _body_raises(fail_in_a_child_task)
+    assert type(info.value) is ValueError
+    assert str(info.value) == "in a child of the body"
+
+
+async def test_several_errors_of_the_body_leave_as_the_group(autojump_clock):
+    async def fail_twice():
+        raise ExceptionGroup("two", [KeyError("a"), ValueError("b")])
+
+    with trio.fail_after(30):
+        info = await _body_raises(fail_twice)
+    assert isinstance(info.value, BaseExceptionGroup)
+    assert info.group_contains(KeyError, depth=2)
+    assert info.group_contains(ValueError, depth=2)

@@ -909,6 +909,13 @@ async def _connect(
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """Every exception of ``group`` that is not itself a group, at any depth.
+
+    ``open_connection`` decides on the whole group (its errors all AMQP or cancellations
+    after the connection died; exactly one error left, at any depth): that is a question about
+    the group's shape, and an ``except*`` clause only ever sees the part of one type, never
+    whether other errors came along or how many.
+    """
     leaves: list[BaseException] = []
     for exception in group.exceptions:
         if isinstance(exception, BaseExceptionGroup):
