@@ -20,7 +20,6 @@ from lbactors.amqp.protocol import (
     ConnectionProtocol,
     ServerClosed,
     Unblocked,
-    channel_reply,
 )
 
 START = commands.Connection.Start(
@@ -317,25 +316,3 @@ def test_our_close_and_a_close_for_a_frame_error():
     ((_, close),) = client_frames(protocol.data_to_send())
     assert close.reply_code == 501
     assert close.reply_text == ("FRAME_ERROR - " + "x" * 300)[:255]
-
-
-# -- a channel's automatic replies ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("method", "expected"),
-    [
-        (commands.Channel.Close(404, "NOT_FOUND", 60, 40), commands.Channel.CloseOk()),
-        (commands.Basic.Cancel("ctag-1"), commands.Basic.CancelOk("ctag-1")),
-        (commands.Basic.Cancel("ctag-1", nowait=True), None),
-        (commands.Channel.Flow(False), commands.Channel.FlowOk(False)),
-        (commands.Channel.Flow(True), commands.Channel.FlowOk(True)),
-        (commands.Basic.Ack(3, True), None),
-    ],
-)
-def test_channel_replies(method, expected):
-    reply = channel_reply(7, method)
-    if expected is None:
-        assert reply is None
-    else:
-        assert reply == frame.marshal(expected, 7)

@@ -54,14 +54,19 @@ from lbactors.amqp.errors import (
 from lbactors.amqp.protocol import (
     HEARTBEAT_FRAME,
     Blocked,
+    ChannelProtocol,
     CloseOkReceived,
-    ConfirmTracker,
+    ConfirmsSettled,
     ConnectionProtocol,
+    ConsumerCancelled,
     Content,
+    FlowRequested,
+    Replied,
+    Returned,
     ServerClosed,
+    ServerClosedChannel,
     Unblocked,
     ack_frame,
-    channel_reply,
     marshal_method,
     nack_frame,
     reject_frame,
@@ -213,12 +218,11 @@ class Consumer:
 
 
 class _Call:
-    """One synchronous method waiting for its reply."""
+    """One synchronous method waiting for its reply (which replies: ``ChannelProtocol``)."""
 
-    __slots__ = ("error", "event", "expected", "on_reply", "result")
+    __slots__ = ("error", "event", "on_reply", "result")
 
-    def __init__(self, expected: list[str], on_reply: Callable[[Any], None] | None) -> None:
-        self.expected = expected
+    def __init__(self, on_reply: Callable[[Any], None] | None) -> None:
         self.on_reply = on_reply
         self.event = trio.Event()
         self.result: Any = None
@@ -236,7 +240,7 @@ class Channel:
         self._lock = trio.Lock()
         self._call: _Call | None = None
         self._error: AMQPError | None = None
-        self._confirms: ConfirmTracker[Confirmation] | None = None
+        self._protocol: ChannelProtocol[Confirmation] = ChannelProtocol(channel_id)
         self._consumers: dict[str, Consumer] = {}
 
     def __repr__(self) -> str:
@@ -254,12 +258,14 @@ class Channel:
             while self._call is not None:
                 await self._call.event.wait()
             self._raise_if_closed()
-            call = _Call(method.valid_responses, on_reply)
+            call = _Call(on_reply)
             self._call = call
+            self._protocol.expected = method.valid_responses
             try:
                 self._connection._send(marshal_method(self.channel_id, method))
             except BaseException:
                 self._call = None
+                self._protocol.expected = ()
                 raise
             await call.event.wait()
             if call.error is not None:
@@ -268,7 +274,7 @@ class Channel:
 
     async def confirm_select(self) -> None:
         """Put the channel in confirm mode: ``publish`` then returns a ``Confirmation``."""
-        if self._confirms is not None:
+        if self._protocol.confirms is not None:
             await trio.lowlevel.checkpoint()
             return
 
@@ -279,11 +285,12 @@ class Channel:
             while self._call is not None:
                 await self._call.event.wait()
             self._raise_if_closed()
-            call = _Call(commands.Confirm.Select.valid_responses, selected)
+            call = _Call(selected)
             self._call = call
+            self._protocol.expected = commands.Confirm.Select.valid_responses
             self._connection._send(marshal_method(self.channel_id, commands.Confirm.Select()))
             # publishes queued after this frame are in confirm mode for the broker: count them
-            self._confirms = ConfirmTracker()
+            self._protocol.select_confirms()
             await call.event.wait()
             if call.error is not None:
                 raise copy.copy(call.error)
@@ -475,7 +482,7 @@ class Channel:
             mandatory,
         )
         connection._wake_writer()
-        confirms = self._confirms
+        confirms = self._protocol.confirms
         if confirms is None:
             return None
         confirmation = Confirmation()
@@ -503,69 +510,58 @@ class Channel:
             raise copy.copy(self._error)
 
     def _on_frame(self, event: Any) -> None:
-        if isinstance(event, Content):
-            self._on_content(event)
+        handled = self._protocol.receive(event)
+        if handled is None:
             return
-        name = event.name
-        if name == "Basic.Ack":
-            if self._confirms is not None:
-                for confirmation in self._confirms.settle(event.delivery_tag, event.multiple):
+        if isinstance(handled, Content):
+            self._deliver(handled)
+        elif isinstance(handled, ConfirmsSettled):
+            if handled.acked:
+                for confirmation in handled.items:
                     confirmation._resolve(confirmation.returned)
-            return
-        if name == "Basic.Nack":
-            if self._confirms is not None:
-                for confirmation in self._confirms.settle(event.delivery_tag, event.multiple):
+            else:
+                for confirmation in handled.items:
                     confirmation._resolve(PublishNacked(confirmation.delivery_tag))
-            return
-        if name == "Channel.Close":
-            self._connection._send_nowait(channel_reply(self.channel_id, event) or b"")
-            self._fail(ChannelClosed(event.reply_code, event.reply_text, self.channel_id))
+        elif isinstance(handled, Returned):
+            handled.item.returned = handled.error
+        elif isinstance(handled, ServerClosedChannel):
+            self._connection._send_nowait(handled.reply)
+            self._fail(handled.error)
             self._connection._release_channel(self.channel_id)
-            return
-        if name == "Basic.Cancel":  # the broker cancelled a consumer (queue deleted, ...)
-            consumer = self._consumers.pop(event.consumer_tag, None)
+        elif isinstance(handled, ConsumerCancelled):
+            consumer = self._consumers.pop(handled.consumer_tag, None)
             if consumer is not None:
                 consumer._end()
-            self._connection._send_nowait(channel_reply(self.channel_id, event) or b"")
-            return
-        if name == "Channel.Flow":
-            self._connection._send_nowait(channel_reply(self.channel_id, event) or b"")
-            return
-        call = self._call
-        if call is not None and name in call.expected:
-            self._call = None
-            call.result = event
-            if call.on_reply is not None:
-                call.on_reply(event)
-            call.event.set()
-        # anything else is unsolicited and ignored
+            if handled.reply is not None:
+                self._connection._send_nowait(handled.reply)
+        elif isinstance(handled, FlowRequested):
+            self._connection._send_nowait(handled.reply)
+        elif isinstance(handled, Replied):
+            call = self._call
+            if call is not None:
+                self._call = None
+                call.result = handled.method
+                if call.on_reply is not None:
+                    call.on_reply(handled.method)
+                call.event.set()
 
-    def _on_content(self, content: Content) -> None:
+    def _deliver(self, content: Content) -> None:
         method: Any = content.method
-        if method.name == "Basic.Deliver":
-            consumer = self._consumers.get(method.consumer_tag)
-            if consumer is not None:
-                consumer._push(
-                    Delivery(
-                        content.body,
-                        method.delivery_tag,
-                        method.redelivered,
-                        method.exchange,
-                        method.routing_key,
-                        method.consumer_tag,
-                        content.properties,
-                        content.header_error,
-                        content.body_size,
-                    )
+        consumer = self._consumers.get(method.consumer_tag)
+        if consumer is not None:
+            consumer._push(
+                Delivery(
+                    content.body,
+                    method.delivery_tag,
+                    method.redelivered,
+                    method.exchange,
+                    method.routing_key,
+                    method.consumer_tag,
+                    content.properties,
+                    content.header_error,
+                    content.body_size,
                 )
-        elif method.name == "Basic.Return":
-            if self._confirms is not None:
-                confirmation = self._confirms.returned(method.exchange, method.routing_key)
-                if confirmation is not None:
-                    confirmation.returned = PublishReturned(
-                        method.reply_code, method.reply_text, method.exchange, method.routing_key
-                    )
-            # without confirm mode a return has nobody to tell: it is dropped
+            )
 
     def _fail(self, error: AMQPError, *, orderly: bool = False) -> None:
         """The channel is gone: tell everyone who waits on it."""
@@ -577,9 +573,8 @@ class Channel:
             self._call = None
             call.error = error
             call.event.set()
-        if self._confirms is not None:
-            for confirmation in self._confirms.settle_all():
-                confirmation._resolve(error)
+        for confirmation in self._protocol.fail():
+            confirmation._resolve(error)
         consumers = list(self._consumers.values())
         self._consumers.clear()
         for consumer in consumers:

@@ -1,7 +1,8 @@
 """Sans-IO AMQP 0-9-1 pieces: the connection handshake and connection-level methods
 (:class:`ConnectionProtocol`), framing of the inbound byte stream, content assembly, outbound
-frame encoding (publish split at frame_max), the automatic replies of a channel and
-publisher-confirm bookkeeping.
+frame encoding (publish split at frame_max), a channel's inbound state machine
+(:class:`ChannelProtocol`: its automatic replies, deliveries, returns) and publisher-confirm
+bookkeeping.
 
 Nothing here does I/O or knows about trio; ``connection.py`` is the plumbing around it.
 
@@ -15,13 +16,19 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from pamqp import commands, frame, header
 from pamqp.base import Frame
 
-from lbactors.amqp.errors import AuthenticationError, ConnectionClosed, FrameError
+from lbactors.amqp.errors import (
+    AuthenticationError,
+    ChannelClosed,
+    ConnectionClosed,
+    FrameError,
+    PublishReturned,
+)
 
 __all__ = [
     "CHANNEL_MAX",
@@ -31,18 +38,24 @@ __all__ = [
     "HEARTBEAT_FRAME",
     "PROTOCOL_HEADER",
     "Blocked",
+    "ChannelProtocol",
     "CloseOkReceived",
     "ConfirmTracker",
+    "ConfirmsSettled",
     "ConnectionProtocol",
+    "ConsumerCancelled",
     "Content",
+    "FlowRequested",
     "FrameDecoder",
     "PublishEncoder",
+    "Replied",
+    "Returned",
     "ServerClosed",
+    "ServerClosedChannel",
     "Tuning",
     "Unblocked",
     "ack_frame",
     "body_frame_sizes",
-    "channel_reply",
     "marshal_method",
     "nack_frame",
     "negotiate_tune",
@@ -755,22 +768,131 @@ class ConnectionProtocol:
         return ConnectionClosed(501, text)
 
 
-# -- channel: automatic replies ----------------------------------------------------------------
+# -- channel: inbound state machine ---------------------------------------------------------
 
 
-def channel_reply(channel_id: int, method: Any) -> bytes | None:
-    """The frame a client owes the server for an unsolicited channel method, or None.
+class ConfirmsSettled(NamedTuple, Generic[T]):
+    """The broker acked (``acked``) or nacked the publishes of ``items``."""
 
-    ``channel.close`` → ``close-ok``; ``basic.cancel`` (the broker cancelled a consumer, e.g.
-    its queue was deleted) → ``cancel-ok`` unless ``nowait``; ``channel.flow`` → ``flow-ok``.
+    items: list[T]
+    acked: bool
+
+
+class Returned(NamedTuple, Generic[T]):
+    """The broker returned the mandatory publish of ``item`` (its ack follows)."""
+
+    item: T
+    error: PublishReturned
+
+
+class ServerClosedChannel(NamedTuple):
+    """The server closed the channel; ``reply`` is the close-ok to send."""
+
+    error: ChannelClosed
+    reply: bytes
+
+
+class ConsumerCancelled(NamedTuple):
+    """The broker cancelled a consumer (its queue was deleted, ...); ``reply`` is the
+    cancel-ok to send, or None when the broker asked for none."""
+
+    consumer_tag: str
+    reply: bytes | None
+
+
+class Replied(NamedTuple):
+    """The reply to the synchronous method the channel waits for."""
+
+    method: Any
+
+
+class FlowRequested(NamedTuple):
+    """The broker asked the channel to stop or resume (``channel.flow``); ``reply`` is the
+    flow-ok to send."""
+
+    reply: bytes
+
+
+ChannelEvent = (
+    Content
+    | ConfirmsSettled[T]
+    | Returned[T]
+    | ServerClosedChannel
+    | ConsumerCancelled
+    | Replied
+    | FlowRequested
+)
+
+
+class ChannelProtocol(Generic[T]):
+    """One channel's inbound state machine, without I/O: what a decoded event means.
+
+    The caller gets the events of its channel from :class:`FrameDecoder` (which assembles
+    method, header and body frames into a :class:`Content`), passes them to :meth:`receive`
+    and acts on the answer: a ``basic.deliver``'s :class:`Content` (for the consumer with its
+    tag), :class:`ConfirmsSettled`, :class:`Returned`, :class:`ServerClosedChannel`,
+    :class:`ConsumerCancelled`, :class:`FlowRequested`, :class:`Replied`; None when there is
+    nothing to do (acks without confirm mode, a return without confirm mode or matching
+    publish, unsolicited methods). The confirm items ``T`` are the caller's (its waiters).
     """
-    name = method.name
-    if name == "Channel.Close":
-        return marshal_method(channel_id, commands.Channel.CloseOk())
-    if name == "Basic.Cancel":
-        if method.nowait:
-            return None
-        return marshal_method(channel_id, commands.Basic.CancelOk(method.consumer_tag))
-    if name == "Channel.Flow":
-        return marshal_method(channel_id, commands.Channel.FlowOk(method.active))
-    return None
+
+    __slots__ = ("channel_id", "confirms", "expected")
+
+    def __init__(self, channel_id: int) -> None:
+        self.channel_id = channel_id
+        #: publisher-confirm bookkeeping, once in confirm mode
+        self.confirms: ConfirmTracker[T] | None = None
+        #: names of the replies the synchronous method in flight waits for (empty: none)
+        self.expected: Sequence[str] = ()
+
+    def select_confirms(self) -> None:
+        """``confirm.select`` is queued: the publishes queued after it are numbered."""
+        self.confirms = ConfirmTracker()
+
+    def receive(self, event: Any) -> ChannelEvent[T] | None:
+        if isinstance(event, Content):
+            return self._receive_content(event)
+        name = event.name
+        if name == "Basic.Ack" or name == "Basic.Nack":
+            if self.confirms is None:
+                return None
+            items = self.confirms.settle(event.delivery_tag, event.multiple)
+            return ConfirmsSettled(items, name == "Basic.Ack")
+        if name == "Channel.Close":
+            return ServerClosedChannel(
+                ChannelClosed(event.reply_code, event.reply_text, self.channel_id),
+                marshal_method(self.channel_id, commands.Channel.CloseOk()),
+            )
+        if name == "Basic.Cancel":
+            if event.nowait:
+                return ConsumerCancelled(event.consumer_tag, None)
+            reply = marshal_method(self.channel_id, commands.Basic.CancelOk(event.consumer_tag))
+            return ConsumerCancelled(event.consumer_tag, reply)
+        if name == "Channel.Flow":
+            return FlowRequested(
+                marshal_method(self.channel_id, commands.Channel.FlowOk(event.active))
+            )
+        if name in self.expected:
+            self.expected = ()
+            return Replied(event)
+        return None
+
+    def _receive_content(self, content: Content) -> ChannelEvent[T] | None:
+        method: Any = content.method
+        name = method.name
+        if name == "Basic.Deliver":
+            return content
+        if name == "Basic.Return" and self.confirms is not None:
+            item = self.confirms.returned(method.exchange, method.routing_key)
+            if item is not None:
+                error = PublishReturned(
+                    method.reply_code, method.reply_text, method.exchange, method.routing_key
+                )
+                return Returned(item, error)
+        # a return without confirm mode has nobody to tell; basic.get-ok is not used
+        return None
+
+    def fail(self) -> list[T]:
+        """The channel is gone: nothing is awaited any more; the unsettled confirm items."""
+        self.expected = ()
+        return [] if self.confirms is None else self.confirms.settle_all()
