@@ -1,8 +1,8 @@
 """A trio AMQP 0-9-1 client on pamqp: connection, channels, consumers, publisher confirms.
 
 Shape (see ``STYLE.md``): the protocol is sans-IO in ``protocol.py`` (the handshake and the
-connection-level methods, framing, content assembly, publish encoding, confirm bookkeeping);
-this module is the plumbing around it. ``open_connection`` runs the handshake over the stream,
+connection-level methods, framing, content assembly, a channel's inbound state machine, publish
+encoding, confirm bookkeeping); this module is the plumbing around it. ``open_connection`` runs the handshake over the stream,
 then owns the socket and three tasks in its own nursery:
 
 - the **reader** feeds received bytes to the frame decoder and dispatches every frame
