@@ -446,3 +446,133 @@ async def _run_blocked_then_closed(server, factory):
                 publish_done.set()
                 await trio.sleep_forever()
     return info
+
+
+# -- the handshake over a stream (the sans-IO half is in test_amqp_handshake.py) --------------
+
+
+async def _handshake_refused(server: FakeServer, factory, close_after: str, close):
+    """The fake server closes the connection after ``close_after``; returns what the client
+    raised and what the server received after its close."""
+    async with trio.open_nursery() as nursery:
+        after_close: list = []
+
+        async def serve():
+            assert await server.stream.receive_some(8) == protocol.PROTOCOL_HEADER
+            await server.send(0, commands.Connection.Start(mechanisms="PLAIN"))
+            await server.receive()  # start-ok
+            if close_after == "open":
+                await server.send(0, commands.Connection.Tune(0, 0, 0))
+                await server.receive()  # tune-ok
+                await server.receive()  # open
+            await server.send(0, close)
+            try:
+                after_close.append(await server.receive())
+            except EOFError:
+                pass
+
+        nursery.start_soon(serve)
+        with pytest.raises(ConnectionClosed) as info:
+            async with open_connection("amqp://guest:guest@fake/", stream_factory=factory):
+                pytest.fail("the connection opened")
+    return info, after_close
+
+
+async def test_refused_login_over_a_stream_answers_the_close_and_raises_plainly(autojump_clock):
+    server, factory = fake_connection(heartbeat=0)
+    refusal = commands.Connection.Close(403, "ACCESS_REFUSED - Login was refused", 0, 0)
+    with trio.fail_after(10):
+        info, after_close = await _handshake_refused(server, factory, "login", refusal)
+    assert type(info.value) is AuthenticationError
+    assert info.value.reply_code == 403
+    assert "user 'guest' refused by fake:5672" in str(info.value)
+    assert [type(method) for method in after_close] == [commands.Connection.CloseOk]
+
+
+async def test_server_close_after_open_over_a_stream_answers_the_close(autojump_clock):
+    server, factory = fake_connection(heartbeat=0)
+    forced = commands.Connection.Close(320, "CONNECTION_FORCED - shutdown", 0, 0)
+    with trio.fail_after(10):
+        info, after_close = await _handshake_refused(server, factory, "open", forced)
+    assert type(info.value) is ConnectionClosed
+    assert (info.value.reply_code, info.value.reply_text) == (320, "CONNECTION_FORCED - shutdown")
+    assert [type(method) for method in after_close] == [commands.Connection.CloseOk]
+
+
+async def test_negotiated_tuning_is_what_the_connection_uses(autojump_clock):
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = FakeServer(server_stream, heartbeat=0)
+
+    async def factory():
+        return client_stream
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+
+            async def serve():
+                assert await server.stream.receive_some(8) == protocol.PROTOCOL_HEADER
+                await server.send(0, commands.Connection.Start(mechanisms="PLAIN"))
+                await server.receive()
+                await server.send(0, commands.Connection.Tune(3, 8192, 0))
+                tune_ok = await server.receive()
+                assert (tune_ok.channel_max, tune_ok.frame_max, tune_ok.heartbeat) == (3, 8192, 4)
+                await server.receive()
+                await server.send(0, commands.Connection.OpenOk())
+                await server.drain()
+
+            nursery.start_soon(serve)
+            async with open_connection(
+                "amqp://guest:guest@fake/", heartbeat=4, stream_factory=factory
+            ) as conn:
+                assert (conn.channel_max, conn.frame_max, conn.heartbeat) == (3, 8192, 4)
+                await trio.sleep(5)
+                # a heartbeat every heartbeat/2 s, as negotiated
+                assert len(server.heartbeats_received) >= 2
+            nursery.cancel_scope.cancel()
+
+
+async def _body_raises(raise_in_body) -> pytest.ExceptionInfo:
+    server, factory = fake_connection(heartbeat=0)
+    async with trio.open_nursery() as nursery:
+
+        async def serve():
+            await server.handshake()
+            await server.drain()
+
+        nursery.start_soon(serve)
+        with pytest.raises(BaseException) as info:
+            async with open_connection(
+                "amqp://guest:guest@fake/", heartbeat=0, stream_factory=factory
+            ):
+                await raise_in_body()
+        nursery.cancel_scope.cancel()
+    return info
+
+
+async def test_one_error_of_the_body_leaves_plain_even_from_a_nested_group(autojump_clock):
+    """The unwrap counts leaves at any depth: an ``except*`` clause sees one type, never how
+    many errors the group holds, so ``open_connection`` decides on the whole group."""
+
+    async def fail_in_a_child_task():
+        async with trio.open_nursery() as inner:
+
+            async def fail():
+                raise ValueError("in a child of the body")
+
+            inner.start_soon(fail)
+
+    with trio.fail_after(30):
+        info = await _body_raises(fail_in_a_child_task)
+    assert type(info.value) is ValueError
+    assert str(info.value) == "in a child of the body"
+
+
+async def test_several_errors_of_the_body_leave_as_the_group(autojump_clock):
+    async def fail_twice():
+        raise ExceptionGroup("two", [KeyError("a"), ValueError("b")])
+
+    with trio.fail_after(30):
+        info = await _body_raises(fail_twice)
+    assert isinstance(info.value, BaseExceptionGroup)
+    assert info.group_contains(KeyError, depth=2)
+    assert info.group_contains(ValueError, depth=2)

@@ -1,5 +1,6 @@
 """The sans-IO half of the AMQP client: inbound framing and content assembly under any
-chunking, outbound publish splitting at frame_max, confirm bookkeeping, backoff delays.
+chunking, a channel's inbound state machine, outbound publish splitting at frame_max, confirm
+bookkeeping, backoff delays (the connection handshake: ``test_amqp_handshake.py``).
 
 The server side of every stream is encoded with pamqp's own marshal (not with our encoder), so
 the decoder is checked against an independent implementation.
@@ -21,10 +22,17 @@ from lbactors.amqp.protocol import (
     FRAME_OVERHEAD,
     HEARTBEAT_FRAME,
     TRUNCATED_HEAD,
+    ChannelProtocol,
+    ConfirmsSettled,
     ConfirmTracker,
+    ConsumerCancelled,
     Content,
+    FlowRequested,
     FrameDecoder,
     PublishEncoder,
+    Replied,
+    Returned,
+    ServerClosedChannel,
     ack_frame,
     body_frame_sizes,
     nack_frame,
@@ -369,3 +377,114 @@ def test_reconnect_delays_double_up_to_the_cap_with_bounded_jitter():
     ]
     with pytest.raises(ValueError):
         next(reconnect_delays(0.0))
+
+
+# -- a channel's inbound state machine: server bytes -> decoder -> ChannelProtocol -------------
+
+
+def channel_events(channel: ChannelProtocol, data: bytes) -> list:
+    """Feed server bytes one byte at a time; what the channel makes of each event."""
+    decoder = FrameDecoder(FRAME_MAX)
+    decoded = []
+    for i in range(len(data)):
+        decoded.extend(decoder.feed(data[i : i + 1]))
+    assert decoder.buffered == 0
+    events = []
+    for channel_id, event in decoded:
+        assert channel_id == channel.channel_id
+        events.append(channel.receive(event))
+    return events
+
+
+def server_return(channel: int, exchange: str, routing_key: str, body: bytes) -> bytes:
+    return b"".join(
+        [
+            frame.marshal(commands.Basic.Return(312, "NO_ROUTE", exchange, routing_key), channel),
+            frame.marshal(header.ContentHeader(0, len(body), PROPS), channel),
+            frame.marshal(pamqp_body.ContentBody(body), channel),
+        ]
+    )
+
+
+def test_channel_hands_deliveries_assembled_from_method_header_and_bodies():
+    channel: ChannelProtocol[str] = ChannelProtocol(3)
+    body = bytes(range(256)) * 40  # three body frames
+    (delivered,) = channel_events(channel, server_delivery(3, 8, body))
+    assert isinstance(delivered, Content)
+    assert delivered.method.delivery_tag == 8 and delivered.method.consumer_tag == "ctag-3"
+    assert delivered.body == body
+    assert delivered.properties.headers == {"x-actor": "lb-1", "n": 3}
+
+
+def test_channel_settles_confirms_with_multiple_and_attributes_returns():
+    channel: ChannelProtocol[str] = ChannelProtocol(1)
+    acks_without_confirm_mode = frame.marshal(commands.Basic.Ack(1, False), 1)
+    assert channel_events(channel, acks_without_confirm_mode) == [None]
+    channel.select_confirms()
+    assert channel.confirms is not None
+    for item, key in [("a", "k"), ("b", "lost"), ("c", "k"), ("d", "k"), ("e", "k")]:
+        channel.confirms.published(item, mandatory=True, exchange="ex", routing_key=key)
+    stream = (
+        server_return(1, "ex", "lost", b"unroutable")
+        + server_return(1, "ex", "nobody-published-this", b"?")
+        + frame.marshal(commands.Basic.Ack(2, True), 1)
+        + frame.marshal(commands.Basic.Nack(3, False, False), 1)
+        + frame.marshal(commands.Basic.Ack(5, True), 1)
+    )
+    returned, unmatched, first, nacked, rest = channel_events(channel, stream)
+    assert isinstance(returned, Returned)
+    assert returned.item == "b"
+    assert (returned.error.reply_code, returned.error.routing_key) == (312, "lost")
+    assert unmatched is None
+    assert first == ConfirmsSettled(["a", "b"], True)
+    assert nacked == ConfirmsSettled(["c"], False)
+    assert rest == ConfirmsSettled(["d", "e"], True)
+    assert len(channel.confirms) == 0
+
+
+def test_return_without_confirm_mode_is_dropped():
+    channel: ChannelProtocol[str] = ChannelProtocol(1)
+    assert channel_events(channel, server_return(1, "ex", "k", b"x")) == [None]
+
+
+def test_channel_close_cancel_and_flow_from_the_server_come_with_their_replies():
+    channel: ChannelProtocol[str] = ChannelProtocol(5)
+    channel.select_confirms()
+    assert channel.confirms is not None
+    channel.confirms.published("unsettled")
+    stream = b"".join(
+        frame.marshal(method, 5)
+        for method in [
+            commands.Basic.Cancel("ctag-5"),
+            commands.Basic.Cancel("ctag-6", nowait=True),
+            commands.Channel.Flow(False),
+            commands.Channel.Close(404, "NOT_FOUND - no exchange 'x'", 60, 40),
+        ]
+    )
+    cancelled, cancelled_nowait, flow, closed = channel_events(channel, stream)
+    assert cancelled == ConsumerCancelled(
+        "ctag-5", frame.marshal(commands.Basic.CancelOk("ctag-5"), 5)
+    )
+    assert cancelled_nowait == ConsumerCancelled("ctag-6", None)
+    assert flow == FlowRequested(frame.marshal(commands.Channel.FlowOk(False), 5))
+    assert isinstance(closed, ServerClosedChannel)
+    assert closed.reply == frame.marshal(commands.Channel.CloseOk(), 5)
+    assert (closed.error.reply_code, closed.error.channel_id) == (404, 5)
+    assert closed.error.reply_text == "NOT_FOUND - no exchange 'x'"
+    assert channel.fail() == ["unsettled"]
+    assert channel.fail() == []
+
+
+def test_channel_matches_only_the_reply_it_waits_for_once():
+    channel: ChannelProtocol[str] = ChannelProtocol(2)
+    declare_ok = frame.marshal(commands.Queue.DeclareOk("q", 3, 1), 2)
+    assert channel_events(channel, declare_ok) == [None]  # unsolicited: ignored
+    channel.expected = commands.Queue.Declare.valid_responses
+    (replied,) = channel_events(channel, frame.marshal(commands.Basic.QosOk(), 2) + declare_ok)[1:]
+    assert isinstance(replied, Replied)
+    assert (replied.method.queue, replied.method.message_count) == ("q", 3)
+    assert channel.expected == ()
+    assert channel_events(channel, declare_ok) == [None]  # a second one is not a reply
+    channel.expected = ["Basic.ConsumeOk"]
+    assert channel.fail() == []
+    assert channel.expected == ()

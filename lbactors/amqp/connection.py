@@ -1,7 +1,9 @@
 """A trio AMQP 0-9-1 client on pamqp: connection, channels, consumers, publisher confirms.
 
-Shape (see ``STYLE.md``): the protocol pieces are sans-IO in ``protocol.py``; this module is the
-plumbing around them. ``open_connection`` owns the socket and three tasks in its own nursery:
+Shape (see ``STYLE.md``): the protocol is sans-IO in ``protocol.py`` (the handshake and the
+connection-level methods, framing, content assembly, a channel's inbound state machine, publish
+encoding, confirm bookkeeping); this module is the plumbing around it. ``open_connection`` runs the handshake over the stream,
+then owns the socket and three tasks in its own nursery:
 
 - the **reader** feeds received bytes to the frame decoder and dispatches every frame
   synchronously (it never waits on a consumer or a caller, so confirms, heartbeats and closes
@@ -43,7 +45,6 @@ from pamqp.base import Frame
 
 from lbactors.amqp.errors import (
     AMQPError,
-    AuthenticationError,
     ChannelClosed,
     ConnectionClosed,
     FrameError,
@@ -52,11 +53,19 @@ from lbactors.amqp.errors import (
 )
 from lbactors.amqp.protocol import (
     HEARTBEAT_FRAME,
-    PROTOCOL_HEADER,
-    ConfirmTracker,
+    Blocked,
+    ChannelProtocol,
+    CloseOkReceived,
+    ConfirmsSettled,
+    ConnectionProtocol,
+    ConsumerCancelled,
     Content,
-    FrameDecoder,
-    PublishEncoder,
+    FlowRequested,
+    Replied,
+    Returned,
+    ServerClosed,
+    ServerClosedChannel,
+    Unblocked,
     ack_frame,
     marshal_method,
     nack_frame,
@@ -79,7 +88,6 @@ SEND_HIGH_WATER = 4 * 1024 * 1024
 SEND_YIELD_WATER = 256 * 1024
 RECEIVE_SIZE = 256 * 1024
 CLOSE_TIMEOUT = 2.0
-CHANNEL_MAX = 2047
 
 StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
 
@@ -210,12 +218,11 @@ class Consumer:
 
 
 class _Call:
-    """One synchronous method waiting for its reply."""
+    """One synchronous method waiting for its reply (which replies: ``ChannelProtocol``)."""
 
-    __slots__ = ("error", "event", "expected", "on_reply", "result")
+    __slots__ = ("error", "event", "on_reply", "result")
 
-    def __init__(self, expected: list[str], on_reply: Callable[[Any], None] | None) -> None:
-        self.expected = expected
+    def __init__(self, on_reply: Callable[[Any], None] | None) -> None:
         self.on_reply = on_reply
         self.event = trio.Event()
         self.result: Any = None
@@ -233,7 +240,7 @@ class Channel:
         self._lock = trio.Lock()
         self._call: _Call | None = None
         self._error: AMQPError | None = None
-        self._confirms: ConfirmTracker[Confirmation] | None = None
+        self._protocol: ChannelProtocol[Confirmation] = ChannelProtocol(channel_id)
         self._consumers: dict[str, Consumer] = {}
 
     def __repr__(self) -> str:
@@ -251,12 +258,14 @@ class Channel:
             while self._call is not None:
                 await self._call.event.wait()
             self._raise_if_closed()
-            call = _Call(method.valid_responses, on_reply)
+            call = _Call(on_reply)
             self._call = call
+            self._protocol.expected = method.valid_responses
             try:
                 self._connection._send(marshal_method(self.channel_id, method))
             except BaseException:
                 self._call = None
+                self._protocol.expected = ()
                 raise
             await call.event.wait()
             if call.error is not None:
@@ -265,7 +274,7 @@ class Channel:
 
     async def confirm_select(self) -> None:
         """Put the channel in confirm mode: ``publish`` then returns a ``Confirmation``."""
-        if self._confirms is not None:
+        if self._protocol.confirms is not None:
             await trio.lowlevel.checkpoint()
             return
 
@@ -276,11 +285,12 @@ class Channel:
             while self._call is not None:
                 await self._call.event.wait()
             self._raise_if_closed()
-            call = _Call(commands.Confirm.Select.valid_responses, selected)
+            call = _Call(selected)
             self._call = call
+            self._protocol.expected = commands.Confirm.Select.valid_responses
             self._connection._send(marshal_method(self.channel_id, commands.Confirm.Select()))
             # publishes queued after this frame are in confirm mode for the broker: count them
-            self._confirms = ConfirmTracker()
+            self._protocol.select_confirms()
             await call.event.wait()
             if call.error is not None:
                 raise copy.copy(call.error)
@@ -462,7 +472,7 @@ class Channel:
         else:
             await trio.lowlevel.checkpoint_if_cancelled()
         connection._raise_if_dead()
-        connection._encoder.append_publish(
+        connection._protocol.encoder.append_publish(
             connection._send_buffer,
             self.channel_id,
             exchange,
@@ -472,7 +482,7 @@ class Channel:
             mandatory,
         )
         connection._wake_writer()
-        confirms = self._confirms
+        confirms = self._protocol.confirms
         if confirms is None:
             return None
         confirmation = Confirmation()
@@ -500,76 +510,58 @@ class Channel:
             raise copy.copy(self._error)
 
     def _on_frame(self, event: Any) -> None:
-        if isinstance(event, Content):
-            self._on_content(event)
+        handled = self._protocol.receive(event)
+        if handled is None:
             return
-        name = event.name
-        if name == "Basic.Ack":
-            if self._confirms is not None:
-                for confirmation in self._confirms.settle(event.delivery_tag, event.multiple):
+        if isinstance(handled, Content):
+            self._deliver(handled)
+        elif isinstance(handled, ConfirmsSettled):
+            if handled.acked:
+                for confirmation in handled.items:
                     confirmation._resolve(confirmation.returned)
-            return
-        if name == "Basic.Nack":
-            if self._confirms is not None:
-                for confirmation in self._confirms.settle(event.delivery_tag, event.multiple):
+            else:
+                for confirmation in handled.items:
                     confirmation._resolve(PublishNacked(confirmation.delivery_tag))
-            return
-        if name == "Channel.Close":
-            self._connection._send_nowait(
-                marshal_method(self.channel_id, commands.Channel.CloseOk())
-            )
-            self._fail(ChannelClosed(event.reply_code, event.reply_text, self.channel_id))
+        elif isinstance(handled, Returned):
+            handled.item.returned = handled.error
+        elif isinstance(handled, ServerClosedChannel):
+            self._connection._send_nowait(handled.reply)
+            self._fail(handled.error)
             self._connection._release_channel(self.channel_id)
-            return
-        if name == "Basic.Cancel":  # the broker cancelled a consumer (queue deleted, ...)
-            consumer = self._consumers.pop(event.consumer_tag, None)
+        elif isinstance(handled, ConsumerCancelled):
+            consumer = self._consumers.pop(handled.consumer_tag, None)
             if consumer is not None:
                 consumer._end()
-            if not event.nowait:
-                self._connection._send_nowait(
-                    marshal_method(self.channel_id, commands.Basic.CancelOk(event.consumer_tag))
-                )
-            return
-        if name == "Channel.Flow":
-            self._connection._send_nowait(
-                marshal_method(self.channel_id, commands.Channel.FlowOk(event.active))
-            )
-            return
-        call = self._call
-        if call is not None and name in call.expected:
-            self._call = None
-            call.result = event
-            if call.on_reply is not None:
-                call.on_reply(event)
-            call.event.set()
-        # anything else is unsolicited and ignored
+            if handled.reply is not None:
+                self._connection._send_nowait(handled.reply)
+        elif isinstance(handled, FlowRequested):
+            self._connection._send_nowait(handled.reply)
+        elif isinstance(handled, Replied):
+            call = self._call
+            if call is not None:
+                self._call = None
+                call.result = handled.method
+                if call.on_reply is not None:
+                    call.on_reply(handled.method)
+                call.event.set()
 
-    def _on_content(self, content: Content) -> None:
+    def _deliver(self, content: Content) -> None:
         method: Any = content.method
-        if method.name == "Basic.Deliver":
-            consumer = self._consumers.get(method.consumer_tag)
-            if consumer is not None:
-                consumer._push(
-                    Delivery(
-                        content.body,
-                        method.delivery_tag,
-                        method.redelivered,
-                        method.exchange,
-                        method.routing_key,
-                        method.consumer_tag,
-                        content.properties,
-                        content.header_error,
-                        content.body_size,
-                    )
+        consumer = self._consumers.get(method.consumer_tag)
+        if consumer is not None:
+            consumer._push(
+                Delivery(
+                    content.body,
+                    method.delivery_tag,
+                    method.redelivered,
+                    method.exchange,
+                    method.routing_key,
+                    method.consumer_tag,
+                    content.properties,
+                    content.header_error,
+                    content.body_size,
                 )
-        elif method.name == "Basic.Return":
-            if self._confirms is not None:
-                confirmation = self._confirms.returned(method.exchange, method.routing_key)
-                if confirmation is not None:
-                    confirmation.returned = PublishReturned(
-                        method.reply_code, method.reply_text, method.exchange, method.routing_key
-                    )
-            # without confirm mode a return has nobody to tell: it is dropped
+            )
 
     def _fail(self, error: AMQPError, *, orderly: bool = False) -> None:
         """The channel is gone: tell everyone who waits on it."""
@@ -581,9 +573,8 @@ class Channel:
             self._call = None
             call.error = error
             call.event.set()
-        if self._confirms is not None:
-            for confirmation in self._confirms.settle_all():
-                confirmation._resolve(error)
+        for confirmation in self._protocol.fail():
+            confirmation._resolve(error)
         consumers = list(self._consumers.values())
         self._consumers.clear()
         for consumer in consumers:
@@ -622,10 +613,9 @@ def _parse_url(url: str) -> _Params:
 class Connection:
     """One AMQP connection; obtain it from ``open_connection``."""
 
-    def __init__(self, stream: trio.abc.Stream, *, frame_max: int, max_body: int = 0) -> None:
+    def __init__(self, stream: trio.abc.Stream, protocol: ConnectionProtocol) -> None:
         self._stream = stream
-        self._decoder = FrameDecoder(max(frame_max, 131072), max_body)
-        self._encoder = PublishEncoder(frame_max)
+        self._protocol = protocol
         self._send_buffer = bytearray()
         self._writer_wakeup: trio.Event | None = None
         self._drained: trio.Event | None = None
@@ -640,14 +630,27 @@ class Connection:
         self._cancel_scope: trio.CancelScope | None = None
         self.blocked = False
         self.blocked_reason = ""
-        self.server_properties: dict[str, Any] = {}
-        self.channel_max = CHANNEL_MAX
-        self.frame_max = frame_max
-        self.heartbeat = 0
 
     @property
     def is_open(self) -> bool:
         return self._error is None
+
+    @property
+    def server_properties(self) -> dict[str, Any]:
+        return self._protocol.server_properties
+
+    @property
+    def channel_max(self) -> int:
+        return self._protocol.channel_max
+
+    @property
+    def frame_max(self) -> int:
+        return self._protocol.frame_max
+
+    @property
+    def heartbeat(self) -> int:
+        """Seconds, as negotiated; 0: no heartbeats."""
+        return self._protocol.heartbeat
 
     async def open_channel(self) -> Channel:
         self._raise_if_dead()
@@ -736,7 +739,8 @@ class Connection:
 
     async def _reader(self) -> None:
         stream = self._stream
-        decoder = self._decoder
+        protocol = self._protocol
+        decoder = protocol.decoder
         channels = self._channels
         timeout = self.heartbeat * 2 if self.heartbeat else math.inf
         while True:
@@ -766,12 +770,9 @@ class Connection:
             try:
                 events = decoder.feed(data)
             except FrameError as error:
-                self._send_nowait(
-                    marshal_method(
-                        0, commands.Connection.Close(501, f"FRAME_ERROR - {error}"[:255], 0, 0)
-                    )
-                )
-                await self._die_after_flush(ConnectionClosed(501, f"FRAME_ERROR - {error}"))
+                closed = protocol.close_for_frame_error(error)
+                self._send_nowait(protocol.data_to_send())
+                await self._die_after_flush(closed)
                 return
             for channel_id, event in events:
                 if channel_id:
@@ -779,20 +780,17 @@ class Connection:
                     if channel is not None:
                         channel._on_frame(event)
                 elif isinstance(event, Frame):
-                    method: Any = event
-                    name = method.name
-                    if name == "Connection.Close":
-                        self._send_nowait(marshal_method(0, commands.Connection.CloseOk()))
-                        await self._die_after_flush(
-                            ConnectionClosed(method.reply_code or 0, method.reply_text)
-                        )
+                    handled = protocol.handle_connection_method(event)
+                    if isinstance(handled, ServerClosed):
+                        self._send_nowait(protocol.data_to_send())
+                        await self._die_after_flush(handled.error)
                         return
-                    if name == "Connection.CloseOk":
+                    if isinstance(handled, CloseOkReceived):
                         self._close_ok.set()
-                    elif name == "Connection.Blocked":
+                    elif isinstance(handled, Blocked):
                         self.blocked = True
-                        self.blocked_reason = method.reason
-                    elif name == "Connection.Unblocked":
+                        self.blocked_reason = handled.reason
+                    elif isinstance(handled, Unblocked):
                         self.blocked = False
                         self.blocked_reason = ""
                         self._unblocked.set()
@@ -835,115 +833,34 @@ class Connection:
 
     # -- handshake and close --------------------------------------------------------------------
 
-    async def _next_method(self, phase: str, pending: deque[tuple[int, Any]]) -> Any:
-        while not pending:
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                raise ConnectionClosed(0, f"connection lost during {phase}: {error!r}") from error
-            if not data:
-                if phase == "login":
-                    raise AuthenticationError(
-                        0,
-                        "the server closed the connection after the login: "
-                        "wrong user name or password?",
-                    )
-                raise ConnectionClosed(0, f"the server closed the socket during {phase}")
-            try:
-                pending.extend(self._decoder.feed(data))
-            except FrameError as error:
-                raise ConnectionClosed(501, f"FRAME_ERROR during {phase}: {error}") from error
-        return pending.popleft()[1]
-
-    async def _handshake(
-        self, params: _Params, *, heartbeat: int, frame_max: int, client_name: str
-    ) -> None:
+    async def _handshake(self) -> None:
+        """Run the sans-IO handshake over the stream until the connection is open."""
         stream = self._stream
-        pending: deque[tuple[int, Any]] = deque()
-        await stream.send_all(PROTOCOL_HEADER)
-        start = await self._next_method("the protocol negotiation", pending)
-        if not isinstance(start, commands.Connection.Start):
-            raise ConnectionClosed(0, f"expected connection.start from the server, got {start!r}")
-        self.server_properties = dict(start.server_properties or {})
-        mechanisms = str(start.mechanisms).split()
-        if "PLAIN" not in mechanisms:
-            raise ConnectionClosed(
-                0, f"the server does not offer PLAIN authentication: {mechanisms}"
-            )
-        client_properties: dict[str, Any] = {
-            "product": "lbactors.amqp",
-            "platform": "Python/trio",
-            "connection_name": client_name,
-            "capabilities": {
-                "publisher_confirms": True,
-                "basic.nack": True,
-                "consumer_cancel_notify": True,
-                "connection.blocked": True,
-                "authentication_failure_close": True,
-                "exchange_exchange_bindings": True,
-                "per_consumer_qos": True,
-            },
-        }
-        await stream.send_all(
-            marshal_method(
-                0,
-                commands.Connection.StartOk(
-                    client_properties=client_properties,
-                    mechanism="PLAIN",
-                    response=f"\0{params.username}\0{params.password}",
-                    locale="en_US",
-                ),
-            )
-        )
-        tune = await self._next_method("login", pending)
-        if isinstance(tune, commands.Connection.Close):
-            await self._answer_close()
-            if tune.reply_code == 403:
-                raise AuthenticationError(
-                    tune.reply_code,
-                    f"user {params.username!r} refused by {params.host}:{params.port}: {tune.reply_text}",
-                )
-            raise ConnectionClosed(tune.reply_code or 0, tune.reply_text)
-        if not isinstance(tune, commands.Connection.Tune):
-            raise ConnectionClosed(0, f"expected connection.tune from the server, got {tune!r}")
-        self.channel_max = min(tune.channel_max or CHANNEL_MAX, CHANNEL_MAX)
-        self.frame_max = min(frame_max, tune.frame_max) if tune.frame_max else frame_max
-        if heartbeat == 0:
-            self.heartbeat = 0
-        elif tune.heartbeat == 0:
-            self.heartbeat = heartbeat
-        else:
-            self.heartbeat = min(heartbeat, tune.heartbeat)
-        self._decoder.frame_max = self.frame_max
-        self._encoder = PublishEncoder(self.frame_max)
-        await stream.send_all(
-            marshal_method(
-                0, commands.Connection.TuneOk(self.channel_max, self.frame_max, self.heartbeat)
-            )
-            + marshal_method(0, commands.Connection.Open(virtual_host=params.vhost))
-        )
-        open_ok = await self._next_method("connection.open", pending)
-        if isinstance(open_ok, commands.Connection.Close):
-            await self._answer_close()
-            if open_ok.reply_code in (403, 530):
-                raise AuthenticationError(
-                    open_ok.reply_code,
-                    f"user {params.username!r} may not open vhost {params.vhost!r}: {open_ok.reply_text}",
-                )
-            raise ConnectionClosed(open_ok.reply_code or 0, open_ok.reply_text)
-        if not isinstance(open_ok, commands.Connection.OpenOk):
-            raise ConnectionClosed(
-                0, f"expected connection.open-ok from the server, got {open_ok!r}"
-            )
-        if pending:
-            raise ConnectionClosed(
-                0, f"unexpected frames after connection.open-ok: {list(pending)!r}"
-            )
+        protocol = self._protocol
+        await stream.send_all(protocol.initiate())
+        while not protocol.is_open:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                raise ConnectionClosed(
+                    0, f"connection lost during {protocol.phase}: {error!r}"
+                ) from error
+            try:
+                protocol.receive_handshake_data(data)
+            except ConnectionClosed:
+                await self._send_owed(protocol.data_to_send())
+                raise
+            reply = protocol.data_to_send()
+            if reply:
+                await stream.send_all(reply)
         self._last_send = trio.current_time()
 
-    async def _answer_close(self) -> None:
+    async def _send_owed(self, data: bytes) -> None:
+        """Send the close-ok owed to a server that closed during the handshake, if it listens."""
+        if not data:
+            return
         try:
-            await self._stream.send_all(marshal_method(0, commands.Connection.CloseOk()))
+            await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
@@ -952,7 +869,8 @@ class Connection:
         if self._error is not None:
             return
         self._closed_by_us = True
-        self._send(marshal_method(0, commands.Connection.Close(200, "Normal shutdown", 0, 0)))
+        self._protocol.close()
+        self._send(self._protocol.data_to_send())
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self._close_ok.wait()
         self._die(ConnectionClosed(200, "closed by the client"))
@@ -986,6 +904,13 @@ async def _connect(
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """Every exception of ``group`` that is not itself a group, at any depth.
+
+    ``open_connection`` decides on the whole group (its errors all AMQP or cancellations
+    after the connection died; exactly one error left, at any depth): that is a question about
+    the group's shape, and an ``except*`` clause only ever sees the part of one type, never
+    whether other errors came along or how many.
+    """
     leaves: list[BaseException] = []
     for exception in group.exceptions:
         if isinstance(exception, BaseExceptionGroup):
@@ -1018,18 +943,26 @@ async def open_connection(
     (``Delivery.truncated``): what a peer sends never costs more memory than that.
     """
     params = _parse_url(url)
+    protocol = ConnectionProtocol(
+        username=params.username,
+        password=params.password,
+        vhost=params.vhost,
+        peer=f"{params.host}:{params.port}",
+        client_name=client_name,
+        heartbeat=heartbeat,
+        frame_max=frame_max,
+        max_body=max_body,
+    )
     with trio.move_on_after(connect_timeout) as connect_scope:
         stream = await _connect(params, ssl_context, stream_factory)
     if connect_scope.cancelled_caught:
         raise ConnectionClosed(
             0, f"could not connect to {params.host}:{params.port} within {connect_timeout:g} s"
         )
-    connection = Connection(stream, frame_max=frame_max, max_body=max_body)
+    connection = Connection(stream, protocol)
     try:
         with trio.move_on_after(connect_timeout) as handshake_scope:
-            await connection._handshake(
-                params, heartbeat=heartbeat, frame_max=frame_max, client_name=client_name
-            )
+            await connection._handshake()
         if handshake_scope.cancelled_caught:
             raise ConnectionClosed(
                 0,

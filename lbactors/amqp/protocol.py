@@ -1,5 +1,8 @@
-"""Sans-IO AMQP 0-9-1 pieces: framing of the inbound byte stream, content assembly, outbound
-frame encoding (publish split at frame_max) and publisher-confirm bookkeeping.
+"""Sans-IO AMQP 0-9-1 pieces: the connection handshake and connection-level methods
+(:class:`ConnectionProtocol`), framing of the inbound byte stream, content assembly, outbound
+frame encoding (publish split at frame_max), a channel's inbound state machine
+(:class:`ChannelProtocol`: its automatic replies, deliveries, returns) and publisher-confirm
+bookkeeping.
 
 Nothing here does I/O or knows about trio; ``connection.py`` is the plumbing around it.
 
@@ -13,27 +16,49 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pamqp import commands, frame, header
 from pamqp.base import Frame
 
-from lbactors.amqp.errors import FrameError
+from lbactors.amqp.errors import (
+    AuthenticationError,
+    ChannelClosed,
+    ConnectionClosed,
+    FrameError,
+    PublishReturned,
+)
 
 __all__ = [
+    "CHANNEL_MAX",
     "FRAME_END",
+    "FRAME_MIN_SIZE",
     "FRAME_OVERHEAD",
     "HEARTBEAT_FRAME",
     "PROTOCOL_HEADER",
+    "Blocked",
+    "ChannelProtocol",
+    "CloseOkReceived",
     "ConfirmTracker",
+    "ConfirmsSettled",
+    "ConnectionProtocol",
+    "ConsumerCancelled",
     "Content",
+    "FlowRequested",
     "FrameDecoder",
     "PublishEncoder",
+    "Replied",
+    "Returned",
+    "ServerClosed",
+    "ServerClosedChannel",
+    "Tuning",
+    "Unblocked",
     "ack_frame",
     "body_frame_sizes",
     "marshal_method",
     "nack_frame",
+    "negotiate_tune",
     "reject_frame",
 ]
 
@@ -42,6 +67,10 @@ HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 FRAME_END = 0xCE
 #: bytes a frame adds around its payload: type (1), channel (2), size (4), frame-end (1)
 FRAME_OVERHEAD = 8
+#: AMQP 0-9-1's frame-min-size: no peer may negotiate smaller frames
+FRAME_MIN_SIZE = 4096
+#: the most channels the client asks for (RabbitMQ's default too)
+CHANNEL_MAX = 2047
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -319,8 +348,8 @@ class PublishEncoder:
     _CACHE_LIMIT = 4096
 
     def __init__(self, frame_max: int) -> None:
-        if frame_max < 4096:
-            raise ValueError(f"frame_max must be at least 4096, got {frame_max}")
+        if frame_max < FRAME_MIN_SIZE:
+            raise ValueError(f"frame_max must be at least {FRAME_MIN_SIZE}, got {frame_max}")
         self.frame_max = frame_max
         self._methods: dict[tuple[int, str, str, bool], bytes] = {}
 
@@ -469,3 +498,401 @@ class ConfirmTracker(Generic[T]):
 
     def outstanding(self) -> Iterable[T]:
         return self._outstanding.values()
+
+
+# -- connection class: handshake, tuning, close ----------------------------------------------
+
+
+class Tuning(NamedTuple):
+    """What the client answers in ``connection.tune-ok``."""
+
+    channel_max: int
+    frame_max: int
+    heartbeat: int
+
+
+def negotiate_tune(
+    tune: commands.Connection.Tune, *, channel_max: int, frame_max: int, heartbeat: int
+) -> Tuning:
+    """The client's answer to the server's ``connection.tune``.
+
+    For ``channel_max`` and ``frame_max`` the server's 0 means "no limit": the client's value
+    stands; otherwise the lower of both. ``heartbeat`` 0 from the client disables heartbeats
+    whatever the server proposes; the server's 0 leaves the client's value; otherwise the
+    lower. A ``frame_max`` under AMQP's minimum of 4096 is a server that cannot be talked to
+    (a frame could not even hold a content header with its properties): ``ConnectionClosed``.
+    """
+    negotiated_frame_max = min(frame_max, tune.frame_max) if tune.frame_max else frame_max
+    if negotiated_frame_max < FRAME_MIN_SIZE:
+        raise ConnectionClosed(
+            0,
+            f"the server proposes frame_max {tune.frame_max}, below AMQP's minimum of "
+            f"{FRAME_MIN_SIZE}",
+        )
+    if heartbeat == 0:
+        negotiated_heartbeat = 0
+    elif tune.heartbeat == 0:
+        negotiated_heartbeat = heartbeat
+    else:
+        negotiated_heartbeat = min(heartbeat, tune.heartbeat)
+    return Tuning(
+        min(tune.channel_max or channel_max, channel_max),
+        negotiated_frame_max,
+        negotiated_heartbeat,
+    )
+
+
+class ServerClosed(NamedTuple):
+    """The server sent ``connection.close``; the ``close-ok`` is queued in ``data_to_send``."""
+
+    error: ConnectionClosed
+
+
+class CloseOkReceived(NamedTuple):
+    """The server answered our ``connection.close``."""
+
+
+class Blocked(NamedTuple):
+    """The broker stopped reading from publishers (``connection.blocked``, e.g. low memory)."""
+
+    reason: str
+
+
+class Unblocked(NamedTuple):
+    """The broker reads from publishers again."""
+
+
+ConnectionEvent = ServerClosed | CloseOkReceived | Blocked | Unblocked
+
+#: the phases of a connection; the handshake's are named after what the client waits for and
+#: read in error messages ("connection lost during login")
+PHASE_START = "the protocol negotiation"
+PHASE_LOGIN = "login"
+PHASE_OPEN = "connection.open"
+PHASE_OPENED = "open"
+PHASE_CLOSED = "closed"
+
+_CLIENT_CAPABILITIES = {
+    "publisher_confirms": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "exchange_exchange_bindings": True,
+    "per_consumer_qos": True,
+}
+
+
+class ConnectionProtocol:
+    """The client side of AMQP's connection class, without I/O.
+
+    The handshake: :meth:`initiate` gives the protocol header; every chunk the server sends
+    goes to :meth:`receive_handshake_data` (``b""`` for EOF) until :attr:`is_open`; after
+    each call :meth:`data_to_send` holds what to write (``start-ok``; ``tune-ok`` with
+    ``open`` in one write; the ``close-ok`` owed to a server that closed). A failed handshake
+    raises ``ConnectionClosed``, or ``AuthenticationError`` when the login or the vhost is
+    refused; a ``close-ok`` owed to the server is still queued then.
+
+    Once open, the caller feeds the :attr:`decoder` itself (the hot path: channel frames go
+    straight to their channels) and hands the methods of channel 0 to
+    :meth:`handle_connection_method`.
+    """
+
+    def __init__(
+        self,
+        *,
+        username: str,
+        password: str,
+        vhost: str = "/",
+        peer: str = "",
+        client_name: str = "lbactors",
+        heartbeat: int = 60,
+        frame_max: int = 131072,
+        channel_max: int = CHANNEL_MAX,
+        max_body: int = 0,
+    ) -> None:
+        self.username = username
+        self.password = password
+        self.vhost = vhost
+        #: "host:port", for error messages
+        self.peer = peer
+        self.client_name = client_name
+        self.phase = PHASE_START
+        #: before tuning, accept frames up to the larger of ours and RabbitMQ's default
+        self.decoder = FrameDecoder(max(frame_max, 131072), max_body)
+        self.encoder = PublishEncoder(frame_max)  # ValueError below FRAME_MIN_SIZE
+        self.server_properties: dict[str, Any] = {}
+        #: the client's proposals until tuned, then the negotiated values
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        self.heartbeat = heartbeat
+        self._pending: deque[tuple[int, Any]] = deque()
+        self._out = bytearray()
+
+    @property
+    def is_open(self) -> bool:
+        return self.phase == PHASE_OPENED
+
+    def initiate(self) -> bytes:
+        return PROTOCOL_HEADER
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    # -- handshake ------------------------------------------------------------------------------
+
+    def receive_handshake_data(self, data: bytes | bytearray | memoryview) -> None:
+        phase = self.phase
+        if phase in (PHASE_OPENED, PHASE_CLOSED):
+            raise RuntimeError(f"the handshake is over (connection {phase})")
+        if not data:
+            if phase == PHASE_LOGIN:
+                raise AuthenticationError(
+                    0,
+                    "the server closed the connection after the login: "
+                    "wrong user name or password?",
+                )
+            raise ConnectionClosed(0, f"the server closed the socket during {phase}")
+        try:
+            self._pending.extend(self.decoder.feed(data))
+        except FrameError as error:
+            raise ConnectionClosed(501, f"FRAME_ERROR during {phase}: {error}") from error
+        pending = self._pending
+        while pending and not self.is_open:
+            method = pending.popleft()[1]
+            if self.phase == PHASE_START:
+                self._on_start(method)
+            elif self.phase == PHASE_LOGIN:
+                self._on_tune(method)
+            else:
+                self._on_open_ok(method)
+        if self.is_open and pending:
+            raise ConnectionClosed(
+                0, f"unexpected frames after connection.open-ok: {list(pending)!r}"
+            )
+
+    def _on_start(self, start: Any) -> None:
+        if not isinstance(start, commands.Connection.Start):
+            raise ConnectionClosed(0, f"expected connection.start from the server, got {start!r}")
+        self.server_properties = dict(start.server_properties or {})
+        mechanisms = str(start.mechanisms).split()
+        if "PLAIN" not in mechanisms:
+            raise ConnectionClosed(
+                0, f"the server does not offer PLAIN authentication: {mechanisms}"
+            )
+        client_properties: dict[str, Any] = {
+            "product": "lbactors.amqp",
+            "platform": "Python/trio",
+            "connection_name": self.client_name,
+            "capabilities": dict(_CLIENT_CAPABILITIES),
+        }
+        self._out += marshal_method(
+            0,
+            commands.Connection.StartOk(
+                client_properties=client_properties,
+                mechanism="PLAIN",
+                response=f"\0{self.username}\0{self.password}",
+                locale="en_US",
+            ),
+        )
+        self.phase = PHASE_LOGIN
+
+    def _on_tune(self, tune: Any) -> None:
+        if isinstance(tune, commands.Connection.Close):
+            self._closed_by_server()
+            if tune.reply_code == 403:
+                raise AuthenticationError(
+                    tune.reply_code,
+                    f"user {self.username!r} refused by {self.peer}: {tune.reply_text}",
+                )
+            raise ConnectionClosed(tune.reply_code or 0, tune.reply_text)
+        if not isinstance(tune, commands.Connection.Tune):
+            raise ConnectionClosed(0, f"expected connection.tune from the server, got {tune!r}")
+        tuning = negotiate_tune(
+            tune, channel_max=self.channel_max, frame_max=self.frame_max, heartbeat=self.heartbeat
+        )
+        self.channel_max, self.frame_max, self.heartbeat = tuning
+        self.decoder.frame_max = self.frame_max
+        self.encoder = PublishEncoder(self.frame_max)
+        self._out += marshal_method(0, commands.Connection.TuneOk(*tuning))
+        self._out += marshal_method(0, commands.Connection.Open(virtual_host=self.vhost))
+        self.phase = PHASE_OPEN
+
+    def _on_open_ok(self, open_ok: Any) -> None:
+        if isinstance(open_ok, commands.Connection.Close):
+            self._closed_by_server()
+            if open_ok.reply_code in (403, 530):
+                raise AuthenticationError(
+                    open_ok.reply_code,
+                    f"user {self.username!r} may not open vhost {self.vhost!r}: "
+                    f"{open_ok.reply_text}",
+                )
+            raise ConnectionClosed(open_ok.reply_code or 0, open_ok.reply_text)
+        if not isinstance(open_ok, commands.Connection.OpenOk):
+            raise ConnectionClosed(
+                0, f"expected connection.open-ok from the server, got {open_ok!r}"
+            )
+        self.phase = PHASE_OPENED
+
+    def _closed_by_server(self) -> None:
+        self._out += marshal_method(0, commands.Connection.CloseOk())
+        self.phase = PHASE_CLOSED
+
+    # -- open connection ------------------------------------------------------------------------
+
+    def handle_connection_method(self, method: Any) -> ConnectionEvent | None:
+        """A method received on channel 0 once open; None for what needs no action."""
+        name = method.name
+        if name == "Connection.Close":
+            self._closed_by_server()
+            return ServerClosed(ConnectionClosed(method.reply_code or 0, method.reply_text))
+        if name == "Connection.CloseOk":
+            return CloseOkReceived()
+        if name == "Connection.Blocked":
+            return Blocked(method.reason)
+        if name == "Connection.Unblocked":
+            return Unblocked()
+        return None
+
+    def close(self) -> None:
+        """Queue our orderly ``connection.close``."""
+        self._out += marshal_method(0, commands.Connection.Close(200, "Normal shutdown", 0, 0))
+
+    def close_for_frame_error(self, error: FrameError) -> ConnectionClosed:
+        """The server's bytes do not frame: queue ``connection.close 501``; the error to report."""
+        text = f"FRAME_ERROR - {error}"
+        self._out += marshal_method(0, commands.Connection.Close(501, text[:255], 0, 0))
+        self.phase = PHASE_CLOSED
+        return ConnectionClosed(501, text)
+
+
+# -- channel: inbound state machine ---------------------------------------------------------
+
+
+class ConfirmsSettled(NamedTuple, Generic[T]):
+    """The broker acked (``acked``) or nacked the publishes of ``items``."""
+
+    items: list[T]
+    acked: bool
+
+
+class Returned(NamedTuple, Generic[T]):
+    """The broker returned the mandatory publish of ``item`` (its ack follows)."""
+
+    item: T
+    error: PublishReturned
+
+
+class ServerClosedChannel(NamedTuple):
+    """The server closed the channel; ``reply`` is the close-ok to send."""
+
+    error: ChannelClosed
+    reply: bytes
+
+
+class ConsumerCancelled(NamedTuple):
+    """The broker cancelled a consumer (its queue was deleted, ...); ``reply`` is the
+    cancel-ok to send, or None when the broker asked for none."""
+
+    consumer_tag: str
+    reply: bytes | None
+
+
+class Replied(NamedTuple):
+    """The reply to the synchronous method the channel waits for."""
+
+    method: Any
+
+
+class FlowRequested(NamedTuple):
+    """The broker asked the channel to stop or resume (``channel.flow``); ``reply`` is the
+    flow-ok to send."""
+
+    reply: bytes
+
+
+ChannelEvent = (
+    Content
+    | ConfirmsSettled[T]
+    | Returned[T]
+    | ServerClosedChannel
+    | ConsumerCancelled
+    | Replied
+    | FlowRequested
+)
+
+
+class ChannelProtocol(Generic[T]):
+    """One channel's inbound state machine, without I/O: what a decoded event means.
+
+    The caller gets the events of its channel from :class:`FrameDecoder` (which assembles
+    method, header and body frames into a :class:`Content`), passes them to :meth:`receive`
+    and acts on the answer: a ``basic.deliver``'s :class:`Content` (for the consumer with its
+    tag), :class:`ConfirmsSettled`, :class:`Returned`, :class:`ServerClosedChannel`,
+    :class:`ConsumerCancelled`, :class:`FlowRequested`, :class:`Replied`; None when there is
+    nothing to do (acks without confirm mode, a return without confirm mode or matching
+    publish, unsolicited methods). The confirm items ``T`` are the caller's (its waiters).
+    """
+
+    __slots__ = ("channel_id", "confirms", "expected")
+
+    def __init__(self, channel_id: int) -> None:
+        self.channel_id = channel_id
+        #: publisher-confirm bookkeeping, once in confirm mode
+        self.confirms: ConfirmTracker[T] | None = None
+        #: names of the replies the synchronous method in flight waits for (empty: none)
+        self.expected: Sequence[str] = ()
+
+    def select_confirms(self) -> None:
+        """``confirm.select`` is queued: the publishes queued after it are numbered."""
+        self.confirms = ConfirmTracker()
+
+    def receive(self, event: Any) -> ChannelEvent[T] | None:
+        if isinstance(event, Content):
+            return self._receive_content(event)
+        name = event.name
+        if name == "Basic.Ack" or name == "Basic.Nack":
+            if self.confirms is None:
+                return None
+            items = self.confirms.settle(event.delivery_tag, event.multiple)
+            return ConfirmsSettled(items, name == "Basic.Ack")
+        if name == "Channel.Close":
+            return ServerClosedChannel(
+                ChannelClosed(event.reply_code, event.reply_text, self.channel_id),
+                marshal_method(self.channel_id, commands.Channel.CloseOk()),
+            )
+        if name == "Basic.Cancel":
+            if event.nowait:
+                return ConsumerCancelled(event.consumer_tag, None)
+            reply = marshal_method(self.channel_id, commands.Basic.CancelOk(event.consumer_tag))
+            return ConsumerCancelled(event.consumer_tag, reply)
+        if name == "Channel.Flow":
+            return FlowRequested(
+                marshal_method(self.channel_id, commands.Channel.FlowOk(event.active))
+            )
+        if name in self.expected:
+            self.expected = ()
+            return Replied(event)
+        return None
+
+    def _receive_content(self, content: Content) -> ChannelEvent[T] | None:
+        method: Any = content.method
+        name = method.name
+        if name == "Basic.Deliver":
+            return content
+        if name == "Basic.Return" and self.confirms is not None:
+            item = self.confirms.returned(method.exchange, method.routing_key)
+            if item is not None:
+                error = PublishReturned(
+                    method.reply_code, method.reply_text, method.exchange, method.routing_key
+                )
+                return Returned(item, error)
+        # a return without confirm mode has nobody to tell; basic.get-ok is not used
+        return None
+
+    def fail(self) -> list[T]:
+        """The channel is gone: nothing is awaited any more; the unsettled confirm items."""
+        self.expected = ()
+        return [] if self.confirms is None else self.confirms.settle_all()
