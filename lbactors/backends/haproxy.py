@@ -158,8 +158,12 @@ _encode_saved = msgspec.json.Encoder().encode
 _decode_saved = msgspec.json.Decoder(_Saved).decode
 
 
-class _LoadBalancer:
-    """The backend's view of one load balancer (touched only by its actor, and by reads)."""
+class _Instance:
+    """The HAProxy instance of one load balancer, as the backend sees it: its directory, its
+    saved subtree and its process (touched only by the load balancer's actor, and by reads).
+
+    Not a :class:`~lbactors.model.LoadBalancer`: in this backend ``lb`` always names the model
+    object, ``inst`` an instance."""
 
     def __init__(self, lb_id: str, directory: Path, saved: _Saved) -> None:
         self.lb_id = lb_id
@@ -342,7 +346,7 @@ class HaproxyBackend(Backend):
         self.deadlines = opts
         #: file work in threads: abandoned by a cancellation, kept in order per load balancer
         self._files = BlockingCalls()
-        self._lbs: dict[str, _LoadBalancer] = {}
+        self._instances: dict[str, _Instance] = {}
         #: (kind, id) -> load balancer id
         self._owner: dict[tuple[str, str], str] = {}
         self._loaded = False
@@ -356,16 +360,16 @@ class HaproxyBackend(Backend):
 
     def master_pid(self, lb_id: str) -> int | None:
         """The pid of the HAProxy master of ``lb_id`` (``None``: no process)."""
-        lb = self._lbs.get(lb_id)
-        return lb.pid if lb is not None else None
+        inst = self._instances.get(lb_id)
+        return inst.pid if inst is not None else None
 
     def lb_ids(self) -> list[str]:
-        return list(self._lbs)
+        return list(self._instances)
 
     async def resident_lb_ids(self) -> list[str]:
         """Every load balancer with a saved state in ``state_dir`` (adopted or to restart)."""
         await self._ensure_loaded()
-        return list(self._lbs)
+        return list(self._instances)
 
     def directory(self, lb_id: str) -> Path:
         return self.state_dir / haproxy_name(lb_id)
@@ -384,23 +388,23 @@ class HaproxyBackend(Backend):
                     chunks.append(data)
         return b"".join(chunks).decode(errors="replace")
 
-    async def _show_proc(self, lb: _LoadBalancer) -> _Procs:
-        return _parse_show_proc(await self._ask(lb.master_socket, "show proc"))
+    async def _show_proc(self, inst: _Instance) -> _Procs:
+        return _parse_show_proc(await self._ask(inst.master_socket, "show proc"))
 
-    async def _retry(self, fn: Any, lb: _LoadBalancer) -> Any:
-        """``fn(lb)``, retried on connection errors for up to ``reload_timeout``."""
+    async def _retry(self, fn: Any, inst: _Instance) -> Any:
+        """``fn(inst)``, retried on connection errors for up to ``reload_timeout``."""
         with trio.move_on_after(self.options.reload_timeout):
             while True:
                 try:
-                    return await fn(lb)
+                    return await fn(inst)
                 except _IO_ERRORS:
                     await trio.sleep(0.01)
-        raise BackendError(f"haproxy of load balancer {lb.lb_id} does not answer")
+        raise BackendError(f"haproxy of load balancer {inst.lb_id} does not answer")
 
-    async def _worker_pid(self, lb: _LoadBalancer) -> int | None:
+    async def _worker_pid(self, inst: _Instance) -> int | None:
         """The pid of the worker that answers on the stats socket (``None``: nobody)."""
         try:
-            info = await self._ask(lb.stats_socket, "show info")
+            info = await self._ask(inst.stats_socket, "show info")
         except _IO_ERRORS:
             return None
         for line in info.splitlines():
@@ -419,24 +423,24 @@ class HaproxyBackend(Backend):
             found = await self._files.run("", self._read_state_dir)
             for directory, saved, text, pid in found:
                 lb_id = saved.tree.lb.id or directory.name
-                lb = _LoadBalancer(lb_id, directory, saved)
+                inst = _Instance(lb_id, directory, saved)
                 try:
-                    lb.rendered = self._render(lb, saved.tree, saved.certs)
+                    inst.rendered = self._render(inst, saved.tree, saved.certs)
                 except ConfigError as exc:
                     log.warning("saved configuration no longer renders", lb_id=lb_id, error=str(exc))
                 if pid is not None and _process_alive(pid):
                     try:
-                        await self._show_proc(lb)
+                        await self._show_proc(inst)
                     except (*_IO_ERRORS, BackendError):
                         pass
                     else:
-                        lb.pid = pid
-                        lb.running_text = text
+                        inst.pid = pid
+                        inst.running_text = text
                         log.info("haproxy adopted", lb_id=lb_id, pid=pid)
-                if lb.pid is None:
+                if inst.pid is None:
                     log.info("haproxy not running, starts on the next operation", lb_id=lb_id)
-                self._index(lb)
-                self._lbs[lb_id] = lb
+                self._index(inst)
+                self._instances[lb_id] = inst
             self._loaded = True
 
     def _read_state_dir(self) -> list[tuple[Path, _Saved, str | None, int | None]]:
@@ -463,26 +467,26 @@ class HaproxyBackend(Backend):
             found.append((directory, saved, text, pid))
         return found
 
-    def _index(self, lb: _LoadBalancer) -> None:
-        tree = lb.saved.tree
-        self._owner[("loadbalancer", lb.lb_id)] = lb.lb_id
+    def _index(self, inst: _Instance) -> None:
+        tree = inst.saved.tree
+        self._owner[("loadbalancer", inst.lb_id)] = inst.lb_id
         for kind, field in _TREE_FIELD.items():
             for object_id in getattr(tree, field):
-                self._owner[(kind, object_id)] = lb.lb_id
+                self._owner[(kind, object_id)] = inst.lb_id
 
     # ------------------------------------------------------------------ rendering, applying
 
-    def _render(self, lb: _LoadBalancer, tree: LoadBalancerTree, certs: dict[str, str]) -> Rendered:
+    def _render(self, inst: _Instance, tree: LoadBalancerTree, certs: dict[str, str]) -> Rendered:
         return render_config(
             tree,
-            stats_socket=lb.stats_socket,
-            cert_files={lid: str(lb.dir / "certs" / name) for lid, name in certs.items()},
+            stats_socket=inst.stats_socket,
+            cert_files={lid: str(inst.dir / "certs" / name) for lid, name in certs.items()},
             settings=self.settings,
             check_fastinter_ms=self.options.check_fastinter_ms,
             hard_stop_after_s=self.options.hard_stop_after,
         )
 
-    def _new_lb(self, lb_id: str, lb_obj: LoadBalancer) -> _LoadBalancer:
+    def _new_instance(self, lb_id: str, lb: LoadBalancer) -> _Instance:
         directory = self.directory(lb_id)
         longest = len(str(directory / "master.sock"))
         if longest > _SUN_PATH_MAX:
@@ -490,17 +494,17 @@ class HaproxyBackend(Backend):
                 f"haproxy: state_dir {str(self.state_dir)!r} is too long for unix sockets "
                 f"({longest} > {_SUN_PATH_MAX} characters)"
             )
-        own = msgspec.structs.replace(lb_obj, listeners=None, pools=None)
-        return _LoadBalancer(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=own)))
+        own = msgspec.structs.replace(lb, listeners=None, pools=None)
+        return _Instance(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=own)))
 
     async def _apply(
         self,
-        lb: _LoadBalancer,
+        inst: _Instance,
         tree: LoadBalancerTree,
         certs: dict[str, str],
         new_cert_files: list[str] | None = None,
     ) -> None:
-        """Make ``lb`` run ``tree``, or raise and leave everything as it was.
+        """Make ``inst`` run ``tree``, or raise and leave everything as it was.
 
         ``new_cert_files`` are certificate files written for this change: removed again
         unless the change succeeds.
@@ -508,75 +512,75 @@ class HaproxyBackend(Backend):
         new_cert_files = list(new_cert_files or ())
         try:
             try:
-                rendered = self._render(lb, tree, certs)
+                rendered = self._render(inst, tree, certs)
             except ConfigError as exc:
                 raise BackendError(f"haproxy: {exc}") from None
-            alive = lb.pid is not None and _process_alive(lb.pid)
+            alive = inst.pid is not None and _process_alive(inst.pid)
             if not alive:
-                lb.pid = None
-            if alive and rendered.text == lb.running_text:
-                await self._save(lb, msgspec.structs.replace(lb.saved, tree=tree, certs=certs))
-                lb.rendered = rendered
+                inst.pid = None
+            if alive and rendered.text == inst.running_text:
+                await self._save(inst, msgspec.structs.replace(inst.saved, tree=tree, certs=certs))
+                inst.rendered = rendered
                 return
-            old_binds = set(lb.rendered.binds) if (alive and lb.rendered) else set()
+            old_binds = set(inst.rendered.binds) if (alive and inst.rendered) else set()
             for address, port in rendered.binds:
                 if (address, port) in old_binds:
                     continue
                 why = _test_bind(address, port)
                 if why is not None:
                     raise BackendError(f"haproxy: cannot bind {address}:{port}: {why}")
-            await self._files.run(lb.lb_id, self._prepare_dir, lb)
-            tmp = lb.dir / "haproxy.cfg.new"
-            await self._files.run(lb.lb_id, _write_file, tmp, rendered.text)
-            await self._validate(lb, tmp)
-            old_text = lb.running_text
-            await self._files.run(lb.lb_id, os.replace, tmp, lb.cfg)
-            offsets = lb.saved.offsets
+            await self._files.run(inst.lb_id, self._prepare_dir, inst)
+            tmp = inst.dir / "haproxy.cfg.new"
+            await self._files.run(inst.lb_id, _write_file, tmp, rendered.text)
+            await self._validate(inst, tmp)
+            old_text = inst.running_text
+            await self._files.run(inst.lb_id, os.replace, tmp, inst.cfg)
+            offsets = inst.saved.offsets
             try:
                 if alive:
-                    offsets = await self._offsets_before_reload(lb)
-                    await self._reload(lb)
+                    offsets = await self._offsets_before_reload(inst)
+                    await self._reload(inst)
                 else:
-                    await self._start(lb)
+                    await self._start(inst)
             except BaseException:
                 if old_text is not None:
-                    await self._files.run(lb.lb_id, _write_file, lb.cfg, old_text)
+                    await self._files.run(inst.lb_id, _write_file, inst.cfg, old_text)
                 raise
-            lb.running_text = rendered.text
-            lb.rendered = rendered
-            await self._save(lb, _Saved(tree=tree, certs=certs, offsets=offsets))
+            inst.running_text = rendered.text
+            inst.rendered = rendered
+            await self._save(inst, _Saved(tree=tree, certs=certs, offsets=offsets))
             new_cert_files = []  # now in use
-            await self._files.run(lb.lb_id, self._collect_certs, lb)
+            await self._files.run(inst.lb_id, self._collect_certs, inst)
         finally:
             for name in new_cert_files:
-                if name not in lb.saved.certs.values():
-                    await self._files.run(lb.lb_id, self._unlink, lb.dir / "certs" / name)
+                if name not in inst.saved.certs.values():
+                    await self._files.run(inst.lb_id, self._unlink, inst.dir / "certs" / name)
 
     @staticmethod
-    def _prepare_dir(lb: _LoadBalancer) -> None:
-        lb.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (lb.dir / "certs").mkdir(exist_ok=True, mode=0o700)
+    def _prepare_dir(inst: _Instance) -> None:
+        inst.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (inst.dir / "certs").mkdir(exist_ok=True, mode=0o700)
 
     @staticmethod
     def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
 
     @staticmethod
-    def _collect_certs(lb: _LoadBalancer) -> None:
-        keep = set(lb.saved.certs.values())
-        certs = lb.dir / "certs"
+    def _collect_certs(inst: _Instance) -> None:
+        keep = set(inst.saved.certs.values())
+        certs = inst.dir / "certs"
         for path in certs.iterdir() if certs.is_dir() else ():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
 
-    async def _save(self, lb: _LoadBalancer, saved: _Saved) -> None:
-        lb.saved = saved
-        if lb.dir.is_dir():
+    async def _save(self, inst: _Instance, saved: _Saved) -> None:
+        inst.saved = saved
+        if inst.dir.is_dir():
             await self._files.run(
-                lb.lb_id, _write_file, lb.dir / "state.json", _encode_saved(saved)
+                inst.lb_id, _write_file, inst.dir / "state.json", _encode_saved(saved)
             )
 
-    async def _validate(self, lb: _LoadBalancer, tmp: Path) -> None:
+    async def _validate(self, inst: _Instance, tmp: Path) -> None:
         with trio.fail_after(self.options.validate_timeout):
             result = await trio.run_process(
                 [self.options.haproxy_bin, "-c", "-f", str(tmp)],
@@ -586,14 +590,14 @@ class HaproxyBackend(Backend):
                 deliver_cancel=_kill_at_once,
             )
         if result.returncode != 0:
-            await self._files.run(lb.lb_id, self._unlink, tmp)
+            await self._files.run(inst.lb_id, self._unlink, tmp)
             raise BackendError(
-                "haproxy rejected the configuration: " + _alerts(result.stderr, tmp, lb.cfg)
+                "haproxy rejected the configuration: " + _alerts(result.stderr, tmp, inst.cfg)
             )
 
-    async def _start(self, lb: _LoadBalancer) -> None:
+    async def _start(self, inst: _Instance) -> None:
         """Start the master (daemonized: it outlives this process) and wait for its worker."""
-        await self._files.run(lb.lb_id, self._unlink, lb.pid_file)
+        await self._files.run(inst.lb_id, self._unlink, inst.pid_file)
         with trio.fail_after(self.options.reload_timeout):
             result = await trio.run_process(
                 [
@@ -601,11 +605,11 @@ class HaproxyBackend(Backend):
                     "-W",
                     "-D",
                     "-S",
-                    f"{lb.master_socket},mode,600",
+                    f"{inst.master_socket},mode,600",
                     "-p",
-                    str(lb.pid_file),
+                    str(inst.pid_file),
                     "-f",
-                    str(lb.cfg),
+                    str(inst.cfg),
                 ],
                 stdin=b"",
                 capture_stdout=True,
@@ -615,29 +619,29 @@ class HaproxyBackend(Backend):
             )
         if result.returncode != 0:
             raise BackendError(
-                "haproxy did not start: " + _alerts(result.stderr, lb.cfg, lb.cfg)
+                "haproxy did not start: " + _alerts(result.stderr, inst.cfg, inst.cfg)
             )
-        pid_text = await self._files.run(lb.lb_id, lb.pid_file.read_text)
-        lb.pid = int(pid_text.split()[0])
+        pid_text = await self._files.run(inst.lb_id, inst.pid_file.read_text)
+        inst.pid = int(pid_text.split()[0])
         with trio.move_on_after(self.options.reload_timeout):
             while True:
                 try:
-                    procs = await self._show_proc(lb)
+                    procs = await self._show_proc(inst)
                     workers = {pid for pid, _ in procs.workers}
-                    if workers and await self._worker_pid(lb) in workers:
-                        log.info("haproxy started", lb_id=lb.lb_id, pid=lb.pid)
+                    if workers and await self._worker_pid(inst) in workers:
+                        log.info("haproxy started", lb_id=inst.lb_id, pid=inst.pid)
                         return
                 except (*_IO_ERRORS, BackendError):
                     pass
                 await trio.sleep(0.005)
-        raise BackendError(f"haproxy (pid {lb.pid}) started but no worker answered in time")
+        raise BackendError(f"haproxy (pid {inst.pid}) started but no worker answered in time")
 
-    async def _reload(self, lb: _LoadBalancer) -> None:
+    async def _reload(self, inst: _Instance) -> None:
         """A hitless reload of ``haproxy.cfg``; returns once the new worker answers."""
-        before = await self._retry(self._show_proc, lb)
+        before = await self._retry(self._show_proc, inst)
         old_workers = {pid for pid, _ in before.workers}
         try:
-            await self._ask(lb.master_socket, "reload")
+            await self._ask(inst.master_socket, "reload")
         except _IO_ERRORS:
             pass  # the master re-executes itself and drops the connection
         delay = 0.002
@@ -646,7 +650,7 @@ class HaproxyBackend(Backend):
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 try:
-                    procs = await self._show_proc(lb)
+                    procs = await self._show_proc(inst)
                 except (*_IO_ERRORS, BackendError):
                     continue
                 if procs.reloads <= before.reloads:
@@ -656,21 +660,21 @@ class HaproxyBackend(Backend):
                         "haproxy refused to reload (the previous configuration still serves)"
                     )
                 new = {pid for pid, reloads in procs.workers if reloads == 0} - old_workers
-                if new and await self._worker_pid(lb) in new:
-                    log.debug("haproxy reloaded", lb_id=lb.lb_id, pid=lb.pid)
+                if new and await self._worker_pid(inst) in new:
+                    log.debug("haproxy reloaded", lb_id=inst.lb_id, pid=inst.pid)
                     return
-        raise BackendError(f"haproxy (pid {lb.pid}) did not confirm the reload in time")
+        raise BackendError(f"haproxy (pid {inst.pid}) did not confirm the reload in time")
 
-    async def _offsets_before_reload(self, lb: _LoadBalancer) -> dict[str, ListenerStatistics]:
+    async def _offsets_before_reload(self, inst: _Instance) -> dict[str, ListenerStatistics]:
         """The offsets plus what the current worker counted: the totals after the reload."""
-        offsets = dict(lb.saved.offsets)
-        if lb.rendered is None:
+        offsets = dict(inst.saved.offsets)
+        if inst.rendered is None:
             return offsets
         try:
-            rows = parse_show_stat(await self._ask(lb.stats_socket, "show stat"))
+            rows = parse_show_stat(await self._ask(inst.stats_socket, "show stat"))
         except (*_IO_ERRORS, ValueError):
             return offsets
-        for lid, c in listener_counters(rows, lb.rendered).items():
+        for lid, c in listener_counters(rows, inst.rendered).items():
             base = offsets.get(lid) or ListenerStatistics(id=lid)
             offsets[lid] = ListenerStatistics(
                 id=lid,
@@ -681,33 +685,33 @@ class HaproxyBackend(Backend):
             )
         return offsets
 
-    async def _stop(self, lb: _LoadBalancer) -> None:
+    async def _stop(self, inst: _Instance) -> None:
         """Stop the master and its workers (SIGTERM, SIGKILL after ``stop_timeout``)."""
         pids: set[int] = set()
-        if lb.pid is None:
+        if inst.pid is None:
             try:
-                pid_text = await self._files.run(lb.lb_id, lb.pid_file.read_text)
+                pid_text = await self._files.run(inst.lb_id, inst.pid_file.read_text)
                 pid = int(pid_text.split()[0])
             except (OSError, ValueError, IndexError):
                 pid = None
             if pid is not None and _process_alive(pid):
-                lb.pid = pid
-        if lb.pid is not None:
+                inst.pid = pid
+        if inst.pid is not None:
             try:
-                pids = {pid for pid, _ in (await self._show_proc(lb)).workers}
+                pids = {pid for pid, _ in (await self._show_proc(inst)).workers}
             except (*_IO_ERRORS, BackendError):
                 pids = set()
-            pids.add(lb.pid)
-            self._signal(lb.pid, signal.SIGTERM)
+            pids.add(inst.pid)
+            self._signal(inst.pid, signal.SIGTERM)
             with trio.move_on_after(self.options.stop_timeout):
                 while any(_process_alive(p) for p in pids):  # noqa: ASYNC110 - polling /proc
                     await trio.sleep(0.01)
             for p in pids:
                 if _process_alive(p):
                     self._signal(p, signal.SIGKILL)
-            log.info("haproxy stopped", lb_id=lb.lb_id, pid=lb.pid)
-        lb.pid = None
-        lb.running_text = None
+            log.info("haproxy stopped", lb_id=inst.lb_id, pid=inst.pid)
+        inst.pid = None
+        inst.running_text = None
 
     @staticmethod
     def _signal(pid: int, signum: int) -> None:
@@ -720,8 +724,8 @@ class HaproxyBackend(Backend):
     async def stop_all(self) -> None:
         """Stop every HAProxy of ``state_dir`` (tests, benchmarks, decommissioning)."""
         await self._ensure_loaded()
-        for lb in list(self._lbs.values()):
-            await self._stop(lb)
+        for inst in list(self._instances.values()):
+            await self._stop(inst)
 
     async def aclose(self) -> None:
         """Nothing to release: the HAProxy processes keep serving (see the module docstring)."""
@@ -763,14 +767,14 @@ class HaproxyBackend(Backend):
         lb_id = self._find_lb_id(kind, obj, old)
         if not lb_id:
             raise BackendError(f"haproxy: no load balancer found for {kind} {obj.id}")
-        lb = self._lbs.get(lb_id)
-        if lb is None:
-            lb_obj = obj if isinstance(obj, LoadBalancer) else _nested_lb(obj) or _nested_lb(old)
-            if lb_obj is None:
+        inst = self._instances.get(lb_id)
+        if inst is None:
+            lb = obj if isinstance(obj, LoadBalancer) else _nested_lb(obj) or _nested_lb(old)
+            if lb is None:
                 raise BackendError(f"haproxy: {kind} {obj.id} belongs to unknown load balancer {lb_id}")
-            lb = self._new_lb(lb_id, lb_obj)
-        tree = lb.saved.tree
-        certs = dict(lb.saved.certs)
+            inst = self._new_instance(lb_id, lb)
+        tree = inst.saved.tree
+        certs = dict(inst.saved.certs)
         new_files: list[str] = []
         if isinstance(obj, LoadBalancer):
             tree = msgspec.structs.replace(
@@ -787,14 +791,14 @@ class HaproxyBackend(Backend):
                 if own.protocol != "TERMINATED_HTTPS":
                     certs.pop(obj.id, None)
                 elif cert is not None:
-                    name = await self._write_cert(lb, obj.id, cert)
-                    if name not in lb.saved.certs.values():
+                    name = await self._write_cert(inst, obj.id, cert)
+                    if name not in inst.saved.certs.values():
                         new_files.append(name)
                     certs[obj.id] = name
-        await self._apply(lb, tree, certs, new_files)
-        if lb_id not in self._lbs:
-            self._lbs[lb_id] = lb
-        self._index(lb)
+        await self._apply(inst, tree, certs, new_files)
+        if lb_id not in self._instances:
+            self._instances[lb_id] = inst
+        self._index(inst)
 
     @staticmethod
     def _listener_changed(
@@ -811,7 +815,7 @@ class HaproxyBackend(Backend):
             return msgspec.structs.replace(tree, pools=pools)
         return tree
 
-    async def _write_cert(self, lb: _LoadBalancer, listener_id: str, cert: Certificate) -> str:
+    async def _write_cert(self, inst: _Instance, listener_id: str, cert: Certificate) -> str:
         if not cert.certificate or not cert.private_key:
             raise BackendError(f"haproxy: the certificate of listener {listener_id} lacks certificate or key")
         key = cert.private_key
@@ -824,8 +828,8 @@ class HaproxyBackend(Backend):
         pem = "".join(p if p.endswith("\n") else p + "\n" for p in parts)
         digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
         name = f"{haproxy_name(listener_id)}-{digest}.pem"
-        await self._files.run(lb.lb_id, self._prepare_dir, lb)
-        await self._files.run(lb.lb_id, _write_file, lb.dir / "certs" / name, pem, 0o600)
+        await self._files.run(inst.lb_id, self._prepare_dir, inst)
+        await self._files.run(inst.lb_id, _write_file, inst.dir / "certs" / name, pem, 0o600)
         return name
 
     async def _decrypt_key(self, key: str, passphrase: str, listener_id: str) -> str:
@@ -847,34 +851,34 @@ class HaproxyBackend(Backend):
         if not obj.id:
             raise BackendError(f"haproxy: delete of a {kind} without id")
         lb_id = self._find_lb_id(kind, obj, None)
-        lb = self._lbs.get(lb_id) if lb_id else None
-        if lb is None:
+        inst = self._instances.get(lb_id) if lb_id else None
+        if inst is None:
             if kind == "loadbalancer" and obj.id:
                 await self._remove_orphan_dir(obj.id)
             return  # never seen or already deleted: done
         if kind == "loadbalancer":
-            await self._stop(lb)
-            await self._files.run(lb.lb_id, shutil.rmtree, lb.dir, True)
-            del self._lbs[lb.lb_id]
-            self._owner = {k: v for k, v in self._owner.items() if v != lb.lb_id}
+            await self._stop(inst)
+            await self._files.run(inst.lb_id, shutil.rmtree, inst.dir, True)
+            del self._instances[inst.lb_id]
+            self._owner = {k: v for k, v in self._owner.items() if v != inst.lb_id}
             return
-        tree = lb.saved.tree
+        tree = inst.saved.tree
         field = _TREE_FIELD[kind]
         if obj.id not in getattr(tree, field):
             return
         tree = self._without(tree, kind, obj.id)
-        certs = {lid: f for lid, f in lb.saved.certs.items() if lid in tree.listeners}
-        await self._apply(lb, tree, certs)
+        certs = {lid: f for lid, f in inst.saved.certs.items() if lid in tree.listeners}
+        await self._apply(inst, tree, certs)
         self._owner = {
             k: v
             for k, v in self._owner.items()
-            if v != lb.lb_id or k[0] == "loadbalancer" or k[1] in getattr(tree, _TREE_FIELD[k[0]])
+            if v != inst.lb_id or k[0] == "loadbalancer" or k[1] in getattr(tree, _TREE_FIELD[k[0]])
         }
 
     async def _remove_orphan_dir(self, lb_id: str) -> None:
         directory = self.directory(lb_id)
         if await self._files.run(lb_id, directory.is_dir):
-            orphan = _LoadBalancer(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=LoadBalancer(id=lb_id))))
+            orphan = _Instance(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=LoadBalancer(id=lb_id))))
             await self._stop(orphan)
             await self._files.run(lb_id, shutil.rmtree, directory, True)
 
@@ -974,28 +978,28 @@ class HaproxyBackend(Backend):
 
     # ------------------------------------------------------------------ read side
 
-    async def _stat_rows(self, lb: _LoadBalancer) -> list[dict[str, str]] | None:
-        if lb.pid is None or not _process_alive(lb.pid):
+    async def _stat_rows(self, inst: _Instance) -> list[dict[str, str]] | None:
+        if inst.pid is None or not _process_alive(inst.pid):
             return None
         try:
-            return parse_show_stat(await self._ask(lb.stats_socket, "show stat"))
+            return parse_show_stat(await self._ask(inst.stats_socket, "show stat"))
         except (*_IO_ERRORS, ValueError):
             return None
 
     async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
         await self._ensure_loaded()
-        lb = self._lbs.get(lb_id)
-        if lb is None or lb.rendered is None:
+        inst = self._instances.get(lb_id)
+        if inst is None or inst.rendered is None:
             await trio.lowlevel.checkpoint()
             return []
-        rendered = lb.rendered
-        rows = await self._stat_rows(lb)
+        rendered = inst.rendered
+        rows = await self._stat_rows(inst)
         current = listener_counters(rows, rendered) if rows is not None else {}
         result = []
-        for lid in sorted(lb.saved.tree.listeners):
-            base = lb.saved.offsets.get(lid) or ListenerStatistics(id=lid)
+        for lid in sorted(inst.saved.tree.listeners):
+            base = inst.saved.offsets.get(lid) or ListenerStatistics(id=lid)
             now = current.get(lid) or ListenerStatistics(id=lid)
-            last = lb.reported.get(lid) or ListenerStatistics(id=lid)
+            last = inst.reported.get(lid) or ListenerStatistics(id=lid)
             stats = ListenerStatistics(
                 id=lid,
                 active_connections=now.active_connections,
@@ -1006,18 +1010,18 @@ class HaproxyBackend(Backend):
                     last.total_connections, base.total_connections + now.total_connections
                 ),
             )
-            lb.reported[lid] = stats
+            inst.reported[lid] = stats
             result.append(stats)
         return result
 
     async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
         await self._ensure_loaded()
-        lb = self._lbs.get(lb_id)
-        if lb is None or lb.rendered is None:
+        inst = self._instances.get(lb_id)
+        if inst is None or inst.rendered is None:
             await trio.lowlevel.checkpoint()
             return []
-        tree, rendered = lb.saved.tree, lb.rendered
-        rows = await self._stat_rows(lb)
+        tree, rendered = inst.saved.tree, inst.rendered
+        rows = await self._stat_rows(inst)
         if rows is None:
             # no process (died, or never started): nothing of this load balancer serves
             down: list[OperatingStatus] = [("loadbalancer", lb_id, "ERROR")]
