@@ -80,10 +80,10 @@ from lbactors.backends.base import (
 )
 from lbactors.backends.haproxy_config import (
     FLAVOR_METADATA,
-    ConfigError,
     FlavorSettings,
     LoadBalancerTree,
     Rendered,
+    RenderError,
     haproxy_name,
     listener_counters,
     operating_statuses,
@@ -293,7 +293,7 @@ class HaproxyBackend(Backend):
                 inst = _Instance(lb_id, directory, saved)
                 try:
                     inst.rendered = self._render(inst, saved.tree, saved.certs)
-                except ConfigError as exc:
+                except RenderError as exc:
                     log.warning("saved configuration no longer renders", lb_id=lb_id, error=str(exc))
                 if await self._control.adopt(inst, pid, text):
                     log.info("haproxy adopted", lb_id=lb_id, pid=pid)
@@ -368,7 +368,7 @@ class HaproxyBackend(Backend):
         try:
             try:
                 rendered = self._render(inst, tree, certs)
-            except ConfigError as exc:
+            except RenderError as exc:
                 raise BackendError(f"haproxy: {exc}") from None
             alive = inst.pid is not None and process_alive(inst.pid)
             if not alive:
