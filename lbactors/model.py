@@ -210,12 +210,13 @@ class Certificate(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 OctaviaObject = LoadBalancer | Listener | Pool | Member | HealthMonitor | L7Policy | L7Rule
 
-KIND_OF: dict[type, str] = {
-    LoadBalancer: "loadbalancer",
-    Listener: "listener",
-    Pool: "pool",
-    Member: "member",
-    HealthMonitor: "healthmonitor",
-    L7Policy: "l7policy",
-    L7Rule: "l7rule",
+#: kind -> its model class: the one table of them (the driver's methods are ``<kind>_<action>``)
+CLASS_OF_KIND: dict[str, type[OctaviaObject]] = {
+    "loadbalancer": LoadBalancer,
+    "listener": Listener,
+    "pool": Pool,
+    "member": Member,
+    "healthmonitor": HealthMonitor,
+    "l7policy": L7Policy,
+    "l7rule": L7Rule,
 }
