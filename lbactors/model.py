@@ -9,7 +9,8 @@ or the status semantics read are declared, each with the widest type the driver 
 
 Ids are optional at this level because nested dicts sometimes carry only ``<kind>_id``
 (a cascade's ``default_pool``). ``__post_init__`` fills ``id`` from ``<kind>_id``; whether an
-id is *required* depends on the operation and is checked by :func:`decode_args`.
+id is *required* depends on the operation and is checked by
+:func:`lbactors.messages.decode_request`.
 
 Every payload is untrusted input, so numbers carry Octavia's own ranges (its API rejects
 anything outside them: ``octavia/common/constants.py``, ``octavia/api/v2/types``): ports
