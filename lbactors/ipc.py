@@ -11,7 +11,11 @@ The conversation (supervisor → worker, worker → supervisor):
 - ``Reassert`` (worker → supervisor, unasked): created objects' statuses cast again, in the
   stream of ``Done`` frames where the actor system emitted them;
 - ``CollectStats`` → ``StatsReport`` (listener counters, operating-status changes);
-- ``Ping`` → ``Pong``;
+- ``Ping`` → ``Pong``: the supervisor pings every worker each ``daemon.ping_interval``
+  (``supervisor/router.py``) and kills one it has heard nothing from (no frame of any kind)
+  for ``daemon.ping_timeout`` (four times that before ``Ready``; not while the supervisor
+  itself is not reading); the worker answers as soon as it reads the ping, however busy its
+  actors are;
 - end of stream from the supervisor: the worker finishes what it holds and exits.
 """
 

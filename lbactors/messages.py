@@ -22,15 +22,10 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from lbactors.model import (
+    CLASS_OF_KIND,
     Certificate,
-    HealthMonitor,
-    L7Policy,
-    L7Rule,
-    Listener,
     LoadBalancer,
-    Member,
     OctaviaObject,
-    Pool,
 )
 
 Action = Literal["create", "update", "delete", "query"]
@@ -190,16 +185,6 @@ class Request(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
-_CLASSES: dict[str, type] = {
-    "loadbalancer": LoadBalancer,
-    "listener": Listener,
-    "pool": Pool,
-    "member": Member,
-    "healthmonitor": HealthMonitor,
-    "l7policy": L7Policy,
-    "l7rule": L7Rule,
-}
-
 QUERY_METHODS: dict[str, str | None] = {
     "get_supported_flavor_metadata": None,
     "validate_flavor": "flavor_metadata",
@@ -224,7 +209,7 @@ _UNTRUSTED_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
 
 def _build_args_types() -> dict[str, tuple[str | None, Action, type[msgspec.Struct]]]:
     table: dict[str, tuple[str | None, Action, type[msgspec.Struct]]] = {}
-    for kind, cls in _CLASSES.items():
+    for kind, cls in CLASS_OF_KIND.items():
         extra: list[tuple[str, Any, Any]] = []
         if kind == "listener":
             extra = [("cert", Certificate | None, None)]

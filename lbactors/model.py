@@ -9,7 +9,8 @@ or the status semantics read are declared, each with the widest type the driver 
 
 Ids are optional at this level because nested dicts sometimes carry only ``<kind>_id``
 (a cascade's ``default_pool``). ``__post_init__`` fills ``id`` from ``<kind>_id``; whether an
-id is *required* depends on the operation and is checked by :func:`decode_args`.
+id is *required* depends on the operation and is checked by
+:func:`lbactors.messages.decode_request`.
 
 Every payload is untrusted input, so numbers carry Octavia's own ranges (its API rejects
 anything outside them: ``octavia/common/constants.py``, ``octavia/api/v2/types``): ports
@@ -210,12 +211,13 @@ class Certificate(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 OctaviaObject = LoadBalancer | Listener | Pool | Member | HealthMonitor | L7Policy | L7Rule
 
-KIND_OF: dict[type, str] = {
-    LoadBalancer: "loadbalancer",
-    Listener: "listener",
-    Pool: "pool",
-    Member: "member",
-    HealthMonitor: "healthmonitor",
-    L7Policy: "l7policy",
-    L7Rule: "l7rule",
+#: kind -> its model class: the one table of them (the driver's methods are ``<kind>_<action>``)
+CLASS_OF_KIND: dict[str, type[OctaviaObject]] = {
+    "loadbalancer": LoadBalancer,
+    "listener": Listener,
+    "pool": Pool,
+    "member": Member,
+    "healthmonitor": HealthMonitor,
+    "l7policy": L7Policy,
+    "l7rule": L7Rule,
 }

@@ -29,6 +29,7 @@ import msgspec
 from lbactors.cascade import Step, cascade_plan, pool_delete_plan
 from lbactors.messages import Request, StatusEntry, StatusUpdate
 from lbactors.model import (
+    CLASS_OF_KIND,
     PLURAL,
     HealthMonitor,
     L7Policy,
@@ -57,16 +58,6 @@ ACTIVE = "ACTIVE"
 DELETED = "DELETED"
 ERROR = "ERROR"
 ONLINE = "ONLINE"
-
-_CLASS_OF_KIND: dict[str, type] = {
-    "loadbalancer": LoadBalancer,
-    "listener": Listener,
-    "pool": Pool,
-    "member": Member,
-    "healthmonitor": HealthMonitor,
-    "l7policy": L7Policy,
-    "l7rule": L7Rule,
-}
 
 _Unset = msgspec.UnsetType
 
@@ -170,7 +161,7 @@ def _parents_in(obj: OctaviaObject) -> Parents:
 
 
 def _check_kind(kind: str, obj: object) -> None:
-    cls = _CLASS_OF_KIND.get(kind)
+    cls = CLASS_OF_KIND.get(kind)
     if cls is None:
         raise ValueError(f"unknown object kind {kind!r}")
     if not isinstance(obj, cls):

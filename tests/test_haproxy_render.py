@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lbactors.backends.haproxy_config import (
-    ConfigError,
     FlavorSettings,
     LoadBalancerTree,
+    RenderError,
     haproxy_name,
     listener_counters,
     operating_statuses,
@@ -245,13 +245,13 @@ def test_listener_protocols(protocol: str, mode: str) -> None:
 
 
 def test_terminated_https_without_certificate_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="certificate"):
+    with pytest.raises(RenderError, match="certificate"):
         render(tree(listener(protocol="TERMINATED_HTTPS")))
 
 
 @pytest.mark.parametrize("protocol", ["UDP", "SCTP", "PROMETHEUS", None])
 def test_unsupported_listener_protocol(protocol: str | None) -> None:
-    with pytest.raises(ConfigError, match=f"listener {L1}"):
+    with pytest.raises(RenderError, match=f"listener {L1}"):
         render(tree(listener(protocol=protocol)))
 
 
@@ -285,12 +285,12 @@ def test_connection_limit_allowed_cidrs_timeouts() -> None:
 
 
 def test_bad_cidr_and_bad_port_and_missing_vip() -> None:
-    with pytest.raises(ConfigError, match="allowed_cidrs"):
+    with pytest.raises(RenderError, match="allowed_cidrs"):
         render(tree(listener(allowed_cidrs=["10.0.0.0/33"])))
     # decoding rejects such a port already (model.py); the renderer checks Structs built in code
-    with pytest.raises(ConfigError, match="port"):
+    with pytest.raises(RenderError, match="port"):
         render(tree(msgspec.structs.replace(listener(), protocol_port=70000)))
-    with pytest.raises(ConfigError, match="VIP"):
+    with pytest.raises(RenderError, match="VIP"):
         render(tree(listener(), load_balancer=lb(vip_address=None)))
 
 
@@ -301,7 +301,7 @@ def test_flavor_sets_defaults_listener_values_win() -> None:
     assert "maxconn 500" in section(text, f"frontend {L1}")
     assert "maxconn 10" in section(text, f"frontend {L2}")
     assert "timeout client 7000ms" in section(text, f"frontend {L1}")
-    with pytest.raises(ConfigError, match="max_connections"):
+    with pytest.raises(RenderError, match="max_connections"):
         render(tree(load_balancer=lb(flavor={"max_connections": 0})))
 
 
@@ -327,9 +327,9 @@ def test_algorithms(algorithm: str, balance: str) -> None:
 
 
 def test_unsupported_algorithm_and_pool_protocol() -> None:
-    with pytest.raises(ConfigError, match="SOURCE_IP_PORT"):
+    with pytest.raises(RenderError, match="SOURCE_IP_PORT"):
         render(tree(listener(), pool(lb_algorithm="SOURCE_IP_PORT")))
-    with pytest.raises(ConfigError, match="UDP"):
+    with pytest.raises(RenderError, match="UDP"):
         render(tree(listener(), pool(protocol="UDP")))
 
 
@@ -349,9 +349,9 @@ def test_session_persistence() -> None:
     )
     assert "stick store-response res.cook(JSESSIONID)" in app
     assert "stick match req.cook(JSESSIONID)" in app
-    with pytest.raises(ConfigError, match="cookie_name"):
+    with pytest.raises(RenderError, match="cookie_name"):
         render(tree(listener(), pool(session_persistence={"type": "APP_COOKIE", "cookie_name": "a b"})))
-    with pytest.raises(ConfigError, match="HTTP_COOKIE"):
+    with pytest.raises(RenderError, match="HTTP_COOKIE"):
         render(tree(listener(protocol="TCP"), pool(protocol="TCP", session_persistence={"type": "HTTP_COOKIE"})))
 
 
@@ -371,9 +371,9 @@ def test_member_options() -> None:
     assert "addr 10.0.0.99 port 9000" in m1 and m1.endswith("send-proxy")
     m2 = next(line for line in back if line.startswith(f"server {M2}"))
     assert "weight 0 disabled check" in m2
-    with pytest.raises(ConfigError, match="not an IP"):
+    with pytest.raises(RenderError, match="not an IP"):
         render(tree(listener(), pool(), member(address="web-1.example")))
-    with pytest.raises(ConfigError, match="weight"):
+    with pytest.raises(RenderError, match="weight"):
         render(tree(listener(), pool(), msgspec.structs.replace(member(), weight=1000)))
 
 
@@ -454,7 +454,7 @@ def test_http_monitor_options() -> None:
     ],
 )
 def test_bad_monitors(extra: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(RenderError, match=match):
         render(tree(listener(), pool(), monitor(**extra)))
 
 
@@ -516,7 +516,7 @@ def test_l7_rule_kinds(kind: str, compare: str, key: str | None, value: str, acl
     ],
 )
 def test_bad_rules(extra: dict[str, Any], match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(RenderError, match=match):
         render(tree(listener(), pool(P2), policy(), rule(**extra)))
 
 
@@ -554,7 +554,7 @@ def test_policy_without_enabled_rules_or_pool_does_not_render() -> None:
 
 
 def test_l7_on_tcp_listener_is_an_error() -> None:
-    with pytest.raises(ConfigError, match="L7"):
+    with pytest.raises(RenderError, match="L7"):
         render(tree(listener(protocol="TCP"), pool(P2, protocol="TCP"), policy(), rule()))
 
 

@@ -1,6 +1,7 @@
 """The ``haproxy`` backend: one HAProxy (master-worker) per load balancer, configured from its actor.
 
-Every operation changes the load balancer's subtree (:class:`LoadBalancerTree`), renders it
+Every operation changes the load balancer's subtree
+(:class:`~lbactors.backends.haproxy_config.LoadBalancerTree`), renders it
 (:func:`~lbactors.backends.haproxy_config.render_config`, pure), and applies the result:
 
 1. the text goes to ``haproxy.cfg.new`` and ``haproxy -c`` checks it; a configuration HAProxy
@@ -37,6 +38,14 @@ fresh counters, so the counters of the old worker are added to per-listener offs
 
 Options (``[backend.options]``): see :class:`HaproxyOptions`.
 
+**Modules.** This one is the façade: :class:`HaproxyBackend`, its options and its state files
+(``state.json``, certificates, the directory). The rest lives in
+:mod:`~lbactors.backends.haproxy_tree` (how an operation changes the subtree, and the index
+of which load balancer owns an object: pure), :mod:`~lbactors.backends.haproxy_config`
+(subtree → ``haproxy.cfg``, ``show stat`` → statistics and statuses: pure) and
+:mod:`~lbactors.backends.haproxy_process` (validate, start, reload, stop, adopt and ask the
+HAProxy processes).
+
 Layer: actors and backends (model, trio); all subprocess and socket I/O through trio; file
 writes in worker threads; small ``/proc`` reads (pid liveness) inline.
 
@@ -50,11 +59,9 @@ cancellation is reconciled by the next operation (it compares with what HAProxy 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import shutil
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -73,10 +80,10 @@ from lbactors.backends.base import (
 )
 from lbactors.backends.haproxy_config import (
     FLAVOR_METADATA,
-    ConfigError,
     FlavorSettings,
     LoadBalancerTree,
     Rendered,
+    RenderError,
     haproxy_name,
     listener_counters,
     operating_statuses,
@@ -84,9 +91,25 @@ from lbactors.backends.haproxy_config import (
     render_config,
     validate_flavor,
 )
+from lbactors.backends.haproxy_process import (
+    IO_ERRORS,
+    HaproxyControl,
+    HaproxyProcess,
+    kill_at_once,
+    process_alive,
+)
+from lbactors.backends.haproxy_tree import (
+    TREE_FIELD,
+    find_lb_id,
+    nested_lb,
+    new_tree,
+    owners,
+    owners_after_removal,
+    with_object,
+    without,
+)
 from lbactors.messages import ListenerStatistics
 from lbactors.model import (
-    PLURAL,
     Certificate,
     HealthMonitor,
     L7Policy,
@@ -97,14 +120,10 @@ from lbactors.model import (
     OctaviaObject,
     Pool,
 )
-from lbactors.status import parents_of
 
 __all__ = ["HaproxyBackend", "HaproxyOptions"]
 
 log = structlog.get_logger("lbactors.backends.haproxy")
-
-#: what a runtime-API exchange raises when HAProxy is not (yet) there or hangs up
-_IO_ERRORS = (OSError, trio.BrokenResourceError, trio.TooSlowError)
 
 #: longest path a unix socket address holds (sun_path is 108 bytes with the NUL)
 _SUN_PATH_MAX = 107
@@ -158,142 +177,24 @@ _encode_saved = msgspec.json.Encoder().encode
 _decode_saved = msgspec.json.Decoder(_Saved).decode
 
 
-class _LoadBalancer:
-    """The backend's view of one load balancer (touched only by its actor, and by reads)."""
+class _Instance(HaproxyProcess):
+    """The HAProxy instance of one load balancer, as the backend sees it: its process (see
+    :class:`~lbactors.backends.haproxy_process.HaproxyProcess`), its saved subtree and what
+    it last rendered and reported (touched only by the load balancer's actor, and by reads).
+
+    Not a :class:`~lbactors.model.LoadBalancer`: in this backend ``lb`` always names the model
+    object, ``inst`` an instance."""
 
     def __init__(self, lb_id: str, directory: Path, saved: _Saved) -> None:
-        self.lb_id = lb_id
-        self.dir = directory
+        super().__init__(lb_id, directory)
         self.saved = saved
         self.rendered: Rendered | None = None
-        #: the configuration the process runs (``None``: unknown, or no process)
-        self.running_text: str | None = None
-        self.pid: int | None = None
         #: last totals reported, so that a read racing a reload never goes backwards
         self.reported: dict[str, ListenerStatistics] = {}
 
-    @property
-    def cfg(self) -> Path:
-        return self.dir / "haproxy.cfg"
-
-    @property
-    def master_socket(self) -> str:
-        return str(self.dir / "master.sock")
-
-    @property
-    def stats_socket(self) -> str:
-        return str(self.dir / "stats.sock")
-
-    @property
-    def pid_file(self) -> Path:
-        return self.dir / "haproxy.pid"
 
 
 # --------------------------------------------------------------------------- helpers
-
-_NESTED: dict[type, tuple[str, ...]] = {
-    LoadBalancer: ("listeners", "pools"),
-    Listener: ("default_pool", "l7policies", "loadbalancer"),
-    Pool: ("healthmonitor", "members", "listener", "listeners", "loadbalancer"),
-    Member: ("pool", "loadbalancer"),
-    HealthMonitor: ("pool", "loadbalancer"),
-    L7Policy: ("rules", "listener"),
-    L7Rule: ("policy",),
-}
-
-#: kind -> the field of the load balancer tree that holds its objects
-_TREE_FIELD = {kind: field for kind, field in PLURAL.items() if kind != "loadbalancer"}
-
-
-def _own_state(kind: str, obj: Any, old: Any) -> Any:
-    """``obj`` without nested payloads, with the ids of its parents filled in."""
-    parents = parents_of(kind, obj, old)
-    changes: dict[str, Any] = dict.fromkeys(_NESTED[type(obj)])
-    if kind in ("member", "healthmonitor"):
-        changes["pool_id"] = obj.pool_id or parents.pool_id
-    elif kind == "l7policy":
-        changes["listener_id"] = obj.listener_id or next(iter(parents.listener_ids), None)
-    elif kind == "l7rule":
-        changes["l7policy_id"] = obj.l7policy_id or parents.l7policy_id
-    elif kind == "pool":
-        changes["listener_id"] = obj.listener_id or next(iter(parents.listener_ids), None)
-    elif kind == "listener":
-        changes["loadbalancer_id"] = obj.loadbalancer_id or parents.loadbalancer_id
-    return msgspec.structs.replace(obj, **changes)
-
-
-def _nested_lb(obj: Any) -> LoadBalancer | None:
-    """The load balancer a payload carries (for a load balancer this backend never saw)."""
-    for path in (
-        ("loadbalancer",),
-        ("listener", "loadbalancer"),
-        ("pool", "loadbalancer"),
-        ("pool", "listener", "loadbalancer"),
-        ("policy", "listener", "loadbalancer"),
-    ):
-        node = obj
-        for attr in path:
-            node = getattr(node, attr, None)
-            if node is None:
-                break
-        if isinstance(node, LoadBalancer) and node.id:
-            return node
-    return None
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) HAProxy. Reads ``/proc`` (memory, no disk)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: ASYNC230 - procfs, never blocks
-            stat = f.read()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:  # noqa: ASYNC230
-            cmdline = f.read()
-    except OSError:
-        return False
-    state = stat.rsplit(b")", 1)[-1].split()[:1]
-    return state not in ([b"Z"], [b"X"]) and b"haproxy" in cmdline
-
-
-class _Procs(msgspec.Struct):
-    reloads: int
-    failed: int
-    #: (pid, reloads survived) of every worker
-    workers: list[tuple[int, int]]
-
-
-def _parse_show_proc(text: str) -> _Procs:
-    reloads = failed = -1
-    workers: list[tuple[int, int]] = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or line.startswith("#") or not parts[0].isdigit():
-            continue
-        if parts[1] == "master":
-            reloads = int(parts[2])
-            if len(parts) > 4 and parts[3] == "[failed:":
-                failed = int(parts[4].rstrip("]"))
-        elif parts[1] == "worker":
-            workers.append((int(parts[0]), int(parts[2])))
-    if reloads < 0:
-        raise BackendError(f"haproxy: unexpected show proc answer: {text[:200]!r}")
-    return _Procs(reloads, max(failed, 0), workers)
-
-
-def _alerts(stderr: bytes, tmp: Path, cfg: Path) -> str:
-    """HAProxy's ALERT lines, without the pid prefixes, naming the real file."""
-    lines = []
-    for raw in stderr.decode(errors="replace").splitlines():
-        if "[ALERT]" in raw:
-            text = raw.split(":", 1)[1].strip() if ":" in raw else raw
-            lines.append(text.replace(str(tmp), cfg.name))
-    return "; ".join(lines) or stderr.decode(errors="replace").strip()[-500:]
-
-
-async def _kill_at_once(process: trio.Process) -> None:
-    """What a cancelled command gets: SIGKILL at once (trio's default waits 5 s after a
-    SIGTERM, and a cancelled backend call must return within ``daemon.cancel_grace``)."""
-    process.kill()
-
 
 def _write_file(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Write ``path`` atomically (temporary file + rename)."""
@@ -342,7 +243,15 @@ class HaproxyBackend(Backend):
         self.deadlines = opts
         #: file work in threads: abandoned by a cancellation, kept in order per load balancer
         self._files = BlockingCalls()
-        self._lbs: dict[str, _LoadBalancer] = {}
+        self._control = HaproxyControl(
+            files=self._files,
+            haproxy_bin=opts.haproxy_bin,
+            reload_timeout=opts.reload_timeout,
+            validate_timeout=opts.validate_timeout,
+            stop_timeout=opts.stop_timeout,
+            socket_timeout=opts.socket_timeout,
+        )
+        self._instances: dict[str, _Instance] = {}
         #: (kind, id) -> load balancer id
         self._owner: dict[tuple[str, str], str] = {}
         self._loaded = False
@@ -356,57 +265,19 @@ class HaproxyBackend(Backend):
 
     def master_pid(self, lb_id: str) -> int | None:
         """The pid of the HAProxy master of ``lb_id`` (``None``: no process)."""
-        lb = self._lbs.get(lb_id)
-        return lb.pid if lb is not None else None
+        inst = self._instances.get(lb_id)
+        return inst.pid if inst is not None else None
 
     def lb_ids(self) -> list[str]:
-        return list(self._lbs)
+        return list(self._instances)
 
     async def resident_lb_ids(self) -> list[str]:
         """Every load balancer with a saved state in ``state_dir`` (adopted or to restart)."""
         await self._ensure_loaded()
-        return list(self._lbs)
+        return list(self._instances)
 
     def directory(self, lb_id: str) -> Path:
         return self.state_dir / haproxy_name(lb_id)
-
-    # ------------------------------------------------------------------ runtime API
-
-    async def _ask(self, path: str, command: str) -> str:
-        """One command on a HAProxy CLI socket; the whole answer."""
-        with trio.fail_after(self.options.socket_timeout):
-            stream = await trio.open_unix_socket(path)
-            async with stream:
-                await stream.send_all(command.encode() + b"\n")
-                await stream.send_eof()
-                chunks = []
-                while data := await stream.receive_some(65536):
-                    chunks.append(data)
-        return b"".join(chunks).decode(errors="replace")
-
-    async def _show_proc(self, lb: _LoadBalancer) -> _Procs:
-        return _parse_show_proc(await self._ask(lb.master_socket, "show proc"))
-
-    async def _retry(self, fn: Any, lb: _LoadBalancer) -> Any:
-        """``fn(lb)``, retried on connection errors for up to ``reload_timeout``."""
-        with trio.move_on_after(self.options.reload_timeout):
-            while True:
-                try:
-                    return await fn(lb)
-                except _IO_ERRORS:
-                    await trio.sleep(0.01)
-        raise BackendError(f"haproxy of load balancer {lb.lb_id} does not answer")
-
-    async def _worker_pid(self, lb: _LoadBalancer) -> int | None:
-        """The pid of the worker that answers on the stats socket (``None``: nobody)."""
-        try:
-            info = await self._ask(lb.stats_socket, "show info")
-        except _IO_ERRORS:
-            return None
-        for line in info.splitlines():
-            if line.startswith("Pid:"):
-                return int(line.split(":", 1)[1])
-        return None
 
     # ------------------------------------------------------------------ loading, adoption
 
@@ -419,24 +290,17 @@ class HaproxyBackend(Backend):
             found = await self._files.run("", self._read_state_dir)
             for directory, saved, text, pid in found:
                 lb_id = saved.tree.lb.id or directory.name
-                lb = _LoadBalancer(lb_id, directory, saved)
+                inst = _Instance(lb_id, directory, saved)
                 try:
-                    lb.rendered = self._render(lb, saved.tree, saved.certs)
-                except ConfigError as exc:
+                    inst.rendered = self._render(inst, saved.tree, saved.certs)
+                except RenderError as exc:
                     log.warning("saved configuration no longer renders", lb_id=lb_id, error=str(exc))
-                if pid is not None and _process_alive(pid):
-                    try:
-                        await self._show_proc(lb)
-                    except (*_IO_ERRORS, BackendError):
-                        pass
-                    else:
-                        lb.pid = pid
-                        lb.running_text = text
-                        log.info("haproxy adopted", lb_id=lb_id, pid=pid)
-                if lb.pid is None:
+                if await self._control.adopt(inst, pid, text):
+                    log.info("haproxy adopted", lb_id=lb_id, pid=pid)
+                if inst.pid is None:
                     log.info("haproxy not running, starts on the next operation", lb_id=lb_id)
-                self._index(lb)
-                self._lbs[lb_id] = lb
+                self._index(inst)
+                self._instances[lb_id] = inst
             self._loaded = True
 
     def _read_state_dir(self) -> list[tuple[Path, _Saved, str | None, int | None]]:
@@ -463,26 +327,22 @@ class HaproxyBackend(Backend):
             found.append((directory, saved, text, pid))
         return found
 
-    def _index(self, lb: _LoadBalancer) -> None:
-        tree = lb.saved.tree
-        self._owner[("loadbalancer", lb.lb_id)] = lb.lb_id
-        for kind, field in _TREE_FIELD.items():
-            for object_id in getattr(tree, field):
-                self._owner[(kind, object_id)] = lb.lb_id
+    def _index(self, inst: _Instance) -> None:
+        self._owner.update(owners(inst.lb_id, inst.saved.tree))
 
     # ------------------------------------------------------------------ rendering, applying
 
-    def _render(self, lb: _LoadBalancer, tree: LoadBalancerTree, certs: dict[str, str]) -> Rendered:
+    def _render(self, inst: _Instance, tree: LoadBalancerTree, certs: dict[str, str]) -> Rendered:
         return render_config(
             tree,
-            stats_socket=lb.stats_socket,
-            cert_files={lid: str(lb.dir / "certs" / name) for lid, name in certs.items()},
+            stats_socket=inst.stats_socket,
+            cert_files={lid: str(inst.dir / "certs" / name) for lid, name in certs.items()},
             settings=self.settings,
             check_fastinter_ms=self.options.check_fastinter_ms,
             hard_stop_after_s=self.options.hard_stop_after,
         )
 
-    def _new_lb(self, lb_id: str, lb_obj: LoadBalancer) -> _LoadBalancer:
+    def _new_instance(self, lb_id: str, lb: LoadBalancer) -> _Instance:
         directory = self.directory(lb_id)
         longest = len(str(directory / "master.sock"))
         if longest > _SUN_PATH_MAX:
@@ -490,17 +350,16 @@ class HaproxyBackend(Backend):
                 f"haproxy: state_dir {str(self.state_dir)!r} is too long for unix sockets "
                 f"({longest} > {_SUN_PATH_MAX} characters)"
             )
-        own = msgspec.structs.replace(lb_obj, listeners=None, pools=None)
-        return _LoadBalancer(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=own)))
+        return _Instance(lb_id, directory, _Saved(tree=new_tree(lb)))
 
     async def _apply(
         self,
-        lb: _LoadBalancer,
+        inst: _Instance,
         tree: LoadBalancerTree,
         certs: dict[str, str],
         new_cert_files: list[str] | None = None,
     ) -> None:
-        """Make ``lb`` run ``tree``, or raise and leave everything as it was.
+        """Make ``inst`` run ``tree``, or raise and leave everything as it was.
 
         ``new_cert_files`` are certificate files written for this change: removed again
         unless the change succeeds.
@@ -508,169 +367,84 @@ class HaproxyBackend(Backend):
         new_cert_files = list(new_cert_files or ())
         try:
             try:
-                rendered = self._render(lb, tree, certs)
-            except ConfigError as exc:
+                rendered = self._render(inst, tree, certs)
+            except RenderError as exc:
                 raise BackendError(f"haproxy: {exc}") from None
-            alive = lb.pid is not None and _process_alive(lb.pid)
+            alive = inst.pid is not None and process_alive(inst.pid)
             if not alive:
-                lb.pid = None
-            if alive and rendered.text == lb.running_text:
-                await self._save(lb, msgspec.structs.replace(lb.saved, tree=tree, certs=certs))
-                lb.rendered = rendered
+                inst.pid = None
+            if alive and rendered.text == inst.running_text:
+                await self._save(inst, msgspec.structs.replace(inst.saved, tree=tree, certs=certs))
+                inst.rendered = rendered
                 return
-            old_binds = set(lb.rendered.binds) if (alive and lb.rendered) else set()
+            old_binds = set(inst.rendered.binds) if (alive and inst.rendered) else set()
             for address, port in rendered.binds:
                 if (address, port) in old_binds:
                     continue
                 why = _test_bind(address, port)
                 if why is not None:
                     raise BackendError(f"haproxy: cannot bind {address}:{port}: {why}")
-            await self._files.run(lb.lb_id, self._prepare_dir, lb)
-            tmp = lb.dir / "haproxy.cfg.new"
-            await self._files.run(lb.lb_id, _write_file, tmp, rendered.text)
-            await self._validate(lb, tmp)
-            old_text = lb.running_text
-            await self._files.run(lb.lb_id, os.replace, tmp, lb.cfg)
-            offsets = lb.saved.offsets
+            await self._files.run(inst.lb_id, self._prepare_dir, inst)
+            tmp = inst.dir / "haproxy.cfg.new"
+            await self._files.run(inst.lb_id, _write_file, tmp, rendered.text)
+            await self._control.validate(inst, tmp)
+            old_text = inst.running_text
+            await self._files.run(inst.lb_id, os.replace, tmp, inst.cfg)
+            offsets = inst.saved.offsets
             try:
                 if alive:
-                    offsets = await self._offsets_before_reload(lb)
-                    await self._reload(lb)
+                    offsets = await self._offsets_before_reload(inst)
+                    await self._control.reload(inst)
                 else:
-                    await self._start(lb)
+                    await self._control.start(inst)
             except BaseException:
                 if old_text is not None:
-                    await self._files.run(lb.lb_id, _write_file, lb.cfg, old_text)
+                    await self._files.run(inst.lb_id, _write_file, inst.cfg, old_text)
                 raise
-            lb.running_text = rendered.text
-            lb.rendered = rendered
-            await self._save(lb, _Saved(tree=tree, certs=certs, offsets=offsets))
+            inst.running_text = rendered.text
+            inst.rendered = rendered
+            await self._save(inst, _Saved(tree=tree, certs=certs, offsets=offsets))
             new_cert_files = []  # now in use
-            await self._files.run(lb.lb_id, self._collect_certs, lb)
+            await self._files.run(inst.lb_id, self._collect_certs, inst)
         finally:
             for name in new_cert_files:
-                if name not in lb.saved.certs.values():
-                    await self._files.run(lb.lb_id, self._unlink, lb.dir / "certs" / name)
+                if name not in inst.saved.certs.values():
+                    await self._files.run(inst.lb_id, self._unlink, inst.dir / "certs" / name)
 
     @staticmethod
-    def _prepare_dir(lb: _LoadBalancer) -> None:
-        lb.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (lb.dir / "certs").mkdir(exist_ok=True, mode=0o700)
+    def _prepare_dir(inst: _Instance) -> None:
+        inst.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (inst.dir / "certs").mkdir(exist_ok=True, mode=0o700)
 
     @staticmethod
     def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
 
     @staticmethod
-    def _collect_certs(lb: _LoadBalancer) -> None:
-        keep = set(lb.saved.certs.values())
-        certs = lb.dir / "certs"
+    def _collect_certs(inst: _Instance) -> None:
+        keep = set(inst.saved.certs.values())
+        certs = inst.dir / "certs"
         for path in certs.iterdir() if certs.is_dir() else ():
             if path.name not in keep:
                 path.unlink(missing_ok=True)
 
-    async def _save(self, lb: _LoadBalancer, saved: _Saved) -> None:
-        lb.saved = saved
-        if lb.dir.is_dir():
+    async def _save(self, inst: _Instance, saved: _Saved) -> None:
+        inst.saved = saved
+        if inst.dir.is_dir():
             await self._files.run(
-                lb.lb_id, _write_file, lb.dir / "state.json", _encode_saved(saved)
+                inst.lb_id, _write_file, inst.dir / "state.json", _encode_saved(saved)
             )
 
-    async def _validate(self, lb: _LoadBalancer, tmp: Path) -> None:
-        with trio.fail_after(self.options.validate_timeout):
-            result = await trio.run_process(
-                [self.options.haproxy_bin, "-c", "-f", str(tmp)],
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                deliver_cancel=_kill_at_once,
-            )
-        if result.returncode != 0:
-            await self._files.run(lb.lb_id, self._unlink, tmp)
-            raise BackendError(
-                "haproxy rejected the configuration: " + _alerts(result.stderr, tmp, lb.cfg)
-            )
-
-    async def _start(self, lb: _LoadBalancer) -> None:
-        """Start the master (daemonized: it outlives this process) and wait for its worker."""
-        await self._files.run(lb.lb_id, self._unlink, lb.pid_file)
-        with trio.fail_after(self.options.reload_timeout):
-            result = await trio.run_process(
-                [
-                    self.options.haproxy_bin,
-                    "-W",
-                    "-D",
-                    "-S",
-                    f"{lb.master_socket},mode,600",
-                    "-p",
-                    str(lb.pid_file),
-                    "-f",
-                    str(lb.cfg),
-                ],
-                stdin=b"",
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                deliver_cancel=_kill_at_once,
-            )
-        if result.returncode != 0:
-            raise BackendError(
-                "haproxy did not start: " + _alerts(result.stderr, lb.cfg, lb.cfg)
-            )
-        pid_text = await self._files.run(lb.lb_id, lb.pid_file.read_text)
-        lb.pid = int(pid_text.split()[0])
-        with trio.move_on_after(self.options.reload_timeout):
-            while True:
-                try:
-                    procs = await self._show_proc(lb)
-                    workers = {pid for pid, _ in procs.workers}
-                    if workers and await self._worker_pid(lb) in workers:
-                        log.info("haproxy started", lb_id=lb.lb_id, pid=lb.pid)
-                        return
-                except (*_IO_ERRORS, BackendError):
-                    pass
-                await trio.sleep(0.005)
-        raise BackendError(f"haproxy (pid {lb.pid}) started but no worker answered in time")
-
-    async def _reload(self, lb: _LoadBalancer) -> None:
-        """A hitless reload of ``haproxy.cfg``; returns once the new worker answers."""
-        before = await self._retry(self._show_proc, lb)
-        old_workers = {pid for pid, _ in before.workers}
-        try:
-            await self._ask(lb.master_socket, "reload")
-        except _IO_ERRORS:
-            pass  # the master re-executes itself and drops the connection
-        delay = 0.002
-        with trio.move_on_after(self.options.reload_timeout):
-            while True:
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                try:
-                    procs = await self._show_proc(lb)
-                except (*_IO_ERRORS, BackendError):
-                    continue
-                if procs.reloads <= before.reloads:
-                    continue
-                if procs.failed > before.failed:
-                    raise BackendError(
-                        "haproxy refused to reload (the previous configuration still serves)"
-                    )
-                new = {pid for pid, reloads in procs.workers if reloads == 0} - old_workers
-                if new and await self._worker_pid(lb) in new:
-                    log.debug("haproxy reloaded", lb_id=lb.lb_id, pid=lb.pid)
-                    return
-        raise BackendError(f"haproxy (pid {lb.pid}) did not confirm the reload in time")
-
-    async def _offsets_before_reload(self, lb: _LoadBalancer) -> dict[str, ListenerStatistics]:
+    async def _offsets_before_reload(self, inst: _Instance) -> dict[str, ListenerStatistics]:
         """The offsets plus what the current worker counted: the totals after the reload."""
-        offsets = dict(lb.saved.offsets)
-        if lb.rendered is None:
+        offsets = dict(inst.saved.offsets)
+        if inst.rendered is None:
             return offsets
         try:
-            rows = parse_show_stat(await self._ask(lb.stats_socket, "show stat"))
-        except (*_IO_ERRORS, ValueError):
+            rows = parse_show_stat(await self._control.ask(inst.stats_socket, "show stat"))
+        except (*IO_ERRORS, ValueError):
             return offsets
-        for lid, c in listener_counters(rows, lb.rendered).items():
+        for lid, c in listener_counters(rows, inst.rendered).items():
             base = offsets.get(lid) or ListenerStatistics(id=lid)
             offsets[lid] = ListenerStatistics(
                 id=lid,
@@ -681,74 +455,17 @@ class HaproxyBackend(Backend):
             )
         return offsets
 
-    async def _stop(self, lb: _LoadBalancer) -> None:
-        """Stop the master and its workers (SIGTERM, SIGKILL after ``stop_timeout``)."""
-        pids: set[int] = set()
-        if lb.pid is None:
-            try:
-                pid_text = await self._files.run(lb.lb_id, lb.pid_file.read_text)
-                pid = int(pid_text.split()[0])
-            except (OSError, ValueError, IndexError):
-                pid = None
-            if pid is not None and _process_alive(pid):
-                lb.pid = pid
-        if lb.pid is not None:
-            try:
-                pids = {pid for pid, _ in (await self._show_proc(lb)).workers}
-            except (*_IO_ERRORS, BackendError):
-                pids = set()
-            pids.add(lb.pid)
-            self._signal(lb.pid, signal.SIGTERM)
-            with trio.move_on_after(self.options.stop_timeout):
-                while any(_process_alive(p) for p in pids):  # noqa: ASYNC110 - polling /proc
-                    await trio.sleep(0.01)
-            for p in pids:
-                if _process_alive(p):
-                    self._signal(p, signal.SIGKILL)
-            log.info("haproxy stopped", lb_id=lb.lb_id, pid=lb.pid)
-        lb.pid = None
-        lb.running_text = None
-
-    @staticmethod
-    def _signal(pid: int, signum: int) -> None:
-        try:
-            os.kill(pid, signum)
-        except OSError as exc:
-            if exc.errno != errno.ESRCH:
-                raise
-
     async def stop_all(self) -> None:
         """Stop every HAProxy of ``state_dir`` (tests, benchmarks, decommissioning)."""
         await self._ensure_loaded()
-        for lb in list(self._lbs.values()):
-            await self._stop(lb)
+        for inst in list(self._instances.values()):
+            await self._control.stop(inst)
 
     async def aclose(self) -> None:
         """Nothing to release: the HAProxy processes keep serving (see the module docstring)."""
         await trio.lowlevel.checkpoint()
 
     # ------------------------------------------------------------------ changes
-
-    def _find_lb_id(self, kind: str, obj: OctaviaObject, old: OctaviaObject | None) -> str | None:
-        if kind == "loadbalancer":
-            return obj.id
-        known = self._owner.get((kind, obj.id or ""))
-        if known is not None:
-            return known
-        parents = parents_of(kind, obj, old)
-        if parents.loadbalancer_id:
-            return parents.loadbalancer_id
-        for parent_kind, parent_id in (
-            ("pool", parents.pool_id),
-            ("l7policy", parents.l7policy_id),
-            *(("listener", lid) for lid in parents.listener_ids),
-            ("pool", getattr(obj, "pool_id", None)),
-            ("listener", getattr(obj, "listener_id", None)),
-            ("l7policy", getattr(obj, "l7policy_id", None)),
-        ):
-            if parent_id and (parent_kind, parent_id) in self._owner:
-                return self._owner[(parent_kind, parent_id)]
-        return None
 
     async def _put(
         self,
@@ -760,58 +477,32 @@ class HaproxyBackend(Backend):
         await self._ensure_loaded()
         if not obj.id:
             raise BackendError(f"haproxy: a {kind} without id")
-        lb_id = self._find_lb_id(kind, obj, old)
+        lb_id = find_lb_id(kind, obj, old, self._owner)
         if not lb_id:
             raise BackendError(f"haproxy: no load balancer found for {kind} {obj.id}")
-        lb = self._lbs.get(lb_id)
-        if lb is None:
-            lb_obj = obj if isinstance(obj, LoadBalancer) else _nested_lb(obj) or _nested_lb(old)
-            if lb_obj is None:
+        inst = self._instances.get(lb_id)
+        if inst is None:
+            lb = obj if isinstance(obj, LoadBalancer) else nested_lb(obj) or nested_lb(old)
+            if lb is None:
                 raise BackendError(f"haproxy: {kind} {obj.id} belongs to unknown load balancer {lb_id}")
-            lb = self._new_lb(lb_id, lb_obj)
-        tree = lb.saved.tree
-        certs = dict(lb.saved.certs)
+            inst = self._new_instance(lb_id, lb)
+        certs = dict(inst.saved.certs)
         new_files: list[str] = []
-        if isinstance(obj, LoadBalancer):
-            tree = msgspec.structs.replace(
-                tree, lb=msgspec.structs.replace(obj, listeners=None, pools=None)
-            )
-        else:
-            own = _own_state(kind, obj, old)
-            field = _TREE_FIELD[kind]
-            objects = dict(getattr(tree, field))
-            objects[obj.id] = own
-            tree = msgspec.structs.replace(tree, **{field: objects})
-            if isinstance(own, Listener):
-                tree = self._listener_changed(tree, own, old)
-                if own.protocol != "TERMINATED_HTTPS":
-                    certs.pop(obj.id, None)
-                elif cert is not None:
-                    name = await self._write_cert(lb, obj.id, cert)
-                    if name not in lb.saved.certs.values():
-                        new_files.append(name)
-                    certs[obj.id] = name
-        await self._apply(lb, tree, certs, new_files)
-        if lb_id not in self._lbs:
-            self._lbs[lb_id] = lb
-        self._index(lb)
+        tree = with_object(inst.saved.tree, kind, obj, old)
+        if isinstance(obj, Listener):
+            if obj.protocol != "TERMINATED_HTTPS":
+                certs.pop(obj.id, None)
+            elif cert is not None:
+                name = await self._write_cert(inst, obj.id, cert)
+                if name not in inst.saved.certs.values():
+                    new_files.append(name)
+                certs[obj.id] = name
+        await self._apply(inst, tree, certs, new_files)
+        if lb_id not in self._instances:
+            self._instances[lb_id] = inst
+        self._index(inst)
 
-    @staticmethod
-    def _listener_changed(
-        tree: LoadBalancerTree, listener: Listener, old: OctaviaObject | None
-    ) -> LoadBalancerTree:
-        """An update that removes the default pool detaches the pools that named the listener."""
-        if isinstance(old, Listener) and old.default_pool_id and not listener.default_pool_id:
-            pools = {
-                pid: msgspec.structs.replace(p, listener_id=None)
-                if p.listener_id == listener.id
-                else p
-                for pid, p in tree.pools.items()
-            }
-            return msgspec.structs.replace(tree, pools=pools)
-        return tree
-
-    async def _write_cert(self, lb: _LoadBalancer, listener_id: str, cert: Certificate) -> str:
+    async def _write_cert(self, inst: _Instance, listener_id: str, cert: Certificate) -> str:
         if not cert.certificate or not cert.private_key:
             raise BackendError(f"haproxy: the certificate of listener {listener_id} lacks certificate or key")
         key = cert.private_key
@@ -824,8 +515,8 @@ class HaproxyBackend(Backend):
         pem = "".join(p if p.endswith("\n") else p + "\n" for p in parts)
         digest = hashlib.sha256(pem.encode()).hexdigest()[:16]
         name = f"{haproxy_name(listener_id)}-{digest}.pem"
-        await self._files.run(lb.lb_id, self._prepare_dir, lb)
-        await self._files.run(lb.lb_id, _write_file, lb.dir / "certs" / name, pem, 0o600)
+        await self._files.run(inst.lb_id, self._prepare_dir, inst)
+        await self._files.run(inst.lb_id, _write_file, inst.dir / "certs" / name, pem, 0o600)
         return name
 
     async def _decrypt_key(self, key: str, passphrase: str, listener_id: str) -> str:
@@ -836,7 +527,7 @@ class HaproxyBackend(Backend):
             capture_stderr=True,
             check=False,
             env={**os.environ, "LBACTORS_KEY_PASSPHRASE": passphrase},
-            deliver_cancel=_kill_at_once,
+            deliver_cancel=kill_at_once,
         )
         if result.returncode != 0:
             raise BackendError(f"haproxy: cannot decrypt the key of listener {listener_id}")
@@ -846,66 +537,32 @@ class HaproxyBackend(Backend):
         await self._ensure_loaded()
         if not obj.id:
             raise BackendError(f"haproxy: delete of a {kind} without id")
-        lb_id = self._find_lb_id(kind, obj, None)
-        lb = self._lbs.get(lb_id) if lb_id else None
-        if lb is None:
+        lb_id = find_lb_id(kind, obj, None, self._owner)
+        inst = self._instances.get(lb_id) if lb_id else None
+        if inst is None:
             if kind == "loadbalancer" and obj.id:
                 await self._remove_orphan_dir(obj.id)
             return  # never seen or already deleted: done
         if kind == "loadbalancer":
-            await self._stop(lb)
-            await self._files.run(lb.lb_id, shutil.rmtree, lb.dir, True)
-            del self._lbs[lb.lb_id]
-            self._owner = {k: v for k, v in self._owner.items() if v != lb.lb_id}
+            await self._control.stop(inst)
+            await self._files.run(inst.lb_id, shutil.rmtree, inst.dir, True)
+            del self._instances[inst.lb_id]
+            self._owner = owners_after_removal(self._owner, inst.lb_id, None)
             return
-        tree = lb.saved.tree
-        field = _TREE_FIELD[kind]
-        if obj.id not in getattr(tree, field):
+        tree = inst.saved.tree
+        if obj.id not in getattr(tree, TREE_FIELD[kind]):
             return
-        tree = self._without(tree, kind, obj.id)
-        certs = {lid: f for lid, f in lb.saved.certs.items() if lid in tree.listeners}
-        await self._apply(lb, tree, certs)
-        self._owner = {
-            k: v
-            for k, v in self._owner.items()
-            if v != lb.lb_id or k[0] == "loadbalancer" or k[1] in getattr(tree, _TREE_FIELD[k[0]])
-        }
+        tree = without(tree, kind, obj.id)
+        certs = {lid: f for lid, f in inst.saved.certs.items() if lid in tree.listeners}
+        await self._apply(inst, tree, certs)
+        self._owner = owners_after_removal(self._owner, inst.lb_id, tree)
 
     async def _remove_orphan_dir(self, lb_id: str) -> None:
         directory = self.directory(lb_id)
         if await self._files.run(lb_id, directory.is_dir):
-            orphan = _LoadBalancer(lb_id, directory, _Saved(tree=LoadBalancerTree(lb=LoadBalancer(id=lb_id))))
-            await self._stop(orphan)
+            orphan = _Instance(lb_id, directory, _Saved(tree=new_tree(LoadBalancer(id=lb_id))))
+            await self._control.stop(orphan)
             await self._files.run(lb_id, shutil.rmtree, directory, True)
-
-    @staticmethod
-    def _without(tree: LoadBalancerTree, kind: str, object_id: str) -> LoadBalancerTree:
-        """``tree`` without the object and what cannot live without it (as Octavia deletes)."""
-        changes: dict[str, Any] = {}
-        field = _TREE_FIELD[kind]
-        changes[field] = {k: v for k, v in getattr(tree, field).items() if k != object_id}
-        if kind == "listener":
-            gone = {k for k, p in tree.l7policies.items() if p.listener_id == object_id}
-            changes["l7policies"] = {k: v for k, v in tree.l7policies.items() if k not in gone}
-            changes["l7rules"] = {k: v for k, v in tree.l7rules.items() if v.l7policy_id not in gone}
-            changes["pools"] = {
-                k: msgspec.structs.replace(p, listener_id=None) if p.listener_id == object_id else p
-                for k, p in tree.pools.items()
-            }
-        elif kind == "l7policy":
-            changes["l7rules"] = {k: v for k, v in tree.l7rules.items() if v.l7policy_id != object_id}
-        elif kind == "pool":
-            changes["members"] = {k: v for k, v in tree.members.items() if v.pool_id != object_id}
-            changes["healthmonitors"] = {
-                k: v for k, v in tree.healthmonitors.items() if v.pool_id != object_id
-            }
-            changes["listeners"] = {
-                k: msgspec.structs.replace(li, default_pool_id=None)
-                if li.default_pool_id == object_id
-                else li
-                for k, li in tree.listeners.items()
-            }
-        return msgspec.structs.replace(tree, **changes)
 
     # ------------------------------------------------------------------ CRUD
 
@@ -974,28 +631,28 @@ class HaproxyBackend(Backend):
 
     # ------------------------------------------------------------------ read side
 
-    async def _stat_rows(self, lb: _LoadBalancer) -> list[dict[str, str]] | None:
-        if lb.pid is None or not _process_alive(lb.pid):
+    async def _stat_rows(self, inst: _Instance) -> list[dict[str, str]] | None:
+        if inst.pid is None or not process_alive(inst.pid):
             return None
         try:
-            return parse_show_stat(await self._ask(lb.stats_socket, "show stat"))
-        except (*_IO_ERRORS, ValueError):
+            return parse_show_stat(await self._control.ask(inst.stats_socket, "show stat"))
+        except (*IO_ERRORS, ValueError):
             return None
 
     async def listener_statistics(self, lb_id: str) -> list[ListenerStatistics]:
         await self._ensure_loaded()
-        lb = self._lbs.get(lb_id)
-        if lb is None or lb.rendered is None:
+        inst = self._instances.get(lb_id)
+        if inst is None or inst.rendered is None:
             await trio.lowlevel.checkpoint()
             return []
-        rendered = lb.rendered
-        rows = await self._stat_rows(lb)
+        rendered = inst.rendered
+        rows = await self._stat_rows(inst)
         current = listener_counters(rows, rendered) if rows is not None else {}
         result = []
-        for lid in sorted(lb.saved.tree.listeners):
-            base = lb.saved.offsets.get(lid) or ListenerStatistics(id=lid)
+        for lid in sorted(inst.saved.tree.listeners):
+            base = inst.saved.offsets.get(lid) or ListenerStatistics(id=lid)
             now = current.get(lid) or ListenerStatistics(id=lid)
-            last = lb.reported.get(lid) or ListenerStatistics(id=lid)
+            last = inst.reported.get(lid) or ListenerStatistics(id=lid)
             stats = ListenerStatistics(
                 id=lid,
                 active_connections=now.active_connections,
@@ -1006,18 +663,18 @@ class HaproxyBackend(Backend):
                     last.total_connections, base.total_connections + now.total_connections
                 ),
             )
-            lb.reported[lid] = stats
+            inst.reported[lid] = stats
             result.append(stats)
         return result
 
     async def operating_statuses(self, lb_id: str) -> list[OperatingStatus]:
         await self._ensure_loaded()
-        lb = self._lbs.get(lb_id)
-        if lb is None or lb.rendered is None:
+        inst = self._instances.get(lb_id)
+        if inst is None or inst.rendered is None:
             await trio.lowlevel.checkpoint()
             return []
-        tree, rendered = lb.saved.tree, lb.rendered
-        rows = await self._stat_rows(lb)
+        tree, rendered = inst.saved.tree, inst.rendered
+        rows = await self._stat_rows(inst)
         if rows is None:
             # no process (died, or never started): nothing of this load balancer serves
             down: list[OperatingStatus] = [("loadbalancer", lb_id, "ERROR")]

@@ -2,7 +2,7 @@
 
 - :class:`LoadBalancerTree`: every object of one load balancer, by id, without nested payloads;
 - :func:`render_config`: the tree → the configuration text plus the names HAProxy will report
-  its proxies and servers under (:class:`Rendered`); deterministic, and a :class:`ConfigError`
+  its proxies and servers under (:class:`Rendered`); deterministic, and a :class:`RenderError`
   for anything HAProxy cannot express (unsupported protocol, bad CIDR, a value with a newline);
 - :func:`parse_show_stat`, :func:`listener_counters`, :func:`operating_statuses`: the runtime
   API's ``show stat`` CSV → Octavia's listener statistics and operating statuses;
@@ -51,9 +51,9 @@ from lbactors.model import (
 
 __all__ = [
     "FLAVOR_METADATA",
-    "ConfigError",
     "FlavorSettings",
     "LoadBalancerTree",
+    "RenderError",
     "Rendered",
     "flavor_settings",
     "haproxy_name",
@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class RenderError(ValueError):
     """The subtree cannot be rendered into a configuration HAProxy would run."""
 
 
@@ -119,14 +119,14 @@ def flavor_settings(metadata: Mapping[str, Any] | None, base: FlavorSettings) ->
     """``base`` overridden by the supported keys of a load balancer's flavor metadata.
 
     Keys the backend does not know are ignored here (``validate_flavor`` already turned them
-    away when the flavor was created); a known key with a bad value is a :class:`ConfigError`.
+    away when the flavor was created); a known key with a bad value is a :class:`RenderError`.
     """
     if not metadata:
         return base
     known = {k: v for k, v in metadata.items() if k in FLAVOR_METADATA}
     reason = validate_flavor(known)
     if reason is not None:
-        raise ConfigError(reason)
+        raise RenderError(reason)
     return msgspec.structs.replace(base, **known)
 
 
@@ -156,9 +156,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def _arg(value: str, what: str) -> str:
     """``value`` as one configuration word: as is when plain, else in single quotes."""
     if not value:
-        raise ConfigError(f"{what} must not be empty")
+        raise RenderError(f"{what} must not be empty")
     if _CONTROL.search(value):
-        raise ConfigError(f"{what} must not contain control characters: {value!r}")
+        raise RenderError(f"{what} must not contain control characters: {value!r}")
     if _PLAIN_ARG.fullmatch(value):
         return value
     return "'" + value.replace("'", "'\\''") + "'"
@@ -166,17 +166,17 @@ def _arg(value: str, what: str) -> str:
 
 def _address(address: str | None, what: str) -> str:
     if not address:
-        raise ConfigError(f"{what} has no address")
+        raise RenderError(f"{what} has no address")
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        raise ConfigError(f"{what} address {address!r} is not an IP address") from None
+        raise RenderError(f"{what} address {address!r} is not an IP address") from None
     return f"[{ip}]" if ip.version == 6 else str(ip)
 
 
 def _port(port: int | None, what: str) -> int:
     if port is None or not 1 <= port <= 65535:
-        raise ConfigError(f"{what} port {port!r} is not in 1..65535")
+        raise RenderError(f"{what} port {port!r} is not in 1..65535")
     return port
 
 
@@ -220,14 +220,14 @@ def _expected_codes(codes: str | None) -> str:
     """``http-check expect`` for Octavia's ``expected_codes`` (``200``, ``200-204``, ``200,202``)."""
     codes = (codes or "200").replace(" ", "")
     if not _CODES.fullmatch(codes):
-        raise ConfigError(f"health monitor expected_codes {codes!r} is not like 200, 200-204 or 200,202")
+        raise RenderError(f"health monitor expected_codes {codes!r} is not like 200, 200-204 or 200,202")
     if re.fullmatch(r"\d{3}", codes):
         return f"http-check expect status {codes}"
     expanded: list[str] = []
     for part in codes.split(","):
         low, _, high = part.partition("-")
         if high and int(high) < int(low):
-            raise ConfigError(f"health monitor expected_codes range {part!r} is empty")
+            raise RenderError(f"health monitor expected_codes range {part!r} is empty")
         expanded.extend(str(c) for c in range(int(low), int(high or low) + 1))
     return f"http-check expect rstatus ^({'|'.join(dict.fromkeys(expanded))})$"
 
@@ -244,7 +244,7 @@ def _default_pool_id(tree: LoadBalancerTree, listener: Listener) -> str | None:
 def _rule_acl(rule: L7Rule, name: str) -> str:
     match = _MATCH.get(rule.compare_type or "")
     if match is None:
-        raise ConfigError(f"L7 rule {rule.id}: unsupported compare_type {rule.compare_type!r}")
+        raise RenderError(f"L7 rule {rule.id}: unsupported compare_type {rule.compare_type!r}")
     value = rule.value or ""
     kind = rule.type
     if kind == "PATH":
@@ -257,10 +257,10 @@ def _rule_acl(rule: L7Rule, name: str) -> str:
             match, value = "-m end", "." + value.lstrip(".")
     elif kind in ("HEADER", "COOKIE"):
         if not rule.key or not _TOKEN.fullmatch(rule.key):
-            raise ConfigError(f"L7 rule {rule.id}: {kind} rules need a token as key, not {rule.key!r}")
+            raise RenderError(f"L7 rule {rule.id}: {kind} rules need a token as key, not {rule.key!r}")
         fetch = f"req.hdr({rule.key})" if kind == "HEADER" else f"req.cook({rule.key})"
     else:
-        raise ConfigError(f"L7 rule {rule.id}: unsupported type {kind!r}")
+        raise RenderError(f"L7 rule {rule.id}: unsupported type {kind!r}")
     return f"    acl {name} {fetch} {match} {_arg(value, f'L7 rule {rule.id} value')}"
 
 
@@ -341,7 +341,7 @@ class _Renderer:
         what = f"listener {lid}"
         mode = _LISTENER_MODE.get(listener.protocol or "")
         if mode is None:
-            raise ConfigError(f"{what}: protocol {listener.protocol!r} is not supported by haproxy")
+            raise RenderError(f"{what}: protocol {listener.protocol!r} is not supported by haproxy")
         vip = _address(self.tree.lb.vip_address, f"load balancer {self.tree.lb.id} VIP")
         port = _port(listener.protocol_port, what)
         name = haproxy_name(lid)
@@ -352,7 +352,7 @@ class _Renderer:
         if listener.protocol == "TERMINATED_HTTPS":
             cert = self.cert_files.get(lid)
             if cert is None:
-                raise ConfigError(f"{what}: TERMINATED_HTTPS needs a certificate (cert)")
+                raise RenderError(f"{what}: TERMINATED_HTTPS needs a certificate (cert)")
             bind += f" ssl crt {_arg(cert, 'certificate path')}"
         lines = self.lines
         lines += ["", f"frontend {name}", f"    mode {mode}", bind]
@@ -373,7 +373,7 @@ class _Renderer:
                 try:
                     cidrs.append(str(ipaddress.ip_network(cidr, strict=False)))
                 except ValueError:
-                    raise ConfigError(f"{what}: allowed_cidrs entry {cidr!r} is not a CIDR") from None
+                    raise RenderError(f"{what}: allowed_cidrs entry {cidr!r} is not a CIDR") from None
             lines.append(f"    tcp-request connection reject if !{{ src {' '.join(cidrs)} }}")
         inspect = listener.timeout_tcp_inspect
         if inspect is None:
@@ -388,7 +388,7 @@ class _Renderer:
             key=lambda p: (p.position if p.position is not None else 0, p.id or ""),
         )
         if policies and mode != "http":
-            raise ConfigError(f"{what}: L7 policies need an HTTP or TERMINATED_HTTPS listener")
+            raise RenderError(f"{what}: L7 policies need an HTTP or TERMINATED_HTTPS listener")
         actions: list[str] = []
         selectors: list[str] = []
         for index, policy in enumerate(policies, 1):
@@ -433,13 +433,13 @@ class _Renderer:
             return f"    use_backend {self._backend_name(lid, pool_id)} {when}"
         if policy.action in ("REDIRECT_TO_URL", "REDIRECT_PREFIX"):
             if code not in _REDIRECT_CODES:
-                raise ConfigError(f"{what}: redirect_http_code {code} is not one of {sorted(_REDIRECT_CODES)}")
+                raise RenderError(f"{what}: redirect_http_code {code} is not one of {sorted(_REDIRECT_CODES)}")
             if policy.action == "REDIRECT_TO_URL":
                 target = f"location {_arg(policy.redirect_url or '', f'{what} redirect_url')}"
             else:
                 target = f"prefix {_arg(policy.redirect_prefix or '', f'{what} redirect_prefix')}"
             return f"    http-request redirect code {code} {target} {when}"
-        raise ConfigError(f"{what}: unsupported action {policy.action!r}")
+        raise RenderError(f"{what}: unsupported action {policy.action!r}")
 
     @staticmethod
     def _backend_name(listener_id: str, pool_id: str) -> str:
@@ -450,10 +450,10 @@ class _Renderer:
         what = f"pool {pid}"
         mode = _LISTENER_MODE[listener.protocol or ""]
         if pool.protocol not in _POOL_PROTOCOLS:
-            raise ConfigError(f"{what}: protocol {pool.protocol!r} is not supported by haproxy")
+            raise RenderError(f"{what}: protocol {pool.protocol!r} is not supported by haproxy")
         algorithm = _ALGORITHMS.get(pool.lb_algorithm or "ROUND_ROBIN")
         if algorithm is None:
-            raise ConfigError(f"{what}: lb_algorithm {pool.lb_algorithm!r} is not supported")
+            raise RenderError(f"{what}: lb_algorithm {pool.lb_algorithm!r} is not supported")
         name = self._backend_name(listener.id or "", pid)
         copies = self.backends.setdefault(pid, [])
         primary = copies[0] if copies else None
@@ -476,26 +476,26 @@ class _Renderer:
         if kind == "SOURCE_IP":
             expire = persistence.get("persistence_timeout") or 360
             if not isinstance(expire, int) or expire <= 0:
-                raise ConfigError(f"{what}: persistence_timeout {expire!r} must be a positive integer")
+                raise RenderError(f"{what}: persistence_timeout {expire!r} must be a positive integer")
             lines += [f"    stick-table type ipv6 size 10k expire {expire}s", "    stick on src"]
         elif kind == "HTTP_COOKIE":
             if mode != "http":
-                raise ConfigError(f"{what}: HTTP_COOKIE persistence needs an HTTP listener")
+                raise RenderError(f"{what}: HTTP_COOKIE persistence needs an HTTP listener")
             lines.append("    cookie SRV insert indirect nocache")
             cookie = True
         elif kind == "APP_COOKIE":
             if mode != "http":
-                raise ConfigError(f"{what}: APP_COOKIE persistence needs an HTTP listener")
+                raise RenderError(f"{what}: APP_COOKIE persistence needs an HTTP listener")
             cookie_name = persistence.get("cookie_name")
             if not isinstance(cookie_name, str) or not _TOKEN.fullmatch(cookie_name):
-                raise ConfigError(f"{what}: APP_COOKIE persistence needs a cookie_name token, not {cookie_name!r}")
+                raise RenderError(f"{what}: APP_COOKIE persistence needs a cookie_name token, not {cookie_name!r}")
             lines += [
                 "    stick-table type string len 64 size 10k",
                 f"    stick store-response res.cook({cookie_name})",
                 f"    stick match req.cook({cookie_name})",
             ]
         elif kind is not None:
-            raise ConfigError(f"{what}: session persistence {kind!r} is not supported")
+            raise RenderError(f"{what}: session persistence {kind!r} is not supported")
 
         hm = self.monitor_of.get(pid)
         check = ""
@@ -517,7 +517,7 @@ class _Renderer:
             mwhat = f"member {mid}"
             weight = 1 if member.weight is None else member.weight
             if not 0 <= weight <= 256:
-                raise ConfigError(f"{mwhat}: weight {weight} is not in 0..256")
+                raise RenderError(f"{mwhat}: weight {weight} is not in 0..256")
             line = (
                 f"    server {server} {_address(member.address, mwhat)}:"
                 f"{_port(member.protocol_port, mwhat)} weight {weight}"
@@ -548,14 +548,14 @@ class _Renderer:
         if kind in ("HTTP", "HTTPS"):
             method = hm.http_method or "GET"
             if not re.fullmatch(r"[A-Z]+", method):
-                raise ConfigError(f"{what}: http_method {method!r} is not a method")
+                raise RenderError(f"{what}: http_method {method!r} is not a method")
             url = hm.url_path or "/"
             if not url.startswith("/"):
-                raise ConfigError(f"{what}: url_path {url!r} must start with /")
+                raise RenderError(f"{what}: url_path {url!r} must start with /")
             send = f"    http-check send meth {method} uri {_arg(url, f'{what} url_path')}"
             version = str(hm.http_version) if hm.http_version is not None else "1.0"
             if version not in ("1.0", "1.1"):
-                raise ConfigError(f"{what}: http_version {hm.http_version!r} is not 1.0 or 1.1")
+                raise RenderError(f"{what}: http_version {hm.http_version!r} is not 1.0 or 1.1")
             send += f" ver HTTP/{version}"
             if hm.domain_name:
                 send += f" hdr Host {_arg(hm.domain_name, f'{what} domain_name')}"
@@ -565,14 +565,14 @@ class _Renderer:
         elif kind == "TLS-HELLO":
             lines.append("    option ssl-hello-chk")
         elif kind != "TCP":
-            raise ConfigError(f"{what}: type {kind!r} is not supported by haproxy")
+            raise RenderError(f"{what}: type {kind!r} is not supported by haproxy")
         delay = hm.delay if hm.delay is not None else 5
         timeout = hm.timeout if hm.timeout is not None else delay
         rise = hm.max_retries if hm.max_retries is not None else 3
         fall = hm.max_retries_down if hm.max_retries_down is not None else 3
         for field, value, low in (("delay", delay, 1), ("timeout", timeout, 1), ("max_retries", rise, 1), ("max_retries_down", fall, 1)):
             if value < low:
-                raise ConfigError(f"{what}: {field} {value} must be >= {low}")
+                raise RenderError(f"{what}: {field} {value} must be >= {low}")
         lines.append(f"    timeout check {timeout}s")
         check += f" inter {delay}s rise {rise} fall {fall}"
         if self.check_fastinter_ms is not None:
@@ -594,7 +594,7 @@ def render_config(
     ``cert_files`` maps a TERMINATED_HTTPS listener's id to its PEM file; ``settings`` are the
     defaults the load balancer's flavor metadata overrides; ``check_fastinter_ms`` sets
     HAProxy's ``fastinter`` / ``downinter`` (the check interval while a server changes state).
-    Raises :class:`ConfigError` naming the object at fault.
+    Raises :class:`RenderError` naming the object at fault.
     """
     return _Renderer(
         tree,
