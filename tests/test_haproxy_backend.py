@@ -7,6 +7,7 @@ their own name. Every HAProxy started here is stopped by its pid at the end of t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -362,6 +363,57 @@ async def test_adoption_after_restart_and_restart_of_a_dead_process(state_dir: P
         await third.stop_all()
         assert not alive(new_pid)
         nursery.cancel_scope.cancel()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_a_worker_left_by_a_dead_master_is_killed_before_the_restart(state_dir: Path) -> None:
+    """A master killed outright can leave its worker holding the VIP's sockets for a while (it
+    leaves when it notices; a stopped one never does): the next operation kills what still runs
+    the load balancer's configuration, then starts a new master that can bind the VIP."""
+    vip, port = free_endpoint()
+    server = MemberServer("m")
+    workers: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            b = backend(state_dir)
+            await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
+            await b.listener_create(msgspec.convert(listener_payload(vip, port), Listener), None)
+            await b.pool_create(msgspec.convert(pool_payload(vip, P1, LI), Pool))
+            await b.member_create(msgspec.convert(member_payload(vip, MA, P1, server.port), Member))
+            assert await http_get(vip, port) == (200, "m")
+            master = b.master_pid(LB)
+            assert master is not None
+            workers = children(master)
+            assert workers
+            for worker in workers:
+                os.kill(worker, signal.SIGSTOP)  # it cannot notice that its master died
+            os.kill(master, signal.SIGKILL)
+            with trio.fail_after(5):
+                while alive(master):
+                    await trio.sleep(0.02)
+            await b.member_create(msgspec.convert(member_payload(vip, MB, P1, server.port), Member))
+            new_master = b.master_pid(LB)
+            assert new_master is not None and new_master != master and alive(new_master)
+            assert not any(alive(worker) for worker in workers)
+            assert await http_get(vip, port) == (200, "m")
+            await b.stop_all()
+            nursery.cancel_scope.cancel()
+    finally:
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                os.kill(worker, signal.SIGKILL)
 
 
 SQUATTED = "listener-on-a-squatted-port"

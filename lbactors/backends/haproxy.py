@@ -220,6 +220,16 @@ def _test_bind(address: str, port: int) -> str | None:
     return None
 
 
+async def _bind_test(address: str, port: int, patience: float) -> str | None:
+    """:func:`_test_bind`, tried again for up to ``patience`` seconds while the address is in
+    use: the listening sockets of a process just killed can outlast its exit by a moment."""
+    with trio.move_on_after(patience):
+        while (why := _test_bind(address, port)) is not None:  # noqa: ASYNC110 - a bind test
+            await trio.sleep(0.01)
+        return None
+    return why
+
+
 # --------------------------------------------------------------------------- the backend
 
 
@@ -371,8 +381,10 @@ class HaproxyBackend(Backend):
             except RenderError as exc:
                 raise BackendError(f"haproxy: {exc}") from None
             alive = inst.pid is not None and process_alive(inst.pid)
+            reaped: list[int] = []
             if not alive:
                 inst.pid = None
+                reaped = await self._control.reap_leftovers(inst)
             if alive and rendered.text == inst.running_text:
                 await self._save(inst, msgspec.structs.replace(inst.saved, tree=tree, certs=certs))
                 inst.rendered = rendered
@@ -381,7 +393,7 @@ class HaproxyBackend(Backend):
             for address, port in rendered.binds:
                 if (address, port) in old_binds:
                     continue
-                why = _test_bind(address, port)
+                why = await _bind_test(address, port, self.options.stop_timeout if reaped else 0)
                 if why is not None:
                     raise BackendError(f"haproxy: cannot bind {address}:{port}: {why}")
             await self._files.run(inst.lb_id, self._prepare_dir, inst)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -96,6 +96,37 @@ def process_alive(pid: int) -> bool:
         return False
     state = stat.rsplit(b")", 1)[-1].split()[:1]
     return state not in ([b"Z"], [b"X"]) and b"haproxy" in cmdline
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has finished exiting: gone, or a zombie, so its sockets are closed.
+    Not ``not process_alive(pid)``: a dying process loses its memory (an empty cmdline) before
+    the kernel closes its files, and its listening sockets still hold their addresses then."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: ASYNC230 - procfs, never blocks
+            stat = f.read()
+    except OSError:
+        return True
+    return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"])
+
+
+def processes_running(cfg: str) -> list[int]:
+    """Pids of the live HAProxy processes (masters and workers) started with ``-f cfg``: after
+    a master died, its workers may still hold the listening sockets for a while (they leave
+    when they notice, or never when they are stopped). Scans ``/proc``; run it in a thread."""
+    wanted = b"\0-f\0" + os.fsencode(cfg) + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if wanted in b"\0" + cmdline and process_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 class Procs(msgspec.Struct):
@@ -245,6 +276,28 @@ class HaproxyControl:
                 "haproxy rejected the configuration: " + _alerts(result.stderr, tmp, proc.cfg)
             )
 
+    async def reap_leftovers(self, proc: HaproxyProcess) -> list[int]:
+        """Kill (SIGKILL) what still runs ``proc``'s configuration when its master is dead, and
+        wait up to ``stop_timeout`` for them to go: a worker that outlived its master keeps the
+        load balancer's addresses bound, and the new master could not bind them. The pids."""
+        pids = await self._files.run(proc.lb_id, processes_running, str(proc.cfg))
+        if not pids:
+            return []
+        log.warning("killing what a dead haproxy master left running", lb_id=proc.lb_id, pids=pids)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        await self._wait_exited(pids)
+        return pids
+
+    async def _wait_exited(self, pids: Iterable[int]) -> bool:
+        """Poll ``/proc`` until every pid has exited (:func:`exited`); False after
+        ``stop_timeout``."""
+        with trio.move_on_after(self.stop_timeout):
+            while not all(exited(pid) for pid in pids):  # noqa: ASYNC110 - polling /proc
+                await trio.sleep(0.01)
+            return True
+        return False
+
     async def start(self, proc: HaproxyProcess) -> None:
         """Start the master (daemonized: it outlives this process) and wait for its worker."""
         await self._files.run(proc.lb_id, _unlink, proc.pid_file)
@@ -333,12 +386,12 @@ class HaproxyControl:
                 pids = set()
             pids.add(proc.pid)
             _signal(proc.pid, signal.SIGTERM)
-            with trio.move_on_after(self.stop_timeout):
-                while any(process_alive(p) for p in pids):  # noqa: ASYNC110 - polling /proc
-                    await trio.sleep(0.01)
-            for p in pids:
-                if process_alive(p):
-                    _signal(p, signal.SIGKILL)
+            if not await self._wait_exited(pids):
+                for p in pids:
+                    if process_alive(p):
+                        _signal(p, signal.SIGKILL)
+                # their addresses are free once they have exited (a start may follow at once)
+                await self._wait_exited(pids)
             log.info("haproxy stopped", lb_id=proc.lb_id, pid=proc.pid)
         proc.pid = None
         proc.running_text = None
