@@ -607,7 +607,14 @@ def _spelled(values: dict[str, int]) -> str:
 
 def lbactors_provider_agent(exit_event: Any) -> None:
     """Entry point of ``octavia.driver_agent.provider_agents``: runs until ``exit_event``."""
-    from lbactors.octavia.driver import driver_library, rpc_transport
+    from lbactors.octavia.driver import driver_library, in_process_library, rpc_transport
 
     conf = cfg.CONF
-    serve_agent(exit_event, conf=conf, transport=rpc_transport(conf), library=driver_library(conf))
+    options = register_opts(conf)
+    library = in_process_library(conf, options.agent_writes)
+    if library is None:
+        LOG.info("lbactors: the provider agent writes through the driver agent's sockets")
+        library = driver_library(conf)
+    else:
+        LOG.info("lbactors: the provider agent writes Octavia's database in this process")
+    serve_agent(exit_event, conf=conf, transport=rpc_transport(conf), library=library)

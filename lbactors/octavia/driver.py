@@ -16,7 +16,8 @@ availability zone the backend does not know is refused at once, through the call
 
 Octavia creates the driver per API request, so the oslo transport is one per process and so
 is the parents source, opened when a payload first needs a parent: inside octavia-api (Octavia's
-database configured) the driver agent's own get code runs in-process (:class:`DatabaseParents`),
+database configured) the driver agent's own get code runs in-process
+(:mod:`lbactors.octavia.inprocess`),
 elsewhere octavia-lib's DriverLibrary asks the driver agent (``[lbactors] parent_lookup``).
 """
 
@@ -67,72 +68,31 @@ def driver_library(conf: cfg.ConfigOpts) -> BusyRetrying:
     return BusyRetrying(driver_lib.DriverLibrary(**kwargs))
 
 
-class DatabaseParents:
-    """The parent lookups of octavia-lib's DriverLibrary, answered in this process by the code
-    the driver agent's get socket runs (``driver_get.process_get``: Octavia's repositories and
-    its provider-model conversion), with the same JSON round trip, without the fork and the
-    socket. Only inside a process where Octavia's database is configured (octavia-api)."""
-
-    _MODELS = {
-        "loadbalancers": "LoadBalancer",
-        "listeners": "Listener",
-        "pools": "Pool",
-        "healthmonitors": "HealthMonitor",
-        "l7policies": "L7Policy",
-    }
-
-    def __init__(self) -> None:
-        from octavia.api.drivers.driver_agent import driver_get  # only inside Octavia
-        from oslo_serialization import jsonutils
-
-        self._process_get = driver_get.process_get
-        self._jsonutils = jsonutils
-
-    def _get(self, kind: str, object_id: str) -> Any:
-        found = self._process_get({"object": kind, "id": object_id})
-        if not found:
-            return None
-        data = self._jsonutils.loads(self._jsonutils.dump_as_bytes(found))
-        return getattr(data_models, self._MODELS[kind]).from_dict(data)
-
-    def get_loadbalancer(self, loadbalancer_id: str) -> Any:
-        return self._get("loadbalancers", loadbalancer_id)
-
-    def get_listener(self, listener_id: str) -> Any:
-        return self._get("listeners", listener_id)
-
-    def get_pool(self, pool_id: str) -> Any:
-        return self._get("pools", pool_id)
-
-    def get_healthmonitor(self, healthmonitor_id: str) -> Any:
-        return self._get("healthmonitors", healthmonitor_id)
-
-    def get_l7policy(self, l7policy_id: str) -> Any:
-        return self._get("l7policies", l7policy_id)
-
-
-def octavia_database_configured(conf: cfg.ConfigOpts) -> bool:
-    """Whether Octavia's database is configured in this process (octavia-api registers
-    ``[database]``; a process without it has no connection to read from)."""
-    try:
-        return bool(conf.database.connection)
-    except (cfg.NoSuchOptError, AttributeError):
-        return False
-
-
 def parent_lookup(conf: cfg.ConfigOpts, choice: str) -> Parents:
     """The parents source ``[lbactors] parent_lookup`` asks for (see its help)."""
-    if choice == "database" or (choice == "auto" and octavia_database_configured(conf)):
-        try:
-            parents = DatabaseParents()
-        except ImportError:
-            if choice == "database":
-                raise
-        else:
-            LOG.info("lbactors: parent lookups read Octavia's database in this process")
-            return parents
+    library = in_process_library(conf, choice)
+    if library is not None:
+        LOG.info("lbactors: parent lookups read Octavia's database in this process")
+        return library
     LOG.info("lbactors: parent lookups ask the driver agent (get socket)")
     return driver_library(conf)
+
+
+def in_process_library(conf: cfg.ConfigOpts, choice: str) -> Any:
+    """:class:`~lbactors.octavia.inprocess.InProcessDriverLibrary` when ``choice`` asks for the
+    database (``database``; ``auto``: when Octavia's database is configured in this process),
+    else None. ``database`` without Octavia installed raises ImportError."""
+    if choice == "driver_agent":
+        return None
+    try:
+        from lbactors.octavia import inprocess
+    except ImportError:
+        if choice == "database":
+            raise
+        return None
+    if choice == "auto" and not inprocess.octavia_database_configured(conf):
+        return None
+    return inprocess.InProcessDriverLibrary()
 
 
 class _LazyParents:

@@ -7,7 +7,7 @@ turns an octavia-lib data model into a dict with ``to_dict(recurse=True, render_
 ``tenant_id``, adds ``id`` and nests the parents it reads from Octavia's database. The same here,
 step by step. The parents come from a :class:`Parents`: octavia-lib's ``DriverLibrary.get_*``
 (the driver agent's get socket) or, inside octavia-api, the same get code run in-process
-(:class:`lbactors.octavia.driver.DatabaseParents`). Both answer with
+(:mod:`lbactors.octavia.inprocess`). Both answer with
 ``provider_model.to_dict(recurse=True, render_unsets=True)`` of the same database rows vmware-nsx
 converts, so the nested dicts are the same.
 
