@@ -298,7 +298,9 @@ async def test_batches_and_replays_keep_submission_order_across_load_balancers(
             # (its load balancers interleaved, each in order), then dies
             mine = first[0].received
             done_ids = {
-                op.op_id for lb in lbs_of(0, workers, 3) for op in [o for o in mine if o.lb_id == lb][:8]
+                op.op_id
+                for lb in lbs_of(0, workers, 3)
+                for op in [o for o in mine if o.lb_id == lb][:8]
             }
             done = [op for op in mine if op.op_id in done_ids]
             await first[0].complete(done)
