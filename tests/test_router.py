@@ -47,6 +47,11 @@ class FakeWorker:
         self.received: list[Operation] = []
         self.stats_mode: StatsMode = "answer"
         self.stats_requests: list[ipc.CollectStats] = []
+        #: Ready waits for this event (a worker still starting up)
+        self.hold_ready = fakes.hold_ready
+        #: on end of stream from the router: exit (True), or go on running (a stuck worker)
+        self.exits_on_eof = fakes.exits_on_eof
+        self.saw_eof = False
 
     # -- what the router sees of a process
 
@@ -89,11 +94,19 @@ class FakeWorker:
                     await self._handle(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+            else:
+                self.saw_eof = True
+                self._fakes.changed()
+                if not self.exits_on_eof:
+                    await trio.sleep_forever()
         self.die(0)  # end of stream from the router: a worker exits
 
     async def _handle(self, frame: ipc.Frame) -> None:
         if isinstance(frame, ipc.Spawn):
             self.index, self.incarnation = frame.worker_index, frame.incarnation
+            self._fakes.changed()
+            if self.hold_ready is not None:
+                await self.hold_ready.wait()
             await self.frames.send(ipc.Ready(worker_index=frame.worker_index, pid=self.pid))
         elif isinstance(frame, ipc.Submit):
             self.received.append(frame.op)
@@ -133,6 +146,9 @@ class Fakes:
         self.started: list[FakeWorker] = []
         #: while set (and not yet set()), every write of the router to a worker waits for it
         self.gate: trio.Event | None = None
+        #: for the incarnations started from now on (:class:`FakeWorker`)
+        self.hold_ready: trio.Event | None = None
+        self.exits_on_eof = True
 
     async def spawn(self) -> tuple[FakeWorker, trio.abc.Stream]:
         ours, theirs = trio.testing.memory_stream_pair()
@@ -461,3 +477,60 @@ async def test_submit_waits_once_the_outbox_holds_its_limit(
                 await submitted.wait()
             await fakes.received(fake, limit + 2)
             assert ids(fake.received) == ids([first, *queued, over])
+
+
+# --------------------------------------------------------------------------- stop
+
+
+async def test_stop_returns_once_every_worker_finished_and_exited(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=2) as (router, fakes, _):
+            first = [await fakes.incarnation(index, 1) for index in range(2)]
+            started = trio.current_time()
+            await router.stop(within=10)
+            assert trio.current_time() == started
+            assert all(f.saw_eof and f.returncode == 0 for f in first)
+            assert len(fakes.started) == 2  # nothing restarted
+
+
+async def test_stop_kills_workers_still_running_after_its_deadline(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=2) as (router, fakes, _):
+            fakes.exits_on_eof = False
+            for index in range(2):
+                (await fakes.incarnation(index, 1)).die()  # replaced by stuck ones
+            stuck = [await fakes.incarnation(index, 2) for index in range(2)]
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            await router.stop(within=3)
+            assert trio.current_time() - started == pytest.approx(3)
+            assert all(f.saw_eof and f.returncode == -signal.SIGKILL for f in stuck)
+
+
+async def test_a_worker_ready_after_stop_began_is_told_to_exit_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A worker restarting when the shutdown begins gets end of stream as soon as it is
+    ready: it is neither fed its ledger nor left to the stop deadline and a kill."""
+    with trio.fail_after(60):
+        async with open_router(workers=1) as (router, fakes, _):
+            first = await fakes.incarnation(0, 1)
+            op = make_op("lb-a")
+            await router.submit(op)
+            await fakes.received(first, 1)
+            fakes.hold_ready = trio.Event()
+            first.die()
+            second = await fakes.incarnation(0, 2)  # starting up, not ready yet
+            started = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(router.stop, 10)
+                await trio.testing.wait_all_tasks_blocked()
+                fakes.hold_ready.set()
+            assert trio.current_time() - started < 10
+            assert second.saw_eof and second.returncode == 0
+            assert second.received == []  # left unacked, for redelivery
+            assert router.in_flight == 1
