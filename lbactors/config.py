@@ -12,8 +12,9 @@ options are ``LBACTORS_BACKEND_<BACKEND>_<OPTION>`` (``LBACTORS_BACKEND_NOOP_LAT
 ``1`` / ``0`` for booleans). An ``LBACTORS_`` variable that names no key is an error;
 ``LBACTORS_CONFIG`` names the file when no path is given.
 
-The :class:`Config` travels to every worker process inside the IPC ``Spawn`` frame, so it
-round-trips through msgspec (msgpack: :func:`encode_config` / :func:`decode_config`, and JSON).
+The :class:`Config` travels to every worker process inside the IPC ``Spawn`` frame, as
+msgpack (:func:`encode_config` / :func:`decode_config`): every value arrives as it was, an
+infinite float too (valid TOML; JSON would turn it into ``null``).
 This module is pure apart from reading the file: no logging, no trio.
 """
 

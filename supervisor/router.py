@@ -42,12 +42,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import msgspec
 import structlog
 import trio
 
 from lbactors import ipc
-from lbactors.config import Config
+from lbactors.config import Config, encode_config
 from lbactors.dispatch import failed_outcome
 from lbactors.messages import Operation, Outbound
 from lbactors.routing import shard
@@ -161,7 +160,7 @@ class Router:
         self._spawn = spawn
         count = config.daemon.workers or os.cpu_count() or 1
         self.workers = [WorkerHandle(index) for index in range(count)]
-        self._config_json = msgspec.json.encode(config)
+        self._config_bytes = encode_config(config)
         self._restart_times: collections.deque[float] = collections.deque()
         self._stats_round = 0
         self._stopping = False
@@ -429,7 +428,7 @@ class Router:
                 worker_index=worker.index,
                 worker_count=len(self.workers),
                 incarnation=worker.incarnation,
-                config=self._config_json,
+                config=self._config_bytes,
             )
         )
         async for frame in frames:

@@ -22,7 +22,7 @@ import trio
 import trio.testing
 
 from lbactors import ipc
-from lbactors.config import Config, DaemonSection
+from lbactors.config import BackendSection, Config, DaemonSection, decode_config
 from lbactors.messages import ListenerStatistics, Operation, Outbound, Outcome
 from lbactors.routing import shard
 from supervisor import router as router_module
@@ -44,6 +44,8 @@ class FakeWorker:
         self._scope = trio.CancelScope()
         self.index: int | None = None
         self.incarnation: int | None = None
+        #: the configuration of its Spawn frame, decoded as a worker decodes it
+        self.config: Config | None = None
         self.received: list[Operation] = []
         self.stats_mode: StatsMode = "answer"
         self.stats_requests: list[ipc.CollectStats] = []
@@ -104,6 +106,7 @@ class FakeWorker:
     async def _handle(self, frame: ipc.Frame) -> None:
         if isinstance(frame, ipc.Spawn):
             self.index, self.incarnation = frame.worker_index, frame.incarnation
+            self.config = decode_config(frame.config)
             self._fakes.changed()
             if self.hold_ready is not None:
                 await self.hold_ready.wait()
@@ -197,10 +200,11 @@ class Fakes:
 
 @asynccontextmanager
 async def open_router(
-    workers: int, **daemon: Any
+    workers: int, config: Config | None = None, **daemon: Any
 ) -> AsyncIterator[tuple[Router, Fakes, trio.MemoryReceiveChannel[Outbound]]]:
     """A started router over ``workers`` fake workers; the outcomes it passes on."""
-    config = Config(daemon=DaemonSection(workers=workers, **daemon))
+    if config is None:
+        config = Config(daemon=DaemonSection(workers=workers, **daemon))
     send, receive = trio.open_memory_channel[Outbound](math.inf)
     async with trio.open_nursery() as nursery:
         fakes = Fakes(nursery)
@@ -237,6 +241,23 @@ def received_outcomes(receive: trio.MemoryReceiveChannel[Outbound]) -> list[int]
 
 def ids(ops: list[Operation]) -> list[int]:
     return [op.op_id for op in ops]
+
+
+# --------------------------------------------------------------------------- spawn
+
+
+async def test_every_worker_gets_the_whole_configuration(autojump_clock: trio.abc.Clock) -> None:
+    """Whatever the configuration holds reaches the workers as it is: infinite floats too
+    (valid TOML, and accepted by the configuration; JSON would turn them into null, and
+    every worker would fail to start)."""
+    config = Config(
+        daemon=DaemonSection(workers=2, restart_window=math.inf, actor_idle_timeout=math.inf),
+        backend=BackendSection(noop={"latency": math.inf}),
+    )
+    with trio.fail_after(60):
+        async with open_router(workers=2, config=config) as (_, fakes, _):
+            spawned = [await fakes.incarnation(index, 1) for index in range(2)]
+            assert [f.config for f in spawned] == [config, config]
 
 
 # --------------------------------------------------------------------------- the ledger
