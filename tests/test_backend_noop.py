@@ -247,8 +247,3 @@ def test_register_backend_with_a_factory(monkeypatch: pytest.MonkeyPatch) -> Non
     register_backend("test-factory", factory)
     assert isinstance(load_backend("test-factory", {"seed": 9}), NoopBackend)
     assert made == [{"seed": 9}]
-
-
-def test_affinity_key_defaults_to_the_load_balancer() -> None:
-    request = decode_request("member_create", msgspec.json.encode(P.args("member_create")))
-    assert NoopBackend().affinity_key(request) is None
