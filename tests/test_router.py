@@ -53,6 +53,8 @@ class FakeWorker:
         self.hold_ready = fakes.hold_ready
         #: on end of stream from the router: exit (True), or go on running (a stuck worker)
         self.exits_on_eof = fakes.exits_on_eof
+        #: False: its event loop is stuck (it reads, but answers nothing)
+        self.answers_pings = True
         self.saw_eof = False
 
     # -- what the router sees of a process
@@ -83,10 +85,10 @@ class FakeWorker:
         self._exited.set()
         self._fakes.changed()
 
-    async def complete(self, ops: list[Operation]) -> None:
+    async def complete(self, ops: list[Operation], **fields: Any) -> None:
         """Send back the outcomes of ``ops``, in this order."""
         await self.frames.send_many(
-            [ipc.Done(outcome=Outcome(op_id=op.op_id, lb_id=op.lb_id)) for op in ops]
+            [ipc.Done(outcome=Outcome(op_id=op.op_id, lb_id=op.lb_id, **fields)) for op in ops]
         )
 
     async def serve(self) -> None:
@@ -114,7 +116,8 @@ class FakeWorker:
         elif isinstance(frame, ipc.Submit):
             self.received.append(frame.op)
         elif isinstance(frame, ipc.Ping):
-            await self.frames.send(ipc.Pong())
+            if self.answers_pings:
+                await self.frames.send(ipc.Pong())
         elif isinstance(frame, ipc.CollectStats):
             self.stats_requests.append(frame)
             await self._answer_stats(frame)
@@ -200,12 +203,13 @@ class Fakes:
 
 @asynccontextmanager
 async def open_router(
-    workers: int, config: Config | None = None, **daemon: Any
+    workers: int, config: Config | None = None, outcome_buffer: float = math.inf, **daemon: Any
 ) -> AsyncIterator[tuple[Router, Fakes, trio.MemoryReceiveChannel[Outbound]]]:
-    """A started router over ``workers`` fake workers; the outcomes it passes on."""
+    """A started router over ``workers`` fake workers; the outcomes it passes on (a channel
+    of ``outcome_buffer`` places)."""
     if config is None:
         config = Config(daemon=DaemonSection(workers=workers, **daemon))
-    send, receive = trio.open_memory_channel[Outbound](math.inf)
+    send, receive = trio.open_memory_channel[Outbound](outcome_buffer)
     async with trio.open_nursery() as nursery:
         fakes = Fakes(nursery)
         router = Router(config, send, spawn=fakes.spawn)
@@ -555,3 +559,120 @@ async def test_a_worker_ready_after_stop_began_is_told_to_exit_at_once(
             assert second.saw_eof and second.returncode == 0
             assert second.received == []  # left unacked, for redelivery
             assert router.in_flight == 1
+
+
+# --------------------------------------------------------------------------- never stuck
+
+
+async def test_a_silent_worker_is_killed_and_replaced_and_its_ledger_replayed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(120):
+        async with open_router(workers=1, ping_interval=1, ping_timeout=5) as (router, fakes, _):
+            first = await fakes.incarnation(0, 1)
+            op = make_op("lb-a")
+            await router.submit(op)
+            await fakes.received(first, 1)
+            await trio.sleep(20)  # answering pings: never blamed
+            assert first.returncode is None and router.unresponsive_kills == 0
+            first.answers_pings = False
+            silent_since = trio.current_time()
+            second = await fakes.incarnation(0, 2)
+            assert first.returncode == -signal.SIGKILL
+            # silent for more than ping_timeout since its last Pong, seen at the next ping
+            assert 5 - 1 < trio.current_time() - silent_since <= 5 + 1
+            assert router.unresponsive_kills == 1
+            await fakes.received(second, 1)
+            assert ids(second.received) == [op.op_id]
+
+
+async def test_a_worker_is_not_blamed_while_the_router_does_not_read_from_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Outcomes backed up behind a full outcome channel (a broker blocking publishers): the
+    worker's frames wait unread, and its silence is not held against it."""
+    with trio.fail_after(120):
+        async with open_router(
+            workers=1, outcome_buffer=0, ping_interval=1, ping_timeout=5
+        ) as (router, fakes, outcomes):
+            fake = await fakes.incarnation(0, 1)
+            ops = [make_op("lb-a") for _ in range(2)]
+            for op in ops:
+                await router.submit(op)
+            await fakes.received(fake, 2)
+            await fake.complete(ops)
+            await trio.sleep(60)  # nobody takes the outcomes
+            assert fake.returncode is None and router.unresponsive_kills == 0
+            passed_on = [await outcomes.receive() for _ in ops]
+            assert [o.op_id for o in passed_on if isinstance(o, Outcome)] == ids(ops)
+            await trio.sleep(20)
+            assert fake.returncode is None and router.unresponsive_kills == 0
+
+
+async def test_an_abandoned_call_is_passed_on_then_its_worker_replaced(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=1) as (router, fakes, outcomes):
+            first = await fakes.incarnation(0, 1)
+            stuck, behind = make_op("lb-a"), make_op("lb-a")
+            await router.submit(stuck)
+            await router.submit(behind)
+            await fakes.received(first, 2)
+            await first.complete([stuck], abandoned=True)
+            second = await fakes.incarnation(0, 2)
+            assert first.returncode == -signal.SIGKILL
+            assert received_outcomes(outcomes) == [stuck.op_id]
+            await fakes.received(second, 1)
+            assert ids(second.received) == [behind.op_id]  # not the abandoned one
+
+
+async def test_an_operation_alone_on_repeated_deaths_is_given_up_as_poison(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=1, poison_after=2) as (router, fakes, outcomes):
+            poison = make_op("lb-a")
+            await router.submit(poison)
+            for incarnation in (1, 2):
+                fake = await fakes.incarnation(0, incarnation)
+                await fakes.received(fake, 1)
+                assert received_outcomes(outcomes) == []  # one death: replayed
+                fake.die()
+            third = await fakes.incarnation(0, 3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert third.received == []
+            given_up = outcomes.receive_nowait()
+            assert isinstance(given_up, Outcome)
+            assert given_up.op_id == poison.op_id
+            assert given_up.dead_letter is not None and "PoisonOperation" in given_up.dead_letter
+            assert router.poisoned == 1 and router.in_flight == 0
+
+
+async def test_suspects_of_repeated_deaths_are_replayed_one_at_a_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two operations in flight on two deaths: the next incarnation gets them one at a
+    time (each after the previous one's outcome), then what was held back, in order."""
+    with trio.fail_after(60):
+        async with open_router(workers=1, poison_after=2) as (router, fakes, outcomes):
+            suspects = [make_op("lb-a"), make_op("lb-b")]
+            for op in suspects:
+                await router.submit(op)
+            for incarnation in (1, 2):
+                fake = await fakes.incarnation(0, incarnation)
+                await fakes.received(fake, 2)
+                fake.die()
+            third = await fakes.incarnation(0, 3)
+            later = make_op("lb-c")
+            await router.submit(later)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(third.received) == [suspects[0].op_id]
+            await third.complete([suspects[0]])
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(third.received) == ids(suspects)
+            await third.complete([suspects[1]])
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(third.received) == ids([*suspects, later])
+            assert received_outcomes(outcomes) == ids(suspects)
+            assert router.poisoned == 0
