@@ -178,9 +178,7 @@ async def test_sigterm_under_load_exits_zero_and_loses_nothing(
             run = GatedRun(driver, trees, timeout=90)
             async with gated_load(run):
                 first.signal(signal.SIGTERM)
-                started = trio.current_time()
                 assert await first.wait(timeout=20) == 0
-                assert trio.current_time() - started < 10 + 5
                 second = await start_daemon(env, notify_socket, tmp_path, "second")
             assert_clean(run)
         finally:
