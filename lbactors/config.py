@@ -12,10 +12,9 @@ options are ``LBACTORS_BACKEND_<BACKEND>_<OPTION>`` (``LBACTORS_BACKEND_NOOP_LAT
 ``1`` / ``0`` for booleans). An ``LBACTORS_`` variable that names no key is an error;
 ``LBACTORS_CONFIG`` names the file when no path is given.
 
-The :class:`Config` travels to every worker process inside the IPC ``Spawn`` frame as JSON
-(the supervisor's router encodes it with ``msgspec.json``, :mod:`lbactors.worker` decodes it),
-so it round-trips through msgspec; :func:`encode_config` / :func:`decode_config` are the same
-round trip in msgpack (not what a worker receives).
+The :class:`Config` travels to every worker process inside the IPC ``Spawn`` frame, as
+msgpack (:func:`encode_config` / :func:`decode_config`): every value arrives as it was, an
+infinite float too (valid TOML; JSON would turn it into ``null``).
 This module is pure apart from reading the file: no logging, no trio.
 """
 
@@ -213,7 +212,7 @@ _decoder = msgspec.msgpack.Decoder(Config)
 
 
 def encode_config(config: Config) -> bytes:
-    """``config`` as msgpack bytes (a worker receives JSON instead: see the module docstring)."""
+    """``config`` as msgpack bytes: what a worker receives in its Spawn frame."""
     return _encoder.encode(config)
 
 

@@ -57,7 +57,8 @@ class Spawn(msgspec.Struct, tag=True, kw_only=True):
     #: how many workers share the load balancers (``routing.shard`` over this count)
     worker_count: int = 1
     incarnation: int
-    #: the daemon's :class:`lbactors.config.Config`, JSON-encoded
+    #: the daemon's :class:`lbactors.config.Config`, as :func:`lbactors.config.encode_config`
+    #: writes it
     config: bytes
 
 

@@ -21,14 +21,13 @@ import signal
 import socket
 import sys
 
-import msgspec
 import structlog
 import trio
 
 from lbactors import ipc
 from lbactors.actor import ActorSystem, open_actor_system
 from lbactors.backends import load_backend
-from lbactors.config import Config
+from lbactors.config import decode_config
 from lbactors.logs import configure_logging
 from lbactors.messages import Operation, Outbound, Outcome
 from lbactors.routing import shard
@@ -112,7 +111,7 @@ async def serve_worker(
     spawn = await frames.receive()
     if not isinstance(spawn, ipc.Spawn):
         raise ipc.ProtocolError(f"expected Spawn first, got {type(spawn).__name__}")
-    config = msgspec.json.decode(spawn.config, type=Config)
+    config = decode_config(spawn.config)
     configure_logging(config.log.level, config.log.format)
     structlog.contextvars.bind_contextvars(
         worker=spawn.worker_index, incarnation=spawn.incarnation, pid=os.getpid()

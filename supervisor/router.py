@@ -38,14 +38,15 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import msgspec
 import structlog
 import trio
 
 from lbactors import ipc
-from lbactors.config import Config
+from lbactors.config import Config, encode_config
 from lbactors.dispatch import failed_outcome
 from lbactors.messages import Operation, Outbound
 from lbactors.routing import shard
@@ -62,6 +63,42 @@ class RestartBudgetExceeded(Exception):
     """Workers died more often than the restart budget allows."""
 
 
+class WorkerProcess(Protocol):
+    """What the router uses of a worker's process (a :class:`trio.Process`)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+#: starts one worker process: the process and the supervisor's end of its frame stream
+SpawnWorker = Callable[[], Awaitable[tuple[WorkerProcess, trio.abc.Stream]]]
+
+
+async def spawn_worker_process() -> tuple[trio.Process, trio.abc.Stream]:
+    """``python -m lbactors.worker`` on one end of a socket pair; the other end for us."""
+    parent_sock, child_sock = socket.socketpair()
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "lbactors.worker", "--fd", str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            env=child_environment(os.environ),
+            stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        parent_sock.close()
+        raise
+    finally:
+        child_sock.close()
+    return process, trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
+
+
 @dataclass(eq=False)
 class WorkerHandle:
     index: int
@@ -72,7 +109,7 @@ class WorkerHandle:
     deaths: dict[int, int] = field(default_factory=dict)
     incarnation: int = 0
     pid: int | None = None
-    process: trio.Process | None = None
+    process: WorkerProcess | None = None
     frames: ipc.FrameStream | None = None
     #: held while sending, so a replay and new submissions never interleave
     send_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -110,12 +147,20 @@ class WorkerHandle:
 class Router:
     """Owns the worker processes; the gateway's :class:`~lbactors.gateway.Sink`."""
 
-    def __init__(self, config: Config, outcomes: trio.MemorySendChannel[Outbound]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        outcomes: trio.MemorySendChannel[Outbound],
+        *,
+        spawn: SpawnWorker = spawn_worker_process,
+    ) -> None:
         self.config = config
         self.outcomes = outcomes
+        #: how worker processes are started (tests pass in-memory fakes)
+        self._spawn = spawn
         count = config.daemon.workers or os.cpu_count() or 1
         self.workers = [WorkerHandle(index) for index in range(count)]
-        self._config_json = msgspec.json.encode(config)
+        self._config_bytes = encode_config(config)
         self._restart_times: collections.deque[float] = collections.deque()
         self._stats_round = 0
         self._stopping = False
@@ -197,7 +242,7 @@ class Router:
         worker.outbox_ready.set()
         return True
 
-    async def _watch_liveness(self, worker: WorkerHandle, process: trio.Process) -> None:
+    async def _watch_liveness(self, worker: WorkerHandle, process: WorkerProcess) -> None:
         """Ping ``worker`` and kill this incarnation once it stops answering."""
         daemon = self.config.daemon
         while True:
@@ -218,7 +263,7 @@ class Router:
                 return
             self._send_control(worker, ipc.Ping())
 
-    def _kill(self, worker: WorkerHandle, process: trio.Process, why: str) -> None:
+    def _kill(self, worker: WorkerHandle, process: WorkerProcess, why: str) -> None:
         if worker.killing is None:
             worker.killing = why
             log.error(
@@ -335,23 +380,13 @@ class Router:
 
     async def _run_once(self, worker: WorkerHandle) -> int | None:
         """Start one incarnation of ``worker``, replay its ledger, serve it until it dies."""
-        parent_sock, child_sock = socket.socketpair()
         worker.incarnation += 1
-        try:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "lbactors.worker", "--fd", str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
-                env=child_environment(os.environ),
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            child_sock.close()
+        process, stream = await self._spawn()
         worker.pid = process.pid
         worker.process = process
         worker.killing = None
         worker.last_heard = trio.current_time()
         worker.reader_blocked = False
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
         frames = ipc.FrameStream(stream)
         try:
             async with trio.open_nursery() as nursery:
@@ -384,7 +419,7 @@ class Router:
         self,
         worker: WorkerHandle,
         frames: ipc.FrameStream,
-        process: trio.Process,
+        process: WorkerProcess,
         nursery: trio.Nursery,
     ) -> None:
         """Speak to one worker process until it closes its end."""
@@ -393,7 +428,7 @@ class Router:
                 worker_index=worker.index,
                 worker_count=len(self.workers),
                 incarnation=worker.incarnation,
-                config=self._config_json,
+                config=self._config_bytes,
             )
         )
         async for frame in frames:

@@ -93,73 +93,77 @@ async def running(backend: NoopBackend, **kwargs: Any) -> AsyncIterator[System]:
 async def test_one_lb_runs_one_operation_at_a_time_different_lbs_overlap(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    backend = InstrumentedBackend(duration=1.0)
-    methods = ["loadbalancer_create", "listener_create", "pool_create", "member_create"]
-    async with running(backend) as h:
-        op_id = 0
-        for method in methods:
-            for lb_id in (LB, LB2):
-                args = P.args(method) if lb_id == LB else other_tree(P.args(method))
-                await h.system.submit(make_op(op_id, method, lb_id=lb_id, args=args))
-                op_id += 1
-        await h.wait_for(8)
+    with trio.fail_after(600):
+        backend = InstrumentedBackend(duration=1.0)
+        methods = ["loadbalancer_create", "listener_create", "pool_create", "member_create"]
+        async with running(backend) as h:
+            op_id = 0
+            for method in methods:
+                for lb_id in (LB, LB2):
+                    args = P.args(method) if lb_id == LB else other_tree(P.args(method))
+                    await h.system.submit(make_op(op_id, method, lb_id=lb_id, args=args))
+                    op_id += 1
+            await h.wait_for(8)
 
-    by_lb: dict[str, list[tuple[float, float]]] = {LB: [], LB2: []}
-    for lb_id, _, enter, leave in backend.spans:
-        by_lb[lb_id].append((enter, leave))
-    for spans in by_lb.values():
-        assert len(spans) == 4
-        for (_, first_exit), (second_enter, _) in zip(spans, spans[1:], strict=False):
-            assert second_enter >= first_exit  # never overlap on one LB
-    overlaps = [
-        (a, b)
-        for a in by_lb[LB]
-        for b in by_lb[LB2]
-        if a[0] < b[1] and b[0] < a[1]
-    ]
-    assert overlaps  # the two LBs did run at the same time
-    assert trio.current_time() == pytest.approx(4.0)  # 2 x 4 ops of 1 s each, in 4 s
+        by_lb: dict[str, list[tuple[float, float]]] = {LB: [], LB2: []}
+        for lb_id, _, enter, leave in backend.spans:
+            by_lb[lb_id].append((enter, leave))
+        for spans in by_lb.values():
+            assert len(spans) == 4
+            for (_, first_exit), (second_enter, _) in zip(spans, spans[1:], strict=False):
+                assert second_enter >= first_exit  # never overlap on one LB
+        overlaps = [
+            (a, b)
+            for a in by_lb[LB]
+            for b in by_lb[LB2]
+            if a[0] < b[1] and b[0] < a[1]
+        ]
+        assert overlaps  # the two LBs did run at the same time
+        assert trio.current_time() == pytest.approx(4.0)  # 2 x 4 ops of 1 s each, in 4 s
 
 
 async def test_outcomes_of_one_lb_come_in_submission_order() -> None:
-    methods = ["loadbalancer_create", "listener_create", "pool_create", "member_create",
-               "member_update", "member_delete", "pool_update"]
-    async with running(NoopBackend()) as h:
-        for i, method in enumerate(methods):
-            await h.system.submit(make_op(i, method))
-        outcomes = await h.wait_for(len(methods))
-    assert [o.op_id for o in outcomes] == list(range(len(methods)))
+    with trio.fail_after(10):
+        methods = ["loadbalancer_create", "listener_create", "pool_create", "member_create",
+                   "member_update", "member_delete", "pool_update"]
+        async with running(NoopBackend()) as h:
+            for i, method in enumerate(methods):
+                await h.system.submit(make_op(i, method))
+            outcomes = await h.wait_for(len(methods))
+        assert [o.op_id for o in outcomes] == list(range(len(methods)))
 
 
 # --------------------------------------------------------------------------- backpressure
 
 
 async def test_a_full_mailbox_makes_submit_wait(autojump_clock: trio.abc.Clock) -> None:
-    backend = InstrumentedBackend(duration=10.0)
-    returned: dict[int, float] = {}
+    with trio.fail_after(600):
+        backend = InstrumentedBackend(duration=10.0)
+        returned: dict[int, float] = {}
 
-    async def submit(system: ActorSystem, op: Operation) -> None:
-        await system.submit(op)
-        returned[op.op_id] = trio.current_time()
+        async def submit(system: ActorSystem, op: Operation) -> None:
+            await system.submit(op)
+            returned[op.op_id] = trio.current_time()
 
-    async with running(backend, mailbox_size=1) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await trio.testing.wait_all_tasks_blocked()  # the actor runs op 0 (until t=10)
-        await h.system.submit(make_op(1, "listener_create"))  # fills the mailbox
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(submit, h.system, make_op(2, "pool_create"))
-            nursery.start_soon(submit, h.system, make_op(3, "loadbalancer_create", lb_id=LB2, args=lb_args(LB2)))
-        await h.wait_for(4)
-    assert returned[3] == 0.0  # another LB's mailbox is not affected
-    assert returned[2] == pytest.approx(10.0)  # waited until op 0 finished and op 1 left
+        async with running(backend, mailbox_size=1) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await trio.testing.wait_all_tasks_blocked()  # the actor runs op 0 (until t=10)
+            await h.system.submit(make_op(1, "listener_create"))  # fills the mailbox
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit, h.system, make_op(2, "pool_create"))
+                nursery.start_soon(submit, h.system, make_op(3, "loadbalancer_create", lb_id=LB2, args=lb_args(LB2)))
+            await h.wait_for(4)
+        assert returned[3] == 0.0  # another LB's mailbox is not affected
+        assert returned[2] == pytest.approx(10.0)  # waited until op 0 finished and op 1 left
 
 
 async def test_mailbox_size_zero_is_a_rendezvous(autojump_clock: trio.abc.Clock) -> None:
-    async with running(InstrumentedBackend(duration=3.0), mailbox_size=0) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(make_op(1, "listener_create"))
-        assert trio.current_time() == pytest.approx(3.0)
-        await h.wait_for(2)
+    with trio.fail_after(600):
+        async with running(InstrumentedBackend(duration=3.0), mailbox_size=0) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(make_op(1, "listener_create"))
+            assert trio.current_time() == pytest.approx(3.0)
+            await h.wait_for(2)
 
 
 # --------------------------------------------------------------------------- retirement
@@ -174,58 +178,69 @@ async def test_mailbox_size_zero_is_a_rendezvous(autojump_clock: trio.abc.Clock)
     ],
 )
 async def test_actor_retires_after_its_lb_is_deleted(method: str, args: dict[str, Any]) -> None:
-    async with running(NoopBackend()) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(make_op(1, "listener_create"))
-        await h.wait_for(2)
-        assert h.system.actor_count() == 1
-        assert h.system.known_lb_ids() == [LB]
-        await h.system.submit(make_op(2, method, args=args))
-        await h.wait_for(3)
-        assert h.system.actor_count() == 0  # already gone when its outcome arrives
-        assert h.system.known_lb_ids() == []
-        # a later operation for the same id starts a fresh actor
-        await h.system.submit(make_op(3, "loadbalancer_create"))
-        outcomes = await h.wait_for(4)
-        assert h.system.actor_count() == 1
-        assert outcomes[3].failure is None
+    with trio.fail_after(10):
+        async with running(NoopBackend()) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(make_op(1, "listener_create"))
+            await h.wait_for(2)
+            assert h.system.actor_count() == 1
+            assert h.system.known_lb_ids() == [LB]
+            await h.system.submit(make_op(2, method, args=args))
+            await h.wait_for(3)
+            assert h.system.actor_count() == 0  # already gone when its outcome arrives
+            assert h.system.known_lb_ids() == []
+            # a later operation for the same id starts a fresh actor
+            await h.system.submit(make_op(3, "loadbalancer_create"))
+            outcomes = await h.wait_for(4)
+            assert h.system.actor_count() == 1
+            assert outcomes[3].failure is None
 
 
 async def test_actor_stays_after_a_failed_cascade() -> None:
-    async with running(NoopBackend(fail_pattern="^web-1$")) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(
-            make_op(1, "loadbalancer_delete", args={"loadbalancer": P.full_tree(), "cascade": True})
-        )
-        outcomes = await h.wait_for(2)
-        assert outcomes[1].status is not None
-        assert h.system.actor_count() == 1
+    with trio.fail_after(10):
+        async with running(NoopBackend(fail_pattern="^web-1$")) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(
+                make_op(1, "loadbalancer_delete", args={"loadbalancer": P.full_tree(), "cascade": True})
+            )
+            outcomes = await h.wait_for(2)
+            assert outcomes[1].status is not None
+            assert h.system.actor_count() == 1
 
 
 async def test_actor_does_not_retire_with_work_left_in_its_mailbox(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running(InstrumentedBackend(duration=1.0)) as h:
-        await h.system.submit(make_op(0, "loadbalancer_delete", args={"loadbalancer": P.loadbalancer()}))
-        await h.system.submit(make_op(1, "loadbalancer_create"))  # queued behind the delete
-        await h.wait_for(2)
-        assert h.system.actor_count() == 1
+    """Operations queued behind a successful delete run on the same actor, in order. An actor
+    that retired with them in its mailbox would drop them: no outcome would ever come, and
+    the deadline (virtual time: at once) fails the test instead of hanging the suite."""
+    with trio.fail_after(60):
+        async with running(InstrumentedBackend(duration=1.0)) as h:
+            await h.system.submit(make_op(0, "loadbalancer_delete", args={"loadbalancer": P.loadbalancer()}))
+            await h.system.submit(make_op(1, "loadbalancer_create"))  # queued behind the delete
+            await h.system.submit(make_op(2, "listener_create"))
+            outcomes = await h.wait_for(3)
+            assert [o.op_id for o in outcomes] == [0, 1, 2]
+            assert all(o.failure is None and o.reason is None for o in outcomes)
+            assert h.system.actor_count() == 1
+            assert h.system.known_lb_ids() == [LB]
 
 
 async def test_memory_follows_live_lbs_not_history() -> None:
-    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(200)]
-    async with running(NoopBackend()) as h:
-        for i, lb_id in enumerate(ids):
-            await h.system.submit(make_op(i, "loadbalancer_create", lb_id=lb_id, args=lb_args(lb_id)))
-        await h.wait_for(len(ids))
-        assert h.system.actor_count() == len(ids)
-        for i, lb_id in enumerate(ids):
-            args = lb_args(lb_id) | {"cascade": True}
-            await h.system.submit(make_op(1000 + i, "loadbalancer_delete", lb_id=lb_id, args=args))
-        await h.wait_for(2 * len(ids))
-        assert h.system.actor_count() == 0
-        await trio.testing.wait_all_tasks_blocked()
-        assert not [name for name in task_names() if name.startswith("actor ")]
+    with trio.fail_after(10):
+        ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(200)]
+        async with running(NoopBackend()) as h:
+            for i, lb_id in enumerate(ids):
+                await h.system.submit(make_op(i, "loadbalancer_create", lb_id=lb_id, args=lb_args(lb_id)))
+            await h.wait_for(len(ids))
+            assert h.system.actor_count() == len(ids)
+            for i, lb_id in enumerate(ids):
+                args = lb_args(lb_id) | {"cascade": True}
+                await h.system.submit(make_op(1000 + i, "loadbalancer_delete", lb_id=lb_id, args=args))
+            await h.wait_for(2 * len(ids))
+            assert h.system.actor_count() == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert not [name for name in task_names() if name.startswith("actor ")]
 
 
 def task_names() -> list[str]:
@@ -239,72 +254,76 @@ def task_names() -> list[str]:
 
 
 async def test_task_names_sees_actor_tasks() -> None:
-    async with running(NoopBackend()) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.wait_for(1)
-        assert f"actor {LB}" in task_names()
+    with trio.fail_after(10):
+        async with running(NoopBackend()) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.wait_for(1)
+            assert f"actor {LB}" in task_names()
 
 
 # --------------------------------------------------------------------------- nothing escapes
 
 
 async def test_backend_exceptions_become_outcomes_and_the_actor_keeps_going() -> None:
-    class Flaky(NoopBackend):
-        async def listener_create(self, listener: Any, cert: Any) -> None:
-            raise ZeroDivisionError("backend bug")
+    with trio.fail_after(10):
+        class Flaky(NoopBackend):
+            async def listener_create(self, listener: Any, cert: Any) -> None:
+                raise ZeroDivisionError("backend bug")
 
-    async with running(Flaky()) as h:
-        await h.system.submit(make_op(0, "listener_create"))
-        await h.system.submit(make_op(1, "pool_create"))
-        await h.system.submit(make_op(2, "no_such_method", args={}))
-        await h.system.submit(make_op(3, "member_create", args={"member": {"id": 5}}))
-        outcomes = await h.wait_for(4)
-    assert [o.op_id for o in outcomes] == [0, 1, 2, 3]
-    listeners = msgspec.to_builtins(outcomes[0].status)["listeners"]
-    assert listeners[0]["provisioning_status"] == "ERROR"
-    assert msgspec.to_builtins(outcomes[1].status)["pools"][0]["provisioning_status"] == "ACTIVE"
-    assert outcomes[2].failure is not None and outcomes[2].failure.exc_class == "NoSuchMethod"
-    assert outcomes[3].failure is not None and outcomes[3].failure.exc_class == "InvalidOperation"
+        async with running(Flaky()) as h:
+            await h.system.submit(make_op(0, "listener_create"))
+            await h.system.submit(make_op(1, "pool_create"))
+            await h.system.submit(make_op(2, "no_such_method", args={}))
+            await h.system.submit(make_op(3, "member_create", args={"member": {"id": 5}}))
+            outcomes = await h.wait_for(4)
+        assert [o.op_id for o in outcomes] == [0, 1, 2, 3]
+        listeners = msgspec.to_builtins(outcomes[0].status)["listeners"]
+        assert listeners[0]["provisioning_status"] == "ERROR"
+        assert msgspec.to_builtins(outcomes[1].status)["pools"][0]["provisioning_status"] == "ACTIVE"
+        assert outcomes[2].failure is not None and outcomes[2].failure.exc_class == "NoSuchMethod"
+        assert outcomes[3].failure is not None and outcomes[3].failure.exc_class == "InvalidOperation"
 
 
 async def test_even_a_crashing_run_operation_does_not_kill_the_actor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = lbactors.actor.run_operation
+    with trio.fail_after(10):
+        real = lbactors.actor.run_operation
 
-    async def crashing(backend: Any, op: Operation, **kwargs: Any) -> Outcome:
-        if op.op_id == 0:
-            raise RuntimeError("dispatch bug")
-        return await real(backend, op, **kwargs)
+        async def crashing(backend: Any, op: Operation, **kwargs: Any) -> Outcome:
+            if op.op_id == 0:
+                raise RuntimeError("dispatch bug")
+            return await real(backend, op, **kwargs)
 
-    monkeypatch.setattr(lbactors.actor, "run_operation", crashing)
-    async with running(NoopBackend()) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(make_op(1, "listener_create"))
-        outcomes = await h.wait_for(2)
-    assert outcomes[0].failure is not None and outcomes[0].failure.exc_class == "RuntimeError"
-    assert outcomes[1].failure is None and outcomes[1].status is not None
+        monkeypatch.setattr(lbactors.actor, "run_operation", crashing)
+        async with running(NoopBackend()) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(make_op(1, "listener_create"))
+            outcomes = await h.wait_for(2)
+        assert outcomes[0].failure is not None and outcomes[0].failure.exc_class == "RuntimeError"
+        assert outcomes[1].failure is None and outcomes[1].status is not None
 
 
 # --------------------------------------------------------------------------- queries
 
 
 async def test_queries_need_no_actor_and_run_concurrently(autojump_clock: trio.abc.Clock) -> None:
-    class Slow(NoopBackend):
-        async def validate_flavor(self, metadata: dict[str, Any]) -> str | None:
-            await trio.sleep(3)  # within the noop backend's query deadline (5 s)
-            return await super().validate_flavor(metadata)
+    with trio.fail_after(600):
+        class Slow(NoopBackend):
+            async def validate_flavor(self, metadata: dict[str, Any]) -> str | None:
+                await trio.sleep(3)  # within the noop backend's query deadline (5 s)
+                return await super().validate_flavor(metadata)
 
-    async with running(Slow()) as h:
-        for i in range(3):
-            await h.system.submit(
-                Operation(op_id=i, method="validate_flavor", lb_id="", is_call=True,
-                          args=msgspec.json.encode({"flavor_metadata": {"max_connections": 5}}))
-            )
-        assert h.system.actor_count() == 0
-        outcomes = await h.wait_for(3)
-    assert trio.current_time() == pytest.approx(3.0)
-    assert [o.reply for o in outcomes] == [{"valid": True}] * 3
+        async with running(Slow()) as h:
+            for i in range(3):
+                await h.system.submit(
+                    Operation(op_id=i, method="validate_flavor", lb_id="", is_call=True,
+                              args=msgspec.json.encode({"flavor_metadata": {"max_connections": 5}}))
+                )
+            assert h.system.actor_count() == 0
+            outcomes = await h.wait_for(3)
+        assert trio.current_time() == pytest.approx(3.0)
+        assert [o.reply for o in outcomes] == [{"valid": True}] * 3
 
 
 # --------------------------------------------------------------------------- lifetime
@@ -313,87 +332,92 @@ async def test_queries_need_no_actor_and_run_concurrently(autojump_clock: trio.a
 async def test_closing_drains_every_mailbox_then_closes_outcomes(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    send, receive = trio.open_memory_channel[Outcome](100)
-    async with open_actor_system(InstrumentedBackend(duration=1.0), send) as system:
-        for i in range(3):
-            await system.submit(make_op(i, "loadbalancer_create"))
-            await system.submit(make_op(10 + i, "loadbalancer_create", lb_id=LB2, args=lb_args(LB2)))
-    assert trio.current_time() == pytest.approx(3.0)
-    assert sorted([o.op_id async for o in receive]) == [0, 1, 2, 10, 11, 12]  # ends: closed
-    with pytest.raises(trio.ClosedResourceError):
-        await system.submit(make_op(99, "loadbalancer_create"))
+    with trio.fail_after(600):
+        send, receive = trio.open_memory_channel[Outcome](100)
+        async with open_actor_system(InstrumentedBackend(duration=1.0), send) as system:
+            for i in range(3):
+                await system.submit(make_op(i, "loadbalancer_create"))
+                await system.submit(make_op(10 + i, "loadbalancer_create", lb_id=LB2, args=lb_args(LB2)))
+        assert trio.current_time() == pytest.approx(3.0)
+        assert sorted([o.op_id async for o in receive]) == [0, 1, 2, 10, 11, 12]  # ends: closed
+        with pytest.raises(trio.ClosedResourceError):
+            await system.submit(make_op(99, "loadbalancer_create"))
 
 
 async def test_cancelling_the_block_cancels_the_actors(autojump_clock: trio.abc.Clock) -> None:
-    send, _receive = trio.open_memory_channel[Outcome](100)
-    with trio.move_on_after(2.5):
-        async with open_actor_system(InstrumentedBackend(duration=10.0), send) as system:
-            await system.submit(make_op(0, "loadbalancer_create"))
-            await trio.sleep_forever()
-    assert trio.current_time() == pytest.approx(2.5)
+    with trio.fail_after(600):
+        send, _receive = trio.open_memory_channel[Outcome](100)
+        with trio.move_on_after(2.5):
+            async with open_actor_system(InstrumentedBackend(duration=10.0), send) as system:
+                await system.submit(make_op(0, "loadbalancer_create"))
+                await trio.sleep_forever()
+        assert trio.current_time() == pytest.approx(2.5)
 
 
 async def test_idle_actors_retire_but_their_load_balancers_stay_known(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running(NoopBackend(), idle_timeout=10) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(make_op(1, "listener_create"))
-        await h.wait_for(2)
-        assert h.system.actor_count() == 1
-        await trio.sleep(16)  # idle for more than 10 s, seen by a sweep every 5 s
-        assert h.system.actor_count() == 0
-        assert h.system.known_lb_ids() == [LB]
-        listeners, _ = await h.system.collect_statistics()
-        assert [s.id for s in listeners] == [LISTENER]
-        # the next operation starts a fresh actor and runs normally
-        await h.system.submit(make_op(2, "pool_create"))
-        outcomes = await h.wait_for(3)
-        assert outcomes[2].failure is None
-        assert h.system.actor_count() == 1
+    with trio.fail_after(600):
+        async with running(NoopBackend(), idle_timeout=10) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(make_op(1, "listener_create"))
+            await h.wait_for(2)
+            assert h.system.actor_count() == 1
+            await trio.sleep(16)  # idle for more than 10 s, seen by a sweep every 5 s
+            assert h.system.actor_count() == 0
+            assert h.system.known_lb_ids() == [LB]
+            listeners, _ = await h.system.collect_statistics()
+            assert [s.id for s in listeners] == [LISTENER]
+            # the next operation starts a fresh actor and runs normally
+            await h.system.submit(make_op(2, "pool_create"))
+            outcomes = await h.wait_for(3)
+            assert outcomes[2].failure is None
+            assert h.system.actor_count() == 1
 
 
 async def test_a_busy_or_queued_actor_is_never_retired(autojump_clock: trio.abc.Clock) -> None:
     """Operations far longer than the idle timeout, queued behind each other: the sweep never
     closes a mailbox with work in it, so they still run one at a time and in order."""
-    backend = InstrumentedBackend(duration=25)
-    async with running(backend, idle_timeout=4) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await trio.sleep(20)  # op 0 runs alone (nothing queued) far past the idle timeout
-        for op_id, method in enumerate(["listener_create", "pool_create"], start=1):
-            await h.system.submit(make_op(op_id, method))
-        outcomes = await h.wait_for(3)
-    assert [o.op_id for o in outcomes] == [0, 1, 2]
-    spans = sorted(backend.spans, key=lambda span: span[2])
-    assert all(a[3] <= b[2] for a, b in zip(spans, spans[1:], strict=False))
+    with trio.fail_after(600):
+        backend = InstrumentedBackend(duration=25)
+        async with running(backend, idle_timeout=4) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await trio.sleep(20)  # op 0 runs alone (nothing queued) far past the idle timeout
+            for op_id, method in enumerate(["listener_create", "pool_create"], start=1):
+                await h.system.submit(make_op(op_id, method))
+            outcomes = await h.wait_for(3)
+        assert [o.op_id for o in outcomes] == [0, 1, 2]
+        spans = sorted(backend.spans, key=lambda span: span[2])
+        assert all(a[3] <= b[2] for a, b in zip(spans, spans[1:], strict=False))
 
 
 # --------------------------------------------------------------------------- statistics
 
 
 async def test_collect_statistics_gives_growing_counters_and_operating_status_changes() -> None:
-    async with running(NoopBackend()) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(make_op(1, "listener_create"))
-        await h.system.submit(make_op(2, "member_create"))
-        await h.wait_for(3)
-        first, changes = await h.system.collect_statistics()
-        assert [s.id for s in first] == [LISTENER]
-        assert len(changes) == 1  # everything is new
-        assert msgspec.to_builtins(changes[0])["members"] == [{"id": MEMBER, "operating_status": "ONLINE"}]
+    with trio.fail_after(10):
+        async with running(NoopBackend()) as h:
+            await h.system.submit(make_op(0, "loadbalancer_create"))
+            await h.system.submit(make_op(1, "listener_create"))
+            await h.system.submit(make_op(2, "member_create"))
+            await h.wait_for(3)
+            first, changes = await h.system.collect_statistics()
+            assert [s.id for s in first] == [LISTENER]
+            assert len(changes) == 1  # everything is new
+            assert msgspec.to_builtins(changes[0])["members"] == [{"id": MEMBER, "operating_status": "ONLINE"}]
 
-        second, changes = await h.system.collect_statistics()
-        assert second[0].total_connections > first[0].total_connections
-        assert changes == []  # nothing changed
+            second, changes = await h.system.collect_statistics()
+            assert second[0].total_connections > first[0].total_connections
+            assert changes == []  # nothing changed
 
-        member = P.member()
-        args = {"old_member": member, "new_member": {"admin_state_up": False}}
-        await h.system.submit(make_op(3, "member_update", args=args))
-        await h.wait_for(4)
-        _, changes = await h.system.collect_statistics()
-        assert msgspec.to_builtins(changes[0]) == {
-            "members": [{"id": MEMBER, "operating_status": "OFFLINE"}]
-        }
+            member = P.member()
+            args = {"old_member": member, "new_member": {"admin_state_up": False}}
+            await h.system.submit(make_op(3, "member_update", args=args))
+            await h.wait_for(4)
+            _, changes = await h.system.collect_statistics()
+            assert msgspec.to_builtins(changes[0]) == {
+                "members": [{"id": MEMBER, "operating_status": "OFFLINE"}]
+            }
 
 
 class FlakyReadBackend(NoopBackend):
@@ -413,79 +437,84 @@ class FlakyReadBackend(NoopBackend):
 
 
 async def test_a_failed_read_skips_that_lb_and_keeps_its_operating_statuses() -> None:
-    backend = FlakyReadBackend()
-    other = lb_args("lb-other")
-    async with running(backend) as h:
-        await h.system.submit(make_op(0, "loadbalancer_create"))
-        await h.system.submit(make_op(1, "listener_create"))
-        await h.system.submit(make_op(2, "loadbalancer_create", lb_id="lb-other", args=other))
-        await h.wait_for(3)
-        await h.system.collect_statistics()
-        backend.broken.add(LB)
-        with structlog.testing.capture_logs() as logs:
-            listeners, changes = await h.system.collect_statistics()
-        assert listeners == []  # LB's listener is skipped this round, lb-other has none
-        assert changes == []  # and LB's objects are not reported as changed (or gone)
-        assert [e["lb_id"] for e in logs if e["event"] == "statistics read failed"] == [LB]
-        backend.broken.clear()
-        listeners, changes = await h.system.collect_statistics()
-        assert [s.id for s in listeners] == [LISTENER]
-        assert changes == []
-
-
-async def test_noop_bulk_read_equals_the_per_lb_reads() -> None:
-    one, two = NoopBackend(seed=3), NoopBackend(seed=3)
-    for backend in (one, two):
+    with trio.fail_after(10):
+        backend = FlakyReadBackend()
+        other = lb_args("lb-other")
         async with running(backend) as h:
             await h.system.submit(make_op(0, "loadbalancer_create"))
             await h.system.submit(make_op(1, "listener_create"))
-            await h.system.submit(make_op(2, "member_create"))
+            await h.system.submit(make_op(2, "loadbalancer_create", lb_id="lb-other", args=other))
             await h.wait_for(3)
-    bulk = await one.read_many([LB, "lb-unknown"])
-    single = [
-        Reading(lb_id, await two.listener_statistics(lb_id), await two.operating_statuses(lb_id))
-        for lb_id in (LB, "lb-unknown")
-    ]
-    assert bulk == single
-    assert bulk[0].listeners and bulk[0].statuses
+            await h.system.collect_statistics()
+            backend.broken.add(LB)
+            with structlog.testing.capture_logs() as logs:
+                listeners, changes = await h.system.collect_statistics()
+            assert listeners == []  # LB's listener is skipped this round, lb-other has none
+            assert changes == []  # and LB's objects are not reported as changed (or gone)
+            assert [e["lb_id"] for e in logs if e["event"] == "statistics read failed"] == [LB]
+            backend.broken.clear()
+            listeners, changes = await h.system.collect_statistics()
+            assert [s.id for s in listeners] == [LISTENER]
+            assert changes == []
+
+
+async def test_noop_bulk_read_equals_the_per_lb_reads() -> None:
+    with trio.fail_after(10):
+        one, two = NoopBackend(seed=3), NoopBackend(seed=3)
+        for backend in (one, two):
+            async with running(backend) as h:
+                await h.system.submit(make_op(0, "loadbalancer_create"))
+                await h.system.submit(make_op(1, "listener_create"))
+                await h.system.submit(make_op(2, "member_create"))
+                await h.wait_for(3)
+        bulk = await one.read_many([LB, "lb-unknown"])
+        single = [
+            Reading(lb_id, await two.listener_statistics(lb_id), await two.operating_statuses(lb_id))
+            for lb_id in (LB, "lb-unknown")
+        ]
+        assert bulk == single
+        assert bulk[0].listeners and bulk[0].statuses
 
 
 # --------------------------------------------------------------------------- logging
 
 
 async def test_logs_carry_lb_op_and_method_and_successes_stay_below_info() -> None:
-    with structlog.testing.capture_logs() as logs:
-        async with running(NoopBackend(fail_pattern="^web-1$")) as h:
-            await h.system.submit(make_op(0, "loadbalancer_create"))
-            await h.system.submit(make_op(1, "member_create"))
-            await h.wait_for(2)
-    assert not [e for e in logs if e["log_level"] == "info"]
-    failures = [e for e in logs if e["log_level"] in ("warning", "error")]
-    assert len(failures) == 1
-    assert failures[0]["lb_id"] == LB
-    assert (failures[0]["op_id"], failures[0]["method"]) == (1, "member_create")
-    actor_lines = [e for e in logs if e["event"] == "actor started"]
-    assert actor_lines and actor_lines[0]["lb_id"] == LB
+    with trio.fail_after(10):
+        with structlog.testing.capture_logs() as logs:
+            async with running(NoopBackend(fail_pattern="^web-1$")) as h:
+                await h.system.submit(make_op(0, "loadbalancer_create"))
+                await h.system.submit(make_op(1, "member_create"))
+                await h.wait_for(2)
+        assert not [e for e in logs if e["log_level"] == "info"]
+        failures = [e for e in logs if e["log_level"] in ("warning", "error")]
+        assert len(failures) == 1
+        assert failures[0]["lb_id"] == LB
+        assert (failures[0]["op_id"], failures[0]["method"]) == (1, "member_create")
+        actor_lines = [e for e in logs if e["event"] == "actor started"]
+        assert actor_lines and actor_lines[0]["lb_id"] == LB
 
 
 async def test_an_error_in_the_body_is_never_hidden_by_a_cancelled_scope() -> None:
     """Closing the outcome channel must not checkpoint: in a cancelled scope, the Cancelled
     would replace the body's exception and the surrounding scope would swallow it."""
-    send, receive = trio.open_memory_channel[Outcome](4)
-    with pytest.raises(BaseExceptionGroup) as caught:
-        async with trio.open_nursery() as nursery, open_actor_system(NoopBackend(), send):
-            nursery.start_soon(trio.sleep_forever)
-            try:
-                raise RuntimeError("must propagate")
-            finally:
-                nursery.cancel_scope.cancel()
-    assert caught.group_contains(RuntimeError, match="must propagate")
-    assert receive.statistics().open_send_channels == 0
+    with trio.fail_after(10):
+        send, receive = trio.open_memory_channel[Outcome](4)
+        with pytest.raises(BaseExceptionGroup) as caught:
+            async with trio.open_nursery() as nursery, open_actor_system(NoopBackend(), send):
+                nursery.start_soon(trio.sleep_forever)
+                try:
+                    raise RuntimeError("must propagate")
+                finally:
+                    nursery.cancel_scope.cancel()
+        assert caught.group_contains(RuntimeError, match="must propagate")
+        assert receive.statistics().open_send_channels == 0
 
 
 async def test_adopted_load_balancers_are_known_before_their_next_operation() -> None:
-    async with running(NoopBackend()) as h:
-        h.system.adopt(["lb-adopted"])
-        assert h.system.known_lb_ids() == ["lb-adopted"]
-        assert h.system.actor_count() == 0
-    assert await NoopBackend().resident_lb_ids() == []
+    with trio.fail_after(10):
+        async with running(NoopBackend()) as h:
+            h.system.adopt(["lb-adopted"])
+            assert h.system.known_lb_ids() == ["lb-adopted"]
+            assert h.system.actor_count() == 0
+        assert await NoopBackend().resident_lb_ids() == []

@@ -39,161 +39,175 @@ def member(**changes: Any) -> Member:
 
 
 async def test_create_is_idempotent_and_converges() -> None:
-    backend = NoopBackend()
-    await backend.loadbalancer_create(lb())
-    await backend.member_create(member(weight=1))
-    await backend.member_create(member(weight=7))  # redelivered / replayed create
-    tree = backend.tree(LB)
-    assert sorted(tree) == [("loadbalancer", LB), ("member", MEMBER)]
-    assert tree[("member", MEMBER)].weight == 7  # type: ignore[union-attr]
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        await backend.loadbalancer_create(lb())
+        await backend.member_create(member(weight=1))
+        await backend.member_create(member(weight=7))  # redelivered / replayed create
+        tree = backend.tree(LB)
+        assert sorted(tree) == [("loadbalancer", LB), ("member", MEMBER)]
+        assert tree[("member", MEMBER)].weight == 7  # type: ignore[union-attr]
 
 
 async def test_update_of_a_missing_object_creates_it() -> None:
-    backend = NoopBackend()
-    old, new = member(weight=1), member(weight=3)
-    await backend.member_update(old, new)
-    assert backend.tree(LB)[("member", MEMBER)].weight == 3  # type: ignore[union-attr]
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        old, new = member(weight=1), member(weight=3)
+        await backend.member_update(old, new)
+        assert backend.tree(LB)[("member", MEMBER)].weight == 3  # type: ignore[union-attr]
 
 
 async def test_delete_of_a_missing_object_succeeds_and_delete_removes() -> None:
-    backend = NoopBackend()
-    await backend.member_delete(member())  # never created: done
-    await backend.member_create(member())
-    await backend.member_delete(member())
-    await backend.member_delete(member())  # twice: still done
-    assert ("member", MEMBER) not in backend.tree(LB)
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        await backend.member_delete(member())  # never created: done
+        await backend.member_create(member())
+        await backend.member_delete(member())
+        await backend.member_delete(member())  # twice: still done
+        assert ("member", MEMBER) not in backend.tree(LB)
 
 
 async def test_loadbalancer_delete_forgets_the_whole_tree() -> None:
-    backend = NoopBackend()
-    await backend.loadbalancer_create(lb())
-    await backend.listener_create(listener(), None)
-    await backend.member_create(member())
-    assert len(backend.tree(LB)) == 3
-    await backend.loadbalancer_delete(lb())
-    assert backend.tree(LB) == {}
-    assert backend.lb_ids() == []
-    assert await backend.listener_statistics(LB) == []
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        await backend.loadbalancer_create(lb())
+        await backend.listener_create(listener(), None)
+        await backend.member_create(member())
+        assert len(backend.tree(LB)) == 3
+        await backend.loadbalancer_delete(lb())
+        assert backend.tree(LB) == {}
+        assert backend.lb_ids() == []
+        assert await backend.listener_statistics(LB) == []
 
 
 async def test_children_are_filed_under_their_load_balancer_found_in_the_payload() -> None:
-    backend = NoopBackend()
-    pool: Pool = obj("pool_create")
-    await backend.pool_create(pool)
-    await backend.member_create(member())
-    assert sorted(backend.tree(LB)) == [("member", MEMBER), ("pool", POOL)]
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        pool: Pool = obj("pool_create")
+        await backend.pool_create(pool)
+        await backend.member_create(member())
+        assert sorted(backend.tree(LB)) == [("member", MEMBER), ("pool", POOL)]
 
 
 @pytest.mark.parametrize("action", ["create", "update", "delete"])
 async def test_fail_pattern_fails_matching_names_only(action: str) -> None:
-    backend = NoopBackend(fail_pattern=r"^web-1$")
-    bad, good = member(name="web-1"), member(name="web-10", id="other", member_id="other")
-    if action == "create":
-        with pytest.raises(BackendError, match="web-1"):
-            await backend.member_create(bad)
-        await backend.member_create(good)
-    elif action == "update":
-        with pytest.raises(BackendError, match="fail_pattern"):
-            await backend.member_update(good, bad)  # the new name decides
-        await backend.member_update(bad, good)
-    else:
-        with pytest.raises(BackendError):
-            await backend.member_delete(bad)
-        await backend.member_delete(good)
+    with trio.fail_after(10):
+        backend = NoopBackend(fail_pattern=r"^web-1$")
+        bad, good = member(name="web-1"), member(name="web-10", id="other", member_id="other")
+        if action == "create":
+            with pytest.raises(BackendError, match="web-1"):
+                await backend.member_create(bad)
+            await backend.member_create(good)
+        elif action == "update":
+            with pytest.raises(BackendError, match="fail_pattern"):
+                await backend.member_update(good, bad)  # the new name decides
+            await backend.member_update(bad, good)
+        else:
+            with pytest.raises(BackendError):
+                await backend.member_delete(bad)
+            await backend.member_delete(good)
 
 
 async def test_failed_create_leaves_nothing_behind() -> None:
-    backend = NoopBackend(fail_pattern="web")
-    with pytest.raises(BackendError):
-        await backend.member_create(member())
-    assert backend.tree(LB) == {}
+    with trio.fail_after(10):
+        backend = NoopBackend(fail_pattern="web")
+        with pytest.raises(BackendError):
+            await backend.member_create(member())
+        assert backend.tree(LB) == {}
 
 
 async def test_latency_sleeps_on_every_crud_call(autojump_clock: trio.abc.Clock) -> None:
-    backend = NoopBackend(latency=0.25)
-    start = trio.current_time()
-    await backend.loadbalancer_create(lb())
-    await backend.member_create(member())
-    await backend.member_delete(member())
-    assert trio.current_time() - start == pytest.approx(0.75)
+    with trio.fail_after(600):
+        backend = NoopBackend(latency=0.25)
+        start = trio.current_time()
+        await backend.loadbalancer_create(lb())
+        await backend.member_create(member())
+        await backend.member_delete(member())
+        assert trio.current_time() - start == pytest.approx(0.75)
 
 
 async def test_no_latency_means_no_sleep(autojump_clock: trio.abc.Clock) -> None:
-    backend = NoopBackend()
-    start = trio.current_time()
-    await backend.loadbalancer_create(lb())
-    assert trio.current_time() == start
+    with trio.fail_after(600):
+        backend = NoopBackend()
+        start = trio.current_time()
+        await backend.loadbalancer_create(lb())
+        assert trio.current_time() == start
 
 
 async def test_statistics_grow_and_are_reproducible() -> None:
-    async def rounds(seed: int) -> list[list[Any]]:
-        backend = NoopBackend(seed=seed)
-        await backend.loadbalancer_create(lb())
-        await backend.listener_create(listener(), None)
-        return [
-            [msgspec.structs.asdict(s) for s in await backend.listener_statistics(LB)]
-            for _ in range(5)
-        ]
+    with trio.fail_after(10):
+        async def rounds(seed: int) -> list[list[Any]]:
+            backend = NoopBackend(seed=seed)
+            await backend.loadbalancer_create(lb())
+            await backend.listener_create(listener(), None)
+            return [
+                [msgspec.structs.asdict(s) for s in await backend.listener_statistics(LB)]
+                for _ in range(5)
+            ]
 
-    first = await rounds(seed=1)
-    assert first == await rounds(seed=1)
-    assert first != await rounds(seed=2)
-    assert all(len(r) == 1 and r[0]["id"] == LISTENER for r in first)
-    for before, after in zip(first, first[1:], strict=False):
-        b, a = before[0], after[0]
-        assert a["total_connections"] > b["total_connections"]
-        assert a["bytes_in"] > b["bytes_in"]
-        assert a["bytes_out"] > b["bytes_out"]
-        assert a["request_errors"] >= b["request_errors"]
-        assert 0 <= a["active_connections"] <= a["total_connections"]
+        first = await rounds(seed=1)
+        assert first == await rounds(seed=1)
+        assert first != await rounds(seed=2)
+        assert all(len(r) == 1 and r[0]["id"] == LISTENER for r in first)
+        for before, after in zip(first, first[1:], strict=False):
+            b, a = before[0], after[0]
+            assert a["total_connections"] > b["total_connections"]
+            assert a["bytes_in"] > b["bytes_in"]
+            assert a["bytes_out"] > b["bytes_out"]
+            assert a["request_errors"] >= b["request_errors"]
+            assert 0 <= a["active_connections"] <= a["total_connections"]
 
 
 async def test_statistics_only_for_live_listeners_of_that_load_balancer() -> None:
-    backend = NoopBackend()
-    other = "0ther000-0000-4000-8000-000000000000"
-    await backend.listener_create(listener(), None)
-    await backend.listener_create(
-        listener(id="l2", listener_id="l2", loadbalancer_id=other, loadbalancer=None), None
-    )
-    assert [s.id for s in await backend.listener_statistics(LB)] == [LISTENER]
-    assert [s.id for s in await backend.listener_statistics(other)] == ["l2"]
-    await backend.listener_delete(listener())
-    assert await backend.listener_statistics(LB) == []
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        other = "0ther000-0000-4000-8000-000000000000"
+        await backend.listener_create(listener(), None)
+        await backend.listener_create(
+            listener(id="l2", listener_id="l2", loadbalancer_id=other, loadbalancer=None), None
+        )
+        assert [s.id for s in await backend.listener_statistics(LB)] == [LISTENER]
+        assert [s.id for s in await backend.listener_statistics(other)] == ["l2"]
+        await backend.listener_delete(listener())
+        assert await backend.listener_statistics(LB) == []
 
 
 async def test_operating_statuses_follow_admin_state() -> None:
-    backend = NoopBackend()
-    await backend.loadbalancer_create(lb())
-    await backend.member_create(member(admin_state_up=False))
-    assert await backend.operating_statuses(LB) == [
-        ("loadbalancer", LB, "ONLINE"),
-        ("member", MEMBER, "OFFLINE"),
-    ]
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        await backend.loadbalancer_create(lb())
+        await backend.member_create(member(admin_state_up=False))
+        assert await backend.operating_statuses(LB) == [
+            ("loadbalancer", LB, "ONLINE"),
+            ("member", MEMBER, "OFFLINE"),
+        ]
 
 
 async def test_flavor_metadata_and_validation() -> None:
-    backend = NoopBackend()
-    supported = await backend.flavor_metadata()
-    assert set(supported) == {"max_connections", "timeout_client_data"}
-    assert all(isinstance(v, str) and v for v in supported.values())
-    assert await backend.validate_flavor({"max_connections": 1000}) is None
-    assert await backend.validate_flavor({}) is None
-    reason = await backend.validate_flavor({"max_connections": 10, "service_type": "small"})
-    assert reason is not None and "service_type" in reason
-    reason = await backend.validate_flavor({"max_connections": "lots"})
-    assert reason is not None and "max_connections" in reason
-    reason = await backend.validate_flavor({"timeout_client_data": -5})
-    assert reason is not None and "timeout_client_data" in reason
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        supported = await backend.flavor_metadata()
+        assert set(supported) == {"max_connections", "timeout_client_data"}
+        assert all(isinstance(v, str) and v for v in supported.values())
+        assert await backend.validate_flavor({"max_connections": 1000}) is None
+        assert await backend.validate_flavor({}) is None
+        reason = await backend.validate_flavor({"max_connections": 10, "service_type": "small"})
+        assert reason is not None and "service_type" in reason
+        reason = await backend.validate_flavor({"max_connections": "lots"})
+        assert reason is not None and "max_connections" in reason
+        reason = await backend.validate_flavor({"timeout_client_data": -5})
+        assert reason is not None and "timeout_client_data" in reason
 
 
 async def test_availability_zone_metadata_and_validation() -> None:
-    backend = NoopBackend()
-    assert set(await backend.availability_zone_metadata()) == {"zone"}
-    assert await backend.validate_availability_zone({"zone": "az-1"}) is None
-    reason = await backend.validate_availability_zone({"edge_cluster": "az-1"})
-    assert reason is not None and "edge_cluster" in reason
-    reason = await backend.validate_availability_zone({"zone": ""})
-    assert reason is not None and "zone" in reason
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        assert set(await backend.availability_zone_metadata()) == {"zone"}
+        assert await backend.validate_availability_zone({"zone": "az-1"}) is None
+        reason = await backend.validate_availability_zone({"edge_cluster": "az-1"})
+        assert reason is not None and "edge_cluster" in reason
+        reason = await backend.validate_availability_zone({"zone": ""})
+        assert reason is not None and "zone" in reason
 
 
 def test_load_backend_by_name_and_options() -> None:
@@ -233,8 +247,3 @@ def test_register_backend_with_a_factory(monkeypatch: pytest.MonkeyPatch) -> Non
     register_backend("test-factory", factory)
     assert isinstance(load_backend("test-factory", {"seed": 9}), NoopBackend)
     assert made == [{"seed": 9}]
-
-
-def test_affinity_key_defaults_to_the_load_balancer() -> None:
-    request = decode_request("member_create", msgspec.json.encode(P.args("member_create")))
-    assert NoopBackend().affinity_key(request) is None

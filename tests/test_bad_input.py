@@ -119,20 +119,21 @@ def test_screen_and_route_take_arbitrary_oslo_shaped_json(body: bytes) -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(body=oslo_bodies())
 async def test_the_worker_runs_whatever_passes_into_one_encodable_outcome(body: bytes) -> None:
-    verdict = screen(body, max_bytes=LIMIT)
-    if isinstance(verdict, Refusal):
-        return
-    args = bytes(verdict.args)
-    op = Operation(op_id=1, method=verdict.method, args=args, lb_id=route(verdict.method, args),
-                   is_call=verdict.is_call)
-    outcome = await run_operation(NoopBackend(), op)  # never raises
-    assert outcome.op_id == 1
-    # it crosses the process boundary and the wire
-    msgspec.msgpack.decode(msgspec.msgpack.encode(ipc.Done(outcome=outcome)), type=ipc.Frame)
-    if outcome.status is not None:
-        json.loads(encode_status_cast(outcome.status))
-    json.loads(oslo.encode_reply("m", result_json=msgspec.json.encode(outcome.reply),
-                                 failure=outcome.failure))
+    with trio.fail_after(10):
+        verdict = screen(body, max_bytes=LIMIT)
+        if isinstance(verdict, Refusal):
+            return
+        args = bytes(verdict.args)
+        op = Operation(op_id=1, method=verdict.method, args=args, lb_id=route(verdict.method, args),
+                       is_call=verdict.is_call)
+        outcome = await run_operation(NoopBackend(), op)  # never raises
+        assert outcome.op_id == 1
+        # it crosses the process boundary and the wire
+        msgspec.msgpack.decode(msgspec.msgpack.encode(ipc.Done(outcome=outcome)), type=ipc.Frame)
+        if outcome.status is not None:
+            json.loads(encode_status_cast(outcome.status))
+        json.loads(oslo.encode_reply("m", result_json=msgspec.json.encode(outcome.reply),
+                                     failure=outcome.failure))
 
 
 @pytest.mark.parametrize("message", malformed_messages(len(KINDS) * 3, max_body_bytes=LIMIT),
@@ -228,14 +229,15 @@ def test_other_octavia_ranges(kind: str, field: str, bad: int) -> None:
 
 
 async def test_a_huge_port_gets_the_member_error_not_active() -> None:
-    raw = b'{"member": {"id": "m1", "pool": {"id": "p1", "loadbalancer_id": "lb1"}, "protocol_port": ' \
-        + b"9" * 4000 + b"}}"
-    outcome = await run_operation(NoopBackend(), Operation(op_id=1, method="member_create", args=raw,
-                                                           lb_id="m1"))
-    assert outcome.status is not None and outcome.failure is not None
-    assert msgspec.to_builtins(outcome.status) == {
-        "members": [{"id": "m1", "provisioning_status": "ERROR", "operating_status": "ERROR"}]
-    }
+    with trio.fail_after(10):
+        raw = b'{"member": {"id": "m1", "pool": {"id": "p1", "loadbalancer_id": "lb1"}, "protocol_port": ' \
+            + b"9" * 4000 + b"}}"
+        outcome = await run_operation(NoopBackend(), Operation(op_id=1, method="member_create", args=raw,
+                                                               lb_id="m1"))
+        assert outcome.status is not None and outcome.failure is not None
+        assert msgspec.to_builtins(outcome.status) == {
+            "members": [{"id": "m1", "provisioning_status": "ERROR", "operating_status": "ERROR"}]
+        }
 
 
 def _frame(frame_type: int, channel: int, payload: bytes) -> bytes:

@@ -118,6 +118,42 @@ def test_plan_order_and_dedupe() -> None:
     ]
 
 
+def test_children_of_every_copy_of_a_listener_or_policy_are_deleted() -> None:
+    """A listener or an L7 policy listed twice is deleted once, at its first place, after
+    the children of both copies."""
+    tree = {
+        "id": "LB",
+        "listeners": [
+            {
+                "id": "L1",
+                "l7policies": [
+                    {"id": "E1", "rules": [{"id": "R1"}]},
+                    {"l7policy_id": "E1", "rules": [{"l7rule_id": "R1"}, {"id": "R2"}]},
+                ],
+            },
+            {"id": "L2"},
+            {
+                "listener_id": "L1",
+                "l7policies": [
+                    {"id": "E2", "rules": [{"id": "R3"}]},
+                    {"id": "E1", "rules": [{"id": "R4"}]},
+                ],
+            },
+        ],
+    }
+    assert keys(cascade_plan(decode_lb(tree))) == [
+        ("l7rule", "R1"),
+        ("l7rule", "R2"),
+        ("l7rule", "R4"),
+        ("l7policy", "E1"),
+        ("l7rule", "R3"),
+        ("l7policy", "E2"),
+        ("listener", "L1"),
+        ("listener", "L2"),
+        ("loadbalancer", "LB"),
+    ]
+
+
 def test_objects_without_id_are_left_out_but_their_children_are_not() -> None:
     tree = {
         "id": "LB",
@@ -278,7 +314,8 @@ def id_of(obj: dict[str, Any], kind: str) -> str | None:
 
 @st.composite
 def trees(draw: st.DrawFn) -> dict[str, Any]:
-    """A cascade payload; ids unique within the tree except a shared default pool's."""
+    """A cascade payload; ids unique within the tree except a shared default pool's and the
+    copies of listeners and L7 policies (:func:`copies`)."""
     counter = itertools.count()
     pools = [pool(draw, counter) for _ in range(draw(st.integers(0, 3)))]
     listeners = []
@@ -307,7 +344,51 @@ def trees(draw: st.DrawFn) -> dict[str, Any]:
         elif choice == "own":
             listener["default_pool"] = pool(draw, counter)
         listeners.append(listener)
+    listeners.extend(copies(draw, listeners, counter))
     return {"id": "LB-" + draw(st.uuids()).hex, "listeners": listeners, "pools": pools}
+
+
+def policy_copy(
+    draw: st.DrawFn, policy: dict[str, Any], counter: itertools.count[int]
+) -> dict[str, Any]:
+    """Another copy of ``policy`` (same id): some of its rules again, and rules of its own."""
+    copy = same_id(draw, policy, "l7policy")
+    again = [r for r in policy["rules"] if id_of(r, "l7rule") and draw(st.booleans())]
+    new = [ids(draw, "l7rule", counter) for _ in range(draw(st.integers(0, 2)))]
+    copy["rules"] = [same_id(draw, r, "l7rule") for r in again] + new
+    return copy
+
+
+def same_id(draw: st.DrawFn, obj: dict[str, Any], kind: str) -> dict[str, str]:
+    value = id_of(obj, kind)
+    assert value
+    return draw(st.sampled_from([{"id": value}, {f"{kind}_id": value}]))
+
+
+def copies(
+    draw: st.DrawFn, listeners: list[dict[str, Any]], counter: itertools.count[int]
+) -> list[dict[str, Any]]:
+    """Listeners and L7 policies that appear more than once: a policy again later in its own
+    listener, and listeners again at the end, each copy with children the first copy lacks."""
+    for listener in listeners:
+        named = [p for p in listener["l7policies"] if id_of(p, "l7policy")]
+        if named and draw(st.booleans()):
+            listener["l7policies"].append(policy_copy(draw, draw(st.sampled_from(named)), counter))
+    result = []
+    for listener in listeners:
+        if not id_of(listener, "listener") or not draw(st.booleans()):
+            continue
+        copy = same_id(draw, listener, "listener")
+        named = [p for p in listener["l7policies"] if id_of(p, "l7policy")]
+        again = [policy_copy(draw, p, counter) for p in named if draw(st.booleans())]
+        new = [
+            ids(draw, "l7policy", counter)
+            | {"rules": [ids(draw, "l7rule", counter) for _ in range(draw(st.integers(0, 2)))]}
+            for _ in range(draw(st.integers(0, 2)))
+        ]
+        copy["l7policies"] = again + new
+        result.append(copy)
+    return result
 
 
 def walk(
@@ -371,7 +452,9 @@ def test_property_cascade_plan(tree: dict[str, Any]) -> None:
     assert last_listener_phase < first_pool_phase
     # payload order: listeners as listed; pools as in lb.pools, then new default pools
     listener_ids = [id_of(li, "listener") for li in tree["listeners"]]
-    assert [i for k, i in planned if k == "listener"] == [i for i in listener_ids if i]
+    # (a listener listed twice is deleted at its first place)
+    expected_listeners = list(dict.fromkeys(i for i in listener_ids if i))
+    assert [i for k, i in planned if k == "listener"] == expected_listeners
     pool_order: list[str] = []
     for source in tree["pools"] + [
         li["default_pool"] for li in tree["listeners"] if li.get("default_pool")

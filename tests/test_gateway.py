@@ -114,21 +114,22 @@ async def test_oslo_cast_runs_and_status_reaches_the_oslo_endpoint(
 
 
 async def test_oslo_call_validate_flavor_gets_our_reply(settings: GatewaySettings) -> None:
-    async with running(settings) as (_, driver):
-        assert driver is not None
-        good = await trio.to_thread.run_sync(
-            lambda: driver.call("validate_flavor", flavor_metadata={"max_connections": 100})
-        )
-        assert good == {"valid": True}
-        metadata = await trio.to_thread.run_sync(
-            lambda: driver.call("get_supported_flavor_metadata")
-        )
-        assert "max_connections" in metadata
-        bad = await trio.to_thread.run_sync(
-            lambda: driver.call("validate_flavor", flavor_metadata={"no_such_key": 1})
-        )
-        assert bad["valid"] is False
-        assert "no_such_key" in bad["reason"]
+    with trio.fail_after(30):
+        async with running(settings) as (_, driver):
+            assert driver is not None
+            good = await trio.to_thread.run_sync(
+                lambda: driver.call("validate_flavor", flavor_metadata={"max_connections": 100})
+            )
+            assert good == {"valid": True}
+            metadata = await trio.to_thread.run_sync(
+                lambda: driver.call("get_supported_flavor_metadata")
+            )
+            assert "max_connections" in metadata
+            bad = await trio.to_thread.run_sync(
+                lambda: driver.call("validate_flavor", flavor_metadata={"no_such_key": 1})
+            )
+            assert bad["valid"] is False
+            assert "no_such_key" in bad["reason"]
 
 
 async def test_oslo_call_of_unknown_method_raises_no_such_method(settings: GatewaySettings) -> None:
@@ -144,19 +145,20 @@ async def test_oslo_call_of_unknown_method_raises_no_such_method(settings: Gatew
 
 
 async def test_wrong_namespace_is_unsupported_version(settings: GatewaySettings) -> None:
-    async with running(settings) as (_, driver):
-        assert driver is not None
-        client = oslo_messaging.get_rpc_client(
-            driver.transport,
-            oslo_messaging.Target(
-                topic=settings.topic, exchange=settings.exchange, namespace="other", version="1.0"
-            ),
-        )
-        with pytest.raises(oslo_messaging.RemoteError) as failure:
-            await trio.to_thread.run_sync(
-                lambda: client.prepare(timeout=20).call({}, "get_supported_flavor_metadata")
+    with trio.fail_after(30):
+        async with running(settings) as (_, driver):
+            assert driver is not None
+            client = oslo_messaging.get_rpc_client(
+                driver.transport,
+                oslo_messaging.Target(
+                    topic=settings.topic, exchange=settings.exchange, namespace="other", version="1.0"
+                ),
             )
-        assert failure.value.exc_type == "UnsupportedVersion"
+            with pytest.raises(oslo_messaging.RemoteError) as failure:
+                await trio.to_thread.run_sync(
+                    lambda: client.prepare(timeout=20).call({}, "get_supported_flavor_metadata")
+                )
+            assert failure.value.exc_type == "UnsupportedVersion"
 
 
 async def test_bad_input_is_dead_lettered_and_never_blocks_others(

@@ -98,27 +98,29 @@ def published(
 async def test_settle(
     status: Any, reply: Any, reject: str | None, expected: tuple[str, int, bool | None]
 ) -> None:
-    gateway = make_gateway()
-    channel = FakeChannel()
-    send, receive = trio.open_memory_channel[_Published](4)
-    gateway._unsettled = 1
-    async with send:
-        await send.send(published(channel, 1, status, reply, reject))
-    await gateway._settle(receive)
-    assert channel.calls == [expected]
-    assert gateway.in_flight == 0
+    with trio.fail_after(10):
+        gateway = make_gateway()
+        channel = FakeChannel()
+        send, receive = trio.open_memory_channel[_Published](4)
+        gateway._unsettled = 1
+        async with send:
+            await send.send(published(channel, 1, status, reply, reject))
+        await gateway._settle(receive)
+        assert channel.calls == [expected]
+        assert gateway.in_flight == 0
 
 
 async def test_settle_keeps_delivery_order() -> None:
-    gateway = make_gateway()
-    channel = FakeChannel()
-    send, receive = trio.open_memory_channel[_Published](8)
-    gateway._unsettled = 3
-    async with send:
-        for tag in (1, 2, 3):
-            await send.send(published(channel, tag, FakeConfirmation()))
-    await gateway._settle(receive)
-    assert [tag for _, tag, _ in channel.calls] == [1, 2, 3]
+    with trio.fail_after(10):
+        gateway = make_gateway()
+        channel = FakeChannel()
+        send, receive = trio.open_memory_channel[_Published](8)
+        gateway._unsettled = 3
+        async with send:
+            for tag in (1, 2, 3):
+                await send.send(published(channel, tag, FakeConfirmation()))
+        await gateway._settle(receive)
+        assert [tag for _, tag, _ in channel.calls] == [1, 2, 3]
 
 
 def test_route_of_broken_operations() -> None:

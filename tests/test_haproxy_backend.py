@@ -295,31 +295,32 @@ def self_signed(tmp: Path) -> tuple[str, str]:
 
 
 async def test_tls_termination(state_dir: Path, tmp_path: Path) -> None:
-    vip, port = free_endpoint()
-    certificate, private_key = self_signed(tmp_path)
-    b = backend(state_dir)
-    server = MemberServer("tls-member")
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.serve)
-        await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
-        listener = msgspec.convert(listener_payload(vip, port, "TERMINATED_HTTPS"), Listener)
-        cert = msgspec.convert(
-            {"ref": "barbican://x", "certificate": certificate, "private_key": private_key, "passphrase": None},
-            Certificate,
-        )
-        await b.listener_create(listener, cert)
-        await b.pool_create(msgspec.convert(pool_payload(vip, P1, LI), Pool))
-        await b.member_create(msgspec.convert(member_payload(vip, MA, P1, server.port), Member))
-        assert await http_get(vip, port, tls=True) == (200, "tls-member")
-        pems = list((b.directory(LB) / "certs").iterdir())
-        assert len(pems) == 1 and pems[0].stat().st_mode & 0o777 == 0o600
-        assert (b.directory(LB) / "certs").stat().st_mode & 0o777 == 0o700
-        # an update without cert keeps the certificate
-        await b.listener_update(listener, msgspec.structs.replace(listener, connection_limit=10), None)
-        assert await http_get(vip, port, tls=True) == (200, "tls-member")
-        await b.loadbalancer_delete(msgspec.convert(lb_payload(vip), LoadBalancer))
-        assert refused(vip, port)
-        nursery.cancel_scope.cancel()
+    with trio.fail_after(60):
+        vip, port = free_endpoint()
+        certificate, private_key = self_signed(tmp_path)
+        b = backend(state_dir)
+        server = MemberServer("tls-member")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve)
+            await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
+            listener = msgspec.convert(listener_payload(vip, port, "TERMINATED_HTTPS"), Listener)
+            cert = msgspec.convert(
+                {"ref": "barbican://x", "certificate": certificate, "private_key": private_key, "passphrase": None},
+                Certificate,
+            )
+            await b.listener_create(listener, cert)
+            await b.pool_create(msgspec.convert(pool_payload(vip, P1, LI), Pool))
+            await b.member_create(msgspec.convert(member_payload(vip, MA, P1, server.port), Member))
+            assert await http_get(vip, port, tls=True) == (200, "tls-member")
+            pems = list((b.directory(LB) / "certs").iterdir())
+            assert len(pems) == 1 and pems[0].stat().st_mode & 0o777 == 0o600
+            assert (b.directory(LB) / "certs").stat().st_mode & 0o777 == 0o700
+            # an update without cert keeps the certificate
+            await b.listener_update(listener, msgspec.structs.replace(listener, connection_limit=10), None)
+            assert await http_get(vip, port, tls=True) == (200, "tls-member")
+            await b.loadbalancer_delete(msgspec.convert(lb_payload(vip), LoadBalancer))
+            assert refused(vip, port)
+            nursery.cancel_scope.cancel()
 
 
 async def test_adoption_after_restart_and_restart_of_a_dead_process(state_dir: Path) -> None:
@@ -420,38 +421,41 @@ SQUATTED = "listener-on-a-squatted-port"
 
 
 async def test_port_taken_is_an_error_and_the_old_config_serves(state_dir: Path) -> None:
-    vip, port = free_endpoint()
-    _, other_port = free_endpoint()
-    b = backend(state_dir)
-    await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
-    await b.listener_create(msgspec.convert(listener_payload(vip, port), Listener), None)
-    with socket.socket() as squatter:
-        squatter.bind((vip, other_port))
-        squatter.listen()
-        second = msgspec.convert(
-            listener_payload(vip, other_port) | {"id": SQUATTED, "listener_id": SQUATTED}, Listener
-        )
-        with pytest.raises(BackendError, match="Address already in use"):
-            await b.listener_create(second, None)
-    assert not refused(vip, port)
-    # the refused listener is not in the running configuration (an id that no path contains)
-    assert SQUATTED not in (b.directory(LB) / "haproxy.cfg").read_text()
-    await b.loadbalancer_delete(msgspec.convert({"id": LB}, LoadBalancer))
-    assert refused(vip, port)
+    with trio.fail_after(60):
+        vip, port = free_endpoint()
+        _, other_port = free_endpoint()
+        b = backend(state_dir)
+        await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
+        await b.listener_create(msgspec.convert(listener_payload(vip, port), Listener), None)
+        with socket.socket() as squatter:
+            squatter.bind((vip, other_port))
+            squatter.listen()
+            second = msgspec.convert(
+                listener_payload(vip, other_port) | {"id": SQUATTED, "listener_id": SQUATTED}, Listener
+            )
+            with pytest.raises(BackendError, match="Address already in use"):
+                await b.listener_create(second, None)
+        assert not refused(vip, port)
+        # the refused listener is not in the running configuration (an id that no path contains)
+        assert SQUATTED not in (b.directory(LB) / "haproxy.cfg").read_text()
+        await b.loadbalancer_delete(msgspec.convert({"id": LB}, LoadBalancer))
+        assert refused(vip, port)
 
 
 async def test_flavor_and_availability_zone_metadata(state_dir: Path) -> None:
-    b = backend(state_dir)
-    assert "max_connections" in await b.flavor_metadata()
-    assert await b.validate_flavor({"max_connections": 100, "timeout_client_data": 1000}) is None
-    assert "bogus" in (await b.validate_flavor({"bogus": 1}) or "")
-    assert await b.availability_zone_metadata() == {}
-    assert "zone" in (await b.validate_availability_zone({"zone": "a"}) or "")
-    with pytest.raises(msgspec.ValidationError, match="unknown"):
-        load_backend("haproxy", {"state_dir": str(state_dir), "unknown": 1})
+    with trio.fail_after(60):
+        b = backend(state_dir)
+        assert "max_connections" in await b.flavor_metadata()
+        assert await b.validate_flavor({"max_connections": 100, "timeout_client_data": 1000}) is None
+        assert "bogus" in (await b.validate_flavor({"bogus": 1}) or "")
+        assert await b.availability_zone_metadata() == {}
+        assert "zone" in (await b.validate_availability_zone({"zone": "a"}) or "")
+        with pytest.raises(msgspec.ValidationError, match="unknown"):
+            load_backend("haproxy", {"state_dir": str(state_dir), "unknown": 1})
 
 
 async def test_state_dir_too_long_for_sockets() -> None:
-    b = HaproxyBackend(state_dir="/tmp/" + "x" * 100)
-    with pytest.raises(BackendError, match="too long"):
-        await b.loadbalancer_create(LoadBalancer(id=LB, vip_address="127.0.0.1"))
+    with trio.fail_after(60):
+        b = HaproxyBackend(state_dir="/tmp/" + "x" * 100)
+        with pytest.raises(BackendError, match="too long"):
+            await b.loadbalancer_create(LoadBalancer(id=LB, vip_address="127.0.0.1"))

@@ -58,14 +58,15 @@ def sample_frames() -> list[ipc.Frame]:
 
 
 async def test_frames_round_trip_in_order() -> None:
-    left, right = trio.testing.memory_stream_pair()
-    sender, receiver = ipc.FrameStream(left), ipc.FrameStream(right)
-    frames = sample_frames()
-    await sender.send(frames[0])
-    await sender.send_many(frames[1:])
-    await sender.aclose()
-    received = [frame async for frame in receiver]
-    assert received == frames
+    with trio.fail_after(10):
+        left, right = trio.testing.memory_stream_pair()
+        sender, receiver = ipc.FrameStream(left), ipc.FrameStream(right)
+        frames = sample_frames()
+        await sender.send(frames[0])
+        await sender.send_many(frames[1:])
+        await sender.aclose()
+        received = [frame async for frame in receiver]
+        assert received == frames
 
 
 def encoded(frames: list[ipc.Frame]) -> bytes:
@@ -107,41 +108,45 @@ def test_split_reads_give_the_same_frames(sizes: list[int]) -> None:
 
 
 async def test_stream_ending_inside_a_frame_is_a_protocol_error() -> None:
-    data = encoded(sample_frames()[:2])
-    stream = ipc.FrameStream(ChunkedStream(data[:-3], []))  # type: ignore[arg-type]
-    assert isinstance(await stream.receive(), ipc.Spawn)
-    with pytest.raises(ipc.ProtocolError, match="ended inside a frame"):
-        await stream.receive()
+    with trio.fail_after(10):
+        data = encoded(sample_frames()[:2])
+        stream = ipc.FrameStream(ChunkedStream(data[:-3], []))  # type: ignore[arg-type]
+        assert isinstance(await stream.receive(), ipc.Spawn)
+        with pytest.raises(ipc.ProtocolError, match="ended inside a frame"):
+            await stream.receive()
 
 
 async def test_garbage_is_a_protocol_error() -> None:
-    stream = ipc.FrameStream(ChunkedStream(b"\0\0\0\x03abc", []))  # type: ignore[arg-type]
-    with pytest.raises(ipc.ProtocolError, match="undecodable"):
-        await stream.receive()
+    with trio.fail_after(10):
+        stream = ipc.FrameStream(ChunkedStream(b"\0\0\0\x03abc", []))  # type: ignore[arg-type]
+        with pytest.raises(ipc.ProtocolError, match="undecodable"):
+            await stream.receive()
 
 
 async def test_oversized_length_is_refused() -> None:
-    stream = ipc.FrameStream(ChunkedStream(b"\xff\xff\xff\xff", []))  # type: ignore[arg-type]
-    with pytest.raises(ipc.ProtocolError, match="exceeds"):
-        await stream.receive()
+    with trio.fail_after(10):
+        stream = ipc.FrameStream(ChunkedStream(b"\xff\xff\xff\xff", []))  # type: ignore[arg-type]
+        with pytest.raises(ipc.ProtocolError, match="exceeds"):
+            await stream.receive()
 
 
 async def test_concurrent_senders_never_interleave() -> None:
-    left, right = trio.testing.memory_stream_pair()
-    sender, receiver = ipc.FrameStream(left), ipc.FrameStream(right)
-    big = Operation(op_id=0, method="m", args=b"x" * 100_000, lb_id="lb")
+    with trio.fail_after(10):
+        left, right = trio.testing.memory_stream_pair()
+        sender, receiver = ipc.FrameStream(left), ipc.FrameStream(right)
+        big = Operation(op_id=0, method="m", args=b"x" * 100_000, lb_id="lb")
 
-    async def send_from(task: int) -> None:
-        for i in range(20):
-            await sender.send_many([ipc.Submit(op=big), ipc.CollectStats(round=task * 100 + i)])
+        async def send_from(task: int) -> None:
+            for i in range(20):
+                await sender.send_many([ipc.Submit(op=big), ipc.CollectStats(round=task * 100 + i)])
 
-    async with trio.open_nursery() as nursery:
-        for task in range(4):
-            nursery.start_soon(send_from, task)
-        received = []
-        for _ in range(4 * 20 * 2):
-            received.append(await receiver.receive())
-    # each send_many arrives whole: a Submit is always followed by its own CollectStats
-    assert [type(f) for f in received] == [ipc.Submit, ipc.CollectStats] * 80
-    rounds = sorted(f.round for f in received if isinstance(f, ipc.CollectStats))
-    assert rounds == sorted(t * 100 + i for t in range(4) for i in range(20))
+        async with trio.open_nursery() as nursery:
+            for task in range(4):
+                nursery.start_soon(send_from, task)
+            received = []
+            for _ in range(4 * 20 * 2):
+                received.append(await receiver.receive())
+        # each send_many arrives whole: a Submit is always followed by its own CollectStats
+        assert [type(f) for f in received] == [ipc.Submit, ipc.CollectStats] * 80
+        rounds = sorted(f.round for f in received if isinstance(f, ipc.CollectStats))
+        assert rounds == sorted(t * 100 + i for t in range(4) for i in range(20))

@@ -92,6 +92,53 @@ def test_oversized_body_is_refused_before_parsing() -> None:
         oslo.decode_message(body, max_bytes=100)
 
 
+def enveloped(version: str) -> bytes:
+    inner = json.dumps({"method": "m", "args": {}, "_msg_id": "m1", "_reply_q": "reply_q1"})
+    return json.dumps({"oslo.version": version, "oslo.message": inner}).encode()
+
+
+@pytest.mark.parametrize("version", ["2.0", "2.00"])
+def test_envelope_version_2_0_is_accepted(version: str) -> None:
+    body = enveloped(version)
+    assert oslo_common.deserialize_msg(json.loads(body))["method"] == "m"
+    assert oslo.decode_message(body).method == "m"
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.10", "1.0", "1.9", "3.0"])
+def test_envelope_versions_oslo_refuses_are_refused_with_the_reply_address(version: str) -> None:
+    """An envelope other than 2.0 (a newer minor included) is refused, as oslo refuses it;
+    the caller is answered with the failure instead of timing out."""
+    body = enveloped(version)
+    with pytest.raises(oslo_common.UnsupportedRpcEnvelopeVersion):
+        oslo_common.deserialize_msg(json.loads(body))
+    with pytest.raises(oslo.MalformedMessage, match="unsupported envelope version") as info:
+        oslo.decode_message(body)
+    assert info.value.reply_to == oslo.ReplyAddress("m1", "reply_q1")
+
+
+@pytest.mark.parametrize("version", ["2", "", "two.0", "2.x", "2.0.1"])
+def test_envelope_versions_that_are_not_versions_are_refused(version: str) -> None:
+    with pytest.raises(oslo.MalformedMessage, match="unsupported envelope version"):
+        oslo.decode_message(enveloped(version))
+
+
+def test_body_limit_is_inclusive() -> None:
+    body = oslo_body({"method": "m", "args": {"x": "y" * 100}})
+    assert oslo.decode_message(body, max_bytes=len(body)).method == "m"
+    with pytest.raises(oslo.MalformedMessage, match=f"exceeds the limit of {len(body) - 1}"):
+        oslo.decode_message(body, max_bytes=len(body) - 1)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "expiration"),
+    [(60, "60000"), (0.5, "500"), (1.25, "1250"), (0.0001, "1"), (0, "1")],
+)
+def test_call_expiration_is_the_ttl_in_whole_milliseconds(ttl: float, expiration: str) -> None:
+    """RabbitMQ's per-message TTL is whole milliseconds; at least 1 ("0" would expire the
+    call unless a consumer took it at once)."""
+    assert oslo.call_properties(ttl).expiration == expiration
+
+
 def test_cast_is_what_oslo_decodes() -> None:
     body = oslo.encode_cast("update_loadbalancer_status", b'{"status":{"loadbalancers":[]}}')
     outer = json.loads(body)

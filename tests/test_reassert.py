@@ -151,68 +151,73 @@ async def build_tree(h: Harness, kinds: Sequence[str] = KINDS) -> dict[str, floa
 async def test_the_created_objects_own_entry_is_reasserted_on_schedule(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as h:
-        created, outcome = await h.run("loadbalancer_create")
-        await trio.sleep(60)
-    assert outcome.status is not None
-    times = [round(when - created, 6) for when, _ in h.reassertions()]
-    assert times == list(SCHEDULE)
-    for _, reassertion in h.reassertions():
-        assert reassertion.lb_id == LB
-        assert reassertion.status == StatusUpdate(
-            loadbalancers=[StatusEntry(id=LB, provisioning_status="ACTIVE", operating_status="ONLINE")]
-        )
-    assert h.system.reassertions_sent == 3
-    assert h.system.reassertions_pending() == 0
+    with trio.fail_after(600):
+        async with running() as h:
+            created, outcome = await h.run("loadbalancer_create")
+            await trio.sleep(60)
+        assert outcome.status is not None
+        times = [round(when - created, 6) for when, _ in h.reassertions()]
+        assert times == list(SCHEDULE)
+        for _, reassertion in h.reassertions():
+            assert reassertion.lb_id == LB
+            assert reassertion.status == StatusUpdate(
+                loadbalancers=[StatusEntry(id=LB, provisioning_status="ACTIVE", operating_status="ONLINE")]
+            )
+        assert h.system.reassertions_sent == 3
+        assert h.system.reassertions_pending() == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_never_a_parents_entry(kind: str, autojump_clock: trio.abc.Clock) -> None:
     """Only the created object's own entry: a parent's ACTIVE could unlock the load balancer
     while a newer operation is on its way."""
-    async with running() as h:
-        _, outcome = await h.run(f"{kind}_create")
-        assert outcome.status is not None
-        await trio.sleep(60)
-    key, object_id = OWN[kind]
-    assert len(h.reassertions()) == 3
-    for _, reassertion in h.reassertions():
-        assert keys(reassertion.status) == {key}
-        assert getattr(reassertion.status, key) == getattr(outcome.status, key)
-        assert [e.id for e in getattr(reassertion.status, key)] == [object_id]
+    with trio.fail_after(600):
+        async with running() as h:
+            _, outcome = await h.run(f"{kind}_create")
+            assert outcome.status is not None
+            await trio.sleep(60)
+        key, object_id = OWN[kind]
+        assert len(h.reassertions()) == 3
+        for _, reassertion in h.reassertions():
+            assert keys(reassertion.status) == {key}
+            assert getattr(reassertion.status, key) == getattr(outcome.status, key)
+            assert [e.id for e in getattr(reassertion.status, key)] == [object_id]
 
 
 async def test_entries_due_together_leave_together(autojump_clock: trio.abc.Clock) -> None:
-    async with running(SlowBackend(), reassert_after=(5.0,)) as h:
-        await h.submit("member_create")
-        await h.submit("healthmonitor_create")
-        await trio.sleep(60)
-    [(_, reassertion)] = h.reassertions()
-    assert keys(reassertion.status) == {"members", "healthmonitors"}
+    with trio.fail_after(600):
+        async with running(SlowBackend(), reassert_after=(5.0,)) as h:
+            await h.submit("member_create")
+            await h.submit("healthmonitor_create")
+            await trio.sleep(60)
+        [(_, reassertion)] = h.reassertions()
+        assert keys(reassertion.status) == {"members", "healthmonitors"}
 
 
 async def test_an_empty_schedule_disables_it(autojump_clock: trio.abc.Clock) -> None:
-    async with running(reassert_after=()) as h:
-        await build_tree(h)
-        await trio.sleep(60)
-        assert h.system.reassertions_pending() == 0
-    assert h.reassertions() == []
-    assert h.system.reassertions_sent == 0
+    with trio.fail_after(600):
+        async with running(reassert_after=()) as h:
+            await build_tree(h)
+            await trio.sleep(60)
+            assert h.system.reassertions_pending() == 0
+        assert h.reassertions() == []
+        assert h.system.reassertions_sent == 0
 
 
 async def test_a_failed_create_reasserts_its_error_entry(autojump_clock: trio.abc.Clock) -> None:
     """A dropped ERROR leaves the object as stuck as a dropped ACTIVE."""
-    member = P.args("member_create")
-    member["member"]["name"] = "fail-me"
-    async with running(SlowBackend(fail_pattern="^fail-")) as h:
-        _, outcome = await h.run("member_create", member)
-        await trio.sleep(60)
-    assert outcome.reason is not None and "fail_pattern" in outcome.reason
-    assert len(h.reassertions()) == 3
-    for _, reassertion in h.reassertions():
-        assert reassertion.status == StatusUpdate(
-            members=[StatusEntry(id=MEMBER, provisioning_status="ERROR", operating_status="ERROR")]
-        )
+    with trio.fail_after(600):
+        member = P.args("member_create")
+        member["member"]["name"] = "fail-me"
+        async with running(SlowBackend(fail_pattern="^fail-")) as h:
+            _, outcome = await h.run("member_create", member)
+            await trio.sleep(60)
+        assert outcome.reason is not None and "fail_pattern" in outcome.reason
+        assert len(h.reassertions()) == 3
+        for _, reassertion in h.reassertions():
+            assert reassertion.status == StatusUpdate(
+                members=[StatusEntry(id=MEMBER, provisioning_status="ERROR", operating_status="ERROR")]
+            )
 
 
 # --------------------------------------------------------------------------- never stale
@@ -264,25 +269,27 @@ async def test_nothing_while_operations_of_the_lb_are_queued(autojump_clock: tri
 
 
 async def test_an_id_named_by_a_newer_outcome_is_dropped(autojump_clock: trio.abc.Clock) -> None:
-    async with running() as h:
-        await h.run("pool_create")
-        await h.run("member_create")  # names the pool as a parent
-        await h.run("member_update")  # names the member itself
-        assert h.system.reassertions_pending() == 0
-        await trio.sleep(60)
-    assert POOL not in h.reasserted_ids()
-    assert MEMBER not in h.reasserted_ids()
+    with trio.fail_after(600):
+        async with running() as h:
+            await h.run("pool_create")
+            await h.run("member_create")  # names the pool as a parent
+            await h.run("member_update")  # names the member itself
+            assert h.system.reassertions_pending() == 0
+            await trio.sleep(60)
+        assert POOL not in h.reasserted_ids()
+        assert MEMBER not in h.reasserted_ids()
 
 
 async def test_an_update_after_the_first_reassertion_stops_the_rest(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with running() as h:
-        created, _ = await h.run("healthmonitor_create")
-        await trio.sleep(2)  # the first re-assertion left
-        await h.run("healthmonitor_update")
-        await trio.sleep(60)
-    assert [round(when - created, 6) for when, _ in h.reassertions()] == [1.0]
+    with trio.fail_after(600):
+        async with running() as h:
+            created, _ = await h.run("healthmonitor_create")
+            await trio.sleep(2)  # the first re-assertion left
+            await h.run("healthmonitor_update")
+            await trio.sleep(60)
+        assert [round(when - created, 6) for when, _ in h.reassertions()] == [1.0]
 
 
 async def test_an_outcome_waiting_for_room_in_the_channel_supersedes_already(
@@ -309,39 +316,41 @@ async def test_an_outcome_waiting_for_room_in_the_channel_supersedes_already(
 async def test_a_deleted_load_balancer_drops_every_entry(
     cascade: bool, autojump_clock: trio.abc.Clock
 ) -> None:
-    delete = {"loadbalancer": P.full_tree() if cascade else P.loadbalancer(), "cascade": cascade}
-    async with running() as h:
-        await build_tree(h, ["loadbalancer", "listener", "pool", "member"])
-        deleted, outcome = await h.run("loadbalancer_delete", delete)
-        assert outcome.failure is None
-        assert h.system.reassertions_pending() == 0
-        await trio.sleep(60)
-    assert h.reasserted_ids(since=deleted) == []
+    with trio.fail_after(600):
+        delete = {"loadbalancer": P.full_tree() if cascade else P.loadbalancer(), "cascade": cascade}
+        async with running() as h:
+            await build_tree(h, ["loadbalancer", "listener", "pool", "member"])
+            deleted, outcome = await h.run("loadbalancer_delete", delete)
+            assert outcome.failure is None
+            assert h.system.reassertions_pending() == 0
+            await trio.sleep(60)
+        assert h.reasserted_ids(since=deleted) == []
 
 
 async def test_the_operating_status_reported_later_is_the_one_reasserted(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    class DownMember(SlowBackend):
-        async def read_many(self, lb_ids: Sequence[str]) -> list[Reading]:
-            readings = await super().read_many(lb_ids)
-            return [
-                Reading(r.lb_id, r.listeners, [
-                    (kind, oid, "ERROR" if oid == MEMBER else status)
-                    for kind, oid, status in r.statuses
-                ])
-                for r in readings
-            ]
+    with trio.fail_after(600):
+        class DownMember(SlowBackend):
+            async def read_many(self, lb_ids: Sequence[str]) -> list[Reading]:
+                readings = await super().read_many(lb_ids)
+                return [
+                    Reading(r.lb_id, r.listeners, [
+                        (kind, oid, "ERROR" if oid == MEMBER else status)
+                        for kind, oid, status in r.statuses
+                    ])
+                    for r in readings
+                ]
 
-    async with running(DownMember()) as h:
-        await h.run("member_create")
-        _, changes = await h.system.collect_statistics()
-        await trio.sleep(60)
-    assert changes and changes[0].members == [StatusEntry(id=MEMBER, operating_status="ERROR")]
-    for _, reassertion in h.reassertions():
-        assert reassertion.status.members == [
-            StatusEntry(id=MEMBER, provisioning_status="ACTIVE", operating_status="ERROR")
-        ]
+        async with running(DownMember()) as h:
+            await h.run("member_create")
+            _, changes = await h.system.collect_statistics()
+            await trio.sleep(60)
+        assert changes and changes[0].members == [StatusEntry(id=MEMBER, operating_status="ERROR")]
+        for _, reassertion in h.reassertions():
+            assert reassertion.status.members == [
+                StatusEntry(id=MEMBER, provisioning_status="ACTIVE", operating_status="ERROR")
+            ]
 
 
 def test_the_schedule_must_increase() -> None:

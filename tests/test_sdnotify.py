@@ -45,22 +45,24 @@ async def test_notify_abstract_namespace() -> None:
 
 
 async def test_notify_without_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert await notify("READY=1") is False
-    assert await notify("READY=1", environ={"NOTIFY_SOCKET": ""}) is False
+    with trio.fail_after(10):
+        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+        assert await notify("READY=1") is False
+        assert await notify("READY=1", environ={"NOTIFY_SOCKET": ""}) is False
 
 
 async def test_send_failure_returns_false_and_logs_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sdnotify, "_failure_logged", False)
-    environ = {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")}
-    with capture_logs() as logs:
-        assert await notify("READY=1", environ=environ) is False
-        assert await notify("WATCHDOG=1", environ=environ) is False
-    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert len(warnings) == 1
-    assert warnings[0]["notify_socket"] == environ["NOTIFY_SOCKET"]
+    with trio.fail_after(10):
+        monkeypatch.setattr(sdnotify, "_failure_logged", False)
+        environ = {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens.sock")}
+        with capture_logs() as logs:
+            assert await notify("READY=1", environ=environ) is False
+            assert await notify("WATCHDOG=1", environ=environ) is False
+        warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+        assert len(warnings) == 1
+        assert warnings[0]["notify_socket"] == environ["NOTIFY_SOCKET"]
 
 
 def test_watchdog_period() -> None:

@@ -63,66 +63,72 @@ def test_batches_split_at_the_limit_and_never_empty() -> None:
 
 
 async def test_round_publishes_all_six_fields_in_batches() -> None:
-    source = FakeSource(RoundReport(listeners=listeners(5), status_changes=[]))
-    driver = FakeDriver()
-    settings = StatisticsSettings(interval=10, batch=2, sync_every=0)
-    assert await run_round(settings, source, driver, 1) == 3
-    assert [m for m, _ in driver.casts] == ["update_listener_statistics"] * 3
-    entries = [e for _, args in driver.casts for e in args["statistics"]["listeners"]]
-    assert len(entries) == 5
-    for entry in entries:
-        assert set(entry) == {
-            "id", "active_connections", "bytes_in", "bytes_out", "request_errors", "total_connections",
-        }
-        assert all(isinstance(entry[k], int) for k in entry if k != "id")
+    with trio.fail_after(10):
+        source = FakeSource(RoundReport(listeners=listeners(5), status_changes=[]))
+        driver = FakeDriver()
+        settings = StatisticsSettings(interval=10, batch=2, sync_every=0)
+        assert await run_round(settings, source, driver, 1) == 3
+        assert [m for m, _ in driver.casts] == ["update_listener_statistics"] * 3
+        entries = [e for _, args in driver.casts for e in args["statistics"]["listeners"]]
+        assert len(entries) == 5
+        for entry in entries:
+            assert set(entry) == {
+                "id", "active_connections", "bytes_in", "bytes_out", "request_errors", "total_connections",
+            }
+            assert all(isinstance(entry[k], int) for k in entry if k != "id")
 
 
 async def test_round_without_listeners_sends_nothing() -> None:
-    driver = FakeDriver()
-    settings = StatisticsSettings(sync_every=0)
-    assert await run_round(settings, FakeSource(RoundReport(listeners=[], status_changes=[])), driver, 1) == 0
-    assert driver.casts == []
+    with trio.fail_after(10):
+        driver = FakeDriver()
+        settings = StatisticsSettings(sync_every=0)
+        assert await run_round(settings, FakeSource(RoundReport(listeners=[], status_changes=[])), driver, 1) == 0
+        assert driver.casts == []
 
 
 async def test_rounds_at_the_interval(autojump_clock: trio.testing.MockClock) -> None:
-    source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]))
-    driver = FakeDriver()
-    with trio.move_on_after(35.5):
-        await serve_statistics(StatisticsSettings(interval=10, sync_every=0), source, driver)
-    assert source.rounds == pytest.approx([10, 20, 30])
-    assert len(driver.casts) == 3
+    with trio.fail_after(600):
+        source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]))
+        driver = FakeDriver()
+        with trio.move_on_after(35.5):
+            await serve_statistics(StatisticsSettings(interval=10, sync_every=0), source, driver)
+        assert source.rounds == pytest.approx([10, 20, 30])
+        assert len(driver.casts) == 3
 
 
 async def test_slow_rounds_never_pile_up(autojump_clock: trio.testing.MockClock) -> None:
-    source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]), delay=25)
-    with trio.move_on_after(100):
-        await serve_statistics(StatisticsSettings(interval=10, sync_every=0), source, FakeDriver())
-    # each round takes 25 s: starts at 10, 40 (20 and 30 skipped), 70, 100...
-    assert source.rounds[:3] == pytest.approx([10, 40, 70])
+    with trio.fail_after(600):
+        source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]), delay=25)
+        with trio.move_on_after(100):
+            await serve_statistics(StatisticsSettings(interval=10, sync_every=0), source, FakeDriver())
+        # each round takes 25 s: starts at 10, 40 (20 and 30 skipped), 70, 100...
+        assert source.rounds[:3] == pytest.approx([10, 40, 70])
 
 
 async def test_interval_zero_disables(autojump_clock: trio.testing.MockClock) -> None:
-    source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]))
-    await serve_statistics(StatisticsSettings(interval=0), source, FakeDriver())
-    assert source.rounds == []
+    with trio.fail_after(600):
+        source = FakeSource(RoundReport(listeners=listeners(1), status_changes=[]))
+        await serve_statistics(StatisticsSettings(interval=0), source, FakeDriver())
+        assert source.rounds == []
 
 
 async def test_status_changes_merged_into_one_cast() -> None:
-    changes = [
-        StatusUpdate(members=[StatusEntry(id="m1", operating_status="ERROR")]),
-        StatusUpdate(members=[StatusEntry(id="m2", operating_status="ONLINE")], pools=[
-            StatusEntry(id="p", operating_status="DEGRADED")]),
-    ]
-    driver = FakeDriver()
-    source = FakeSource(RoundReport(listeners=[], status_changes=changes))
-    assert await run_round(StatisticsSettings(sync_every=0), source, driver, 1) == 1
-    (method, args), = driver.casts
-    assert method == "update_loadbalancer_status"
-    assert args == {"status": {
-        "members": [{"id": "m1", "operating_status": "ERROR"}, {"id": "m2", "operating_status": "ONLINE"}],
-        "pools": [{"id": "p", "operating_status": "DEGRADED"}],
-    }}
-    assert merge_status_changes([]) is None
+    with trio.fail_after(10):
+        changes = [
+            StatusUpdate(members=[StatusEntry(id="m1", operating_status="ERROR")]),
+            StatusUpdate(members=[StatusEntry(id="m2", operating_status="ONLINE")], pools=[
+                StatusEntry(id="p", operating_status="DEGRADED")]),
+        ]
+        driver = FakeDriver()
+        source = FakeSource(RoundReport(listeners=[], status_changes=changes))
+        assert await run_round(StatisticsSettings(sync_every=0), source, driver, 1) == 1
+        (method, args), = driver.casts
+        assert method == "update_loadbalancer_status"
+        assert args == {"status": {
+            "members": [{"id": "m1", "operating_status": "ERROR"}, {"id": "m2", "operating_status": "ONLINE"}],
+            "pools": [{"id": "p", "operating_status": "DEGRADED"}],
+        }}
+        assert merge_status_changes([]) is None
 
 
 def test_offline_status() -> None:
@@ -135,30 +141,33 @@ def test_offline_status() -> None:
 
 
 async def test_sync_every_nth_round_reports_unknown_lbs_offline() -> None:
-    report = RoundReport(listeners=[], status_changes=[], owned_lb_ids={"mine"})
-    driver = FakeDriver(active=["mine", "lost"])
-    source = FakeSource(report)
-    settings = StatisticsSettings(sync_every=3)
-    for n in (1, 2):
-        await run_round(settings, source, driver, n)
-    assert driver.calls == []
-    assert await run_round(settings, source, driver, 3) == 1
-    assert source.with_owned == [False, False, True]
-    assert driver.calls == ["get_active_loadbalancers"]
-    assert driver.casts == [("update_loadbalancer_status", {"status": {"loadbalancers": [
-        {"id": "lost", "operating_status": "OFFLINE"}]}})]
+    with trio.fail_after(10):
+        report = RoundReport(listeners=[], status_changes=[], owned_lb_ids={"mine"})
+        driver = FakeDriver(active=["mine", "lost"])
+        source = FakeSource(report)
+        settings = StatisticsSettings(sync_every=3)
+        for n in (1, 2):
+            await run_round(settings, source, driver, n)
+        assert driver.calls == []
+        assert await run_round(settings, source, driver, 3) == 1
+        assert source.with_owned == [False, False, True]
+        assert driver.calls == ["get_active_loadbalancers"]
+        assert driver.casts == [("update_loadbalancer_status", {"status": {"loadbalancers": [
+            {"id": "lost", "operating_status": "OFFLINE"}]}})]
 
 
 async def test_sync_without_answer_is_logged_not_fatal(autojump_clock: trio.testing.MockClock) -> None:
-    report = RoundReport(listeners=[], status_changes=[], owned_lb_ids=set())
-    driver = FakeDriver(answer=False)
-    settings = StatisticsSettings(sync_every=1, sync_timeout=5)
-    assert await run_round(settings, FakeSource(report), driver, 1) == 0
-    assert driver.casts == []
+    with trio.fail_after(600):
+        report = RoundReport(listeners=[], status_changes=[], owned_lb_ids=set())
+        driver = FakeDriver(answer=False)
+        settings = StatisticsSettings(sync_every=1, sync_timeout=5)
+        assert await run_round(settings, FakeSource(report), driver, 1) == 0
+        assert driver.casts == []
 
 
 async def test_sync_skipped_when_a_worker_did_not_answer() -> None:
-    report = RoundReport(listeners=[], status_changes=[], owned_lb_ids=None, skipped_workers=[1])
-    driver = FakeDriver(active=["x"])
-    assert await run_round(StatisticsSettings(sync_every=1), FakeSource(report), driver, 1) == 0
-    assert driver.calls == []
+    with trio.fail_after(10):
+        report = RoundReport(listeners=[], status_changes=[], owned_lb_ids=None, skipped_workers=[1])
+        driver = FakeDriver(active=["x"])
+        assert await run_round(StatisticsSettings(sync_every=1), FakeSource(report), driver, 1) == 0
+        assert driver.calls == []

@@ -518,6 +518,80 @@ def test_load_balancer_sources_in_order_of_preference(
     assert parents_of(kind, request.obj).loadbalancer_id == expected
 
 
+#: where each parent id of each kind is found, in order of preference (status-semantics.md,
+#: "Parents"): a path of keys into the payload, the last one holding the id
+PARENT_SOURCES: list[tuple[str, str, list[tuple[str, ...]]]] = [
+    ("loadbalancer_id", "listener", [("loadbalancer_id",), ("loadbalancer", "id")]),
+    (
+        "loadbalancer_id",
+        "pool",
+        [("loadbalancer_id",), ("loadbalancer", "id"), ("listener", "loadbalancer_id")],
+    ),
+    *(
+        (
+            "loadbalancer_id",
+            kind,
+            [
+                ("loadbalancer_id",),
+                ("loadbalancer", "id"),
+                ("pool", "loadbalancer_id"),
+                ("pool", "loadbalancer", "id"),
+            ],
+        )
+        for kind in ("member", "healthmonitor")
+    ),
+    (
+        "loadbalancer_id",
+        "l7policy",
+        [("listener", "loadbalancer_id"), ("listener", "loadbalancer", "id")],
+    ),
+    ("loadbalancer_id", "l7rule", [("policy", "listener", "loadbalancer_id")]),
+    ("pool_id", "member", [("pool_id",), ("pool", "id")]),
+    ("pool_id", "healthmonitor", [("pool_id",), ("pool", "id")]),
+    ("listener_ids", "l7policy", [("listener_id",), ("listener", "id")]),
+    ("listener_ids", "l7rule", [("policy", "listener_id"), ("policy", "listener", "id")]),
+    ("l7policy_id", "l7rule", [("l7policy_id",), ("policy", "id")]),
+]
+
+
+def _payload_with(sources: list[tuple[str, ...]], values: list[str]) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    for path, value in zip(sources, values, strict=True):
+        node = payload
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return payload
+
+
+def _found(kind: str, payload: dict[str, Any], field: str) -> str | None:
+    request = decode_request(f"{kind}_create", msgspec.json.encode({kind: {"id": "own"} | payload}))
+    assert request.obj is not None
+    found = getattr(parents_of(kind, request.obj), field)
+    if field == "listener_ids":
+        assert len(found) <= 1
+        return found[0] if found else None
+    return found
+
+
+@pytest.mark.parametrize(
+    ("field", "kind", "sources"),
+    PARENT_SOURCES,
+    ids=[f"{kind}-{field}" for field, kind, _ in PARENT_SOURCES],
+)
+def test_every_parent_source_in_order_of_preference(
+    field: str, kind: str, sources: list[tuple[str, ...]]
+) -> None:
+    """Each source alone is found, and with every later source present too, it still wins."""
+    for first in range(len(sources)):
+        alone = _payload_with([sources[first]], ["only"])
+        assert _found(kind, alone, field) == "only", sources[first]
+        later = sources[first:]
+        values = [f"from-{'.'.join(path)}" for path in later]
+        assert _found(kind, _payload_with(later, values), field) == values[0], later
+    assert _found(kind, {}, field) is None
+
+
 def test_pool_listeners_are_collected_from_every_source_once() -> None:
     pool = msgspec.convert(
         {
