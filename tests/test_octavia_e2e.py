@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 import trio
 
+from lbactors.amqp import oslo
+from lbactors.amqp.connection import open_connection
 from tests.daemon_process import DaemonProcess, NotifySocket
 from tests.haproxy_helpers import (
     MemberServer,
@@ -721,3 +723,83 @@ async def test_parents_read_in_octavia_api_match_the_driver_agents(
     assert "parent lookups ask the driver agent" not in api_log
     agent_log = stack.logs["octavia-driver-agent"].read_text(errors="replace")
     assert "the provider agent writes Octavia's database in this process" in agent_log
+
+
+# ---------------------------------------------------------------------- 6. before the commit
+
+
+async def test_a_status_written_before_octavias_commit_is_not_lost(
+    e2e: E2E, tmp_path: Path
+) -> None:
+    """Octavia's API sets the objects of an operation PENDING_* in a transaction that holds the
+    load balancer's row, calls the driver, and commits after. A status the agent writes in
+    between must land after the commit: Octavia's L7 policy repository loads the row from the
+    writer's snapshot (still ACTIVE), finds nothing to change and writes nothing, so the API's
+    PENDING_UPDATE would stay. Here the test is the API: it holds that transaction open
+    while lbactors' status for the policy and its load balancer arrives."""
+    client = e2e.client()
+    async with lbactors_serve(e2e, tmp_path):
+
+        def build() -> tuple[str, str]:
+            lb = client.create("loadbalancer", {"vip_subnet_id": str(uuid.uuid4())})
+            client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+            listener = client.create(
+                "listener", {"loadbalancer_id": lb["id"], "protocol": "HTTP", "protocol_port": 80}
+            )
+            client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+            policy = client.create(
+                "l7policy", {"listener_id": listener["id"], "action": "REJECT", "position": 1}
+            )
+            client.wait_for_status("l7policy", policy["id"], "ACTIVE", TIMEOUT)
+            client.wait_for_status("loadbalancer", lb["id"], "ACTIVE", TIMEOUT)
+            return lb["id"], policy["id"]
+
+        with trio.fail_after(120):
+            lb_id, policy_id = await in_thread(build)
+    mariadb = mariadb_binaries()[2]
+    api = subprocess.Popen(  # noqa: ASYNC220 - its pipes are read in a thread
+        [mariadb, "--no-defaults", f"--socket={e2e.stack.tmp / 'mysql.sock'}", "--user=root",
+         "--batch", "--skip-column-names", "--unbuffered", "octavia"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert api.stdin is not None and api.stdout is not None
+    try:
+        api.stdin.write(
+            "BEGIN;\n"
+            f"SELECT id FROM load_balancer WHERE id = '{lb_id}' FOR UPDATE;\n"
+            f"UPDATE load_balancer SET provisioning_status = 'PENDING_UPDATE' WHERE id = '{lb_id}';\n"
+            f"UPDATE l7policy SET provisioning_status = 'PENDING_UPDATE' WHERE id = '{policy_id}';\n"
+            "SELECT 'held';\n"
+        )
+        api.stdin.flush()
+        with trio.fail_after(30):
+            while (line := await in_thread(api.stdout.readline)).strip() != "held":
+                assert line, "the mariadb client ended"
+        # lbactors' status for that operation, as lbactors serve casts it
+        status = {
+            "l7policies": [{"id": policy_id, "provisioning_status": "ACTIVE"}],
+            "loadbalancers": [{"id": lb_id, "provisioning_status": "ACTIVE"}],
+        }
+        with trio.fail_after(30):
+            async with open_connection(e2e.stack.amqp_url) as connection:
+                channel = await connection.open_channel()
+                await channel.publish(
+                    e2e.names["exchange"], e2e.names["driver_topic"],
+                    oslo.encode_cast("update_loadbalancer_status", json.dumps({"status": status}).encode()),
+                    properties=oslo.CAST_PROPERTIES,
+                )  # fmt: skip
+            await trio.sleep(2)  # the agent has it: its write runs now, or waits for the commit
+        api.stdin.write("COMMIT;\n")
+        api.stdin.close()
+        api.wait(30)
+    finally:
+        api.kill()
+    deadline = time.monotonic() + TIMEOUT
+    while (
+        got := e2e.sql(
+            f"SELECT provisioning_status FROM l7policy WHERE id = '{policy_id}' UNION ALL "
+            f"SELECT provisioning_status FROM load_balancer WHERE id = '{lb_id}'"
+        )
+    ) != [["ACTIVE"], ["ACTIVE"]]:
+        assert time.monotonic() < deadline, f"policy, load balancer: {got}"
+        await trio.sleep(0.2)

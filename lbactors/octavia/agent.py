@@ -315,6 +315,7 @@ class StatusWriter:
     def _try(self, entries: list[_Entry]) -> None:
         """One try of ``entries`` (their id locks held): the existence checks here, the write
         with whatever other threads have ready (:meth:`_flush_loop`)."""
+        self._wait_for_commits(entries)
         ready: list[_Entry] = []
         later: list[_Entry] = []
         for entry in entries:
@@ -331,6 +332,19 @@ class StatusWriter:
                 later.extend(ready)
         for entry in later:
             self._defer(entry)
+
+    def _wait_for_commits(self, entries: list[_Entry]) -> None:
+        """Let Octavia's API commit what it holds of these entries' load balancers first, when
+        the library can wait for that (in-process: ``InProcessDriverLibrary.wait_for_commits``;
+        over the sockets the driver agent's fork gives the API that time, mostly)."""
+        wait = getattr(self.library, "wait_for_commits", None)
+        lb_ids = sorted({e.record["id"] for e in entries if e.kind == "loadbalancers"})
+        if wait is None or not lb_ids:
+            return
+        try:
+            wait(lb_ids)
+        except Exception as exc:  # a lock wait timeout, the database away: write anyway
+            LOG.warning("lbactors: could not wait for Octavia's commits of %s: %s", lb_ids, exc)
 
     def _flush_loop(self) -> None:
         """Writes every queued batch together, one driver agent call at a time: each call

@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from octavia.api.drivers.driver_agent import driver_get, driver_updater  # only inside Octavia
+from octavia.db import api as db_api
+from octavia.db import models
 from octavia_lib.api.drivers import data_models
 from octavia_lib.api.drivers import exceptions as lib_exc
 from octavia_lib.common import constants as lib_consts
@@ -84,6 +86,27 @@ class InProcessDriverLibrary:
         return self._get("l7rules", l7rule_id)
 
     # ------------------------------------------------------------------ writes
+
+    def wait_for_commits(self, loadbalancer_ids: list[str]) -> None:
+        """Return once no open transaction holds these load balancers' rows.
+
+        Octavia's API locks the load balancer row (or inserts it), sets the objects of the
+        operation PENDING_*, calls the driver and only then commits. A status written in
+        between reads those rows from its snapshot: the repositories that load an object and
+        set its fields (an L7 policy's, for one) see ``ACTIVE`` there, find nothing changed,
+        and write nothing, so the API's PENDING_UPDATE stays once it commits. A share-mode
+        read of the load balancer rows waits for the API's commit (at most
+        ``innodb_lock_wait_timeout``), so the write that follows sees the committed rows."""
+        if not loadbalancer_ids:
+            return
+        session = db_api.get_session()
+        try:
+            with session.begin():
+                session.query(models.LoadBalancer.id).filter(
+                    models.LoadBalancer.id.in_(sorted(set(loadbalancer_ids)))
+                ).with_for_update(read=True).all()
+        finally:
+            session.close()
 
     def update_loadbalancer_status(self, status: dict[str, Any]) -> None:
         """As ``DriverLibrary.update_loadbalancer_status``: UpdateStatusError naming the
