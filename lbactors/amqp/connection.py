@@ -15,6 +15,9 @@ then owns the socket and three tasks in its own nursery:
   coalescing: under load hundreds of frames leave in one system call);
 - the **heartbeat** task sends a heartbeat frame when nothing was sent for half an interval.
 
+The URL may name several brokers (``broker_url.py``): ``open_connection`` tries them in turn
+until one opens; reconnecting, and where to start the next round, is the caller's (the gateway).
+
 When the connection dies (server ``connection.close``, socket EOF or error, heartbeat timeout,
 framing error) every waiter on it (RPC calls, confirmations, consumers, blocked publishers) gets
 a ``ConnectionClosed``, the body of ``async with open_connection(...)`` is cancelled and the
