@@ -249,7 +249,7 @@ def test_percent_encoded_credentials_are_decoded() -> None:
     ],
 )
 def test_errors_name_the_bad_part(url: str, problem: str) -> None:
-    with pytest.raises(BrokerURLError, match=None) as info:
+    with pytest.raises(BrokerURLError) as info:
         parse_url(url)
     assert problem in str(info.value)
     assert "secret" not in str(info.value) and "pa/ss" not in str(info.value)

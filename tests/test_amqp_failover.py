@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from lbactors.amqp.broker_url import BrokerHost
-from lbactors.amqp.connection import open_connection
+from lbactors.amqp.connection import HostFailed, open_connection
 from lbactors.amqp.errors import AMQPError, AuthenticationError, ConnectionClosed
 
 pytestmark = pytest.mark.broker
@@ -47,7 +47,7 @@ def slow_autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.1)
 
 
-def recorder() -> tuple[list[tuple[str, AMQPError]], object]:
+def recorder() -> tuple[list[tuple[str, AMQPError]], HostFailed]:
     failed: list[tuple[str, AMQPError]] = []
 
     def on_host_failed(host: BrokerHost, error: AMQPError) -> None:
