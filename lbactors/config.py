@@ -28,10 +28,10 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
+from lbactors.amqp.broker_url import BrokerURLError, parse_url
 from lbactors.status import ParentsOnFailure
 
 __all__ = [
@@ -69,6 +69,8 @@ _ReassertDelay = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 class AmqpSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``[amqp]``: the broker connection and the oslo.messaging topology."""
 
+    #: one broker or several, as oslo's transport_url: ``amqp://u:p@h1:5672,u:p@h2/vhost``
+    #: (lbactors/amqp/broker_url.py has the rules)
     url: _NonEmpty = "amqp://guest:guest@127.0.0.1:5672/"
     topic: _NonEmpty = "vmware_nsx__lb_listener"
     driver_topic: _NonEmpty = "vmware_nsx__driver_listener"
@@ -489,15 +491,10 @@ def _check(config: Config, sources: Mapping[str, str], file_label: str) -> None:
         return _fail(key, sources.get(key) or sources.get(other) or file_label, problem)
 
     amqp = config.amqp
-    url = urlsplit(amqp.url)
-    if url.scheme not in ("amqp", "amqps"):
-        raise fail("amqp.url", f"scheme must be amqp:// or amqps://, not {url.scheme or 'none'!r}")
     try:
-        url.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise fail("amqp.url", f"bad port: {exc}") from None
-    if not url.hostname:
-        raise fail("amqp.url", "no host name")
+        parse_url(amqp.url)
+    except BrokerURLError as exc:  # the message names the part, never a password
+        raise fail("amqp.url", str(exc)) from None
     if amqp.reconnect_max < amqp.reconnect_initial:
         raise fail(
             "amqp.reconnect_max", "must be >= amqp.reconnect_initial", "amqp.reconnect_initial"

@@ -36,6 +36,7 @@ import structlog
 import trio
 
 from lbactors.amqp import oslo
+from lbactors.amqp.broker_url import BrokerHost, parse_url
 from lbactors.amqp.connection import (
     Channel,
     Confirmation,
@@ -291,6 +292,14 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.sink = sink
+        self._broker_url = parse_url(settings.url)
+        #: where the next connect round starts in the URL's hosts: round-robin, like oslo's
+        #: rabbit driver (kombu_failover_strategy's default): after a connection on host i
+        #: is lost, the next round starts at host i + 1, so a dead node is not tried first
+        #: again and again; a round in which no host could be opened leaves it where it was
+        self._next_host = 0
+        #: the position of the host the current connection is open on (None: not open)
+        self._open_host: int | None = None
         self.outcomes = outcomes
         self._route = route
         self._op_ids = itertools.count(1)
@@ -342,6 +351,7 @@ class Gateway:
         """Connect, consume and publish until :meth:`stop` (or cancelled); reconnect with
         backoff on failures."""
         self._warn_if_not_durable()
+        self._warn_if_mixed_credentials()
         started = False
         delays = reconnect_delays(
             initial=self.settings.reconnect_initial, maximum=self.settings.reconnect_max
@@ -361,12 +371,20 @@ class Gateway:
                 raise
             except* (AMQPError, OSError) as group:
                 self._on_disconnect(group)
+            finally:
+                if self._open_host is not None:
+                    self._next_host = (self._open_host + 1) % len(self._broker_url.hosts)
+                    self._open_host = None
             if self._stop_requested.is_set():
                 self._connected = trio.Event()
                 log.info("broker connection closed")
                 return
             delay = next(delays)
-            log.info("reconnecting to the broker", delay_s=round(delay, 2))
+            log.info(
+                "reconnecting to the broker",
+                delay_s=round(delay, 2),
+                broker=self._broker_url.hosts[self._next_host].address,
+            )
             await trio.sleep(delay)
 
     async def publish_cast(self, method: str, args_json: bytes) -> None:
@@ -424,6 +442,17 @@ class Gateway:
             raise RemoteFailure(failure)
         return result
 
+    def _warn_if_mixed_credentials(self) -> None:
+        """oslo's warning: a host without credentials logs in as guest, not as the others."""
+        url = self._broker_url
+        if not url.mixed_credentials:
+            return
+        log.warning(
+            "some broker hosts have no user name and password: they log in as guest/guest "
+            "(oslo's rule too); give every host its user:password@",
+            without_credentials=[host.address for host in url.hosts if not host.credentials],
+        )
+
     def _warn_if_not_durable(self) -> None:
         """Transient queues (oslo's default too) vanish with a broker restart, and with them
         every operation queued for us and every status queued for the driver."""
@@ -443,7 +472,7 @@ class Gateway:
     # ------------------------------------------------------------------ connection
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.settings.url.startswith("amqps://"):
+        if not self._broker_url.tls:
             return None
         context = ssl.create_default_context(cafile=self.settings.ca_file or None)
         return context
@@ -451,12 +480,17 @@ class Gateway:
     async def _serve_connection(self, *, task_status: trio.TaskStatus[None]) -> None:
         settings = self.settings
         async with open_connection(
-            settings.url,
+            self._broker_url,
             heartbeat=settings.heartbeat,
             ssl_context=self._ssl_context(),
             client_name=f"lbactors gateway {settings.host}",
             max_body=settings.max_body_bytes,
+            first_host=self._next_host,
+            on_host_failed=self._on_host_failed,
         ) as connection:
+            self._open_host = connection.broker_index
+            broker = connection.broker
+            assert broker is not None
             publish_channel = await connection.open_channel()
             await publish_channel.confirm_select()
             consume_channel = await connection.open_channel()
@@ -490,6 +524,7 @@ class Gateway:
                 self._connected.set()
                 log.info(
                     "gateway connected",
+                    broker=broker.address,
                     queues=queues,
                     exchange=settings.exchange,
                     driver_topic=settings.driver_topic,
@@ -521,6 +556,10 @@ class Gateway:
         await channel.queue_declare(s.driver_topic, durable=durable, arguments=arguments or None)
         await channel.queue_bind(s.driver_topic, s.exchange, s.driver_topic)
         return [s.topic, server_queue, self._fanout_queue]
+
+    def _on_host_failed(self, host: BrokerHost, error: AMQPError) -> None:
+        """A host of the URL could not be opened; ``open_connection`` tries the next one."""
+        log.warning("broker host failed", broker=host.address, error=str(error))
 
     def _on_disconnect(self, group: BaseExceptionGroup[BaseException]) -> None:
         self._connected = trio.Event()

@@ -9,10 +9,10 @@ import textwrap
 from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
+from lbactors.amqp.broker_url import mask_url
 from lbactors.config import (
     CONFIG_ENV_VAR,
     Config,
@@ -123,7 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--amqp-url",
         metavar="URL",
-        help="broker URL, amqp:// or amqps:// (amqp.url; default amqp://guest:guest@127.0.0.1:5672/)",
+        help="broker URL, amqp:// or amqps://, several hosts separated by commas as in oslo's "
+        "transport_url: amqp://u:p@h1:5672,u:p@h2:5672/vhost (amqp.url; default "
+        "amqp://guest:guest@127.0.0.1:5672/)",
     )
     serve.add_argument(
         "--backend",
@@ -205,17 +207,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _masked(config: Config) -> Config:
-    """``config`` with the password in ``amqp.url`` replaced by ``***``."""
-    url = urlsplit(config.amqp.url)
-    if url.password is None:
-        return config
-    user = url.username or ""
-    host = url.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{url.port}" if url.port is not None else "")
-    masked = urlunsplit(url._replace(netloc=netloc))
-    amqp = msgspec.structs.replace(config.amqp, url=masked)
+    """``config`` with every host's password in ``amqp.url`` replaced by ``***``."""
+    amqp = msgspec.structs.replace(config.amqp, url=mask_url(config.amqp.url))
     return msgspec.structs.replace(config, amqp=amqp)
 
 

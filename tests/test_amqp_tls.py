@@ -95,3 +95,25 @@ async def test_amqps_refuses_an_untrusted_certificate(
         with trio.fail_after(10):
             async with open_connection(url, ssl_context=ssl.create_default_context()):
                 pass
+
+
+async def test_amqps_moves_on_from_a_host_whose_tls_handshake_fails(
+    certificate: tuple[Path, Path], nursery: trio.Nursery
+) -> None:
+    """Host 1 is the broker's plain AMQP port (no TLS there), host 2 the TLS proxy: each host
+    gets its own TLS handshake (and host name check), and a failed one moves on."""
+    port = await nursery.start(_tls_proxy, certificate)
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    url = f"amqps://guest:guest@127.0.0.1:5672,guest:guest@127.0.0.1:{port}/"
+    failed: list[tuple[str, str]] = []
+    with trio.fail_after(10):
+        async with open_connection(
+            url,
+            ssl_context=context,
+            on_host_failed=lambda host, error: failed.append((host.address, str(error))),
+        ) as connection:
+            assert connection.broker_index == 1
+            await connection.open_channel()
+    ((address, error),) = failed
+    assert address == "127.0.0.1:5672"
+    assert "TLS handshake with 127.0.0.1:5672 failed" in error

@@ -80,6 +80,17 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert "s3cret" not in result.stdout
 
 
+def test_check_config_masks_the_password_of_every_broker_host(tmp_path: Path) -> None:
+    path = tmp_path / "hosts.toml"
+    url = "amqp://lb:s3cret@b1:5672,lb2:other%40pw@[::1]:5673,b3/vh"
+    path.write_text(f'[amqp]\nurl = "{url}"\n')
+    result = run("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    shown = tomllib.loads(result.stdout.split("\n", 1)[1])
+    assert shown["amqp"]["url"] == "amqp://lb:***@b1:5672,lb2:***@[::1]:5673,b3/vh"
+    assert "s3cret" not in result.stdout and "other" not in result.stdout
+
+
 def test_check_config_json_and_environment(tmp_path: Path) -> None:
     result = run("check-config", "--json", str(EXAMPLE), env={"LBACTORS_STATS_INTERVAL": "0"})
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,6 @@
-"""The wire layer: a trio AMQP 0-9-1 client on pamqp (``connection``, ``protocol``, ``errors``)
-and oslo.messaging's envelope codec (``oslo``)."""
+"""The wire layer: a trio AMQP 0-9-1 client on pamqp (``connection``, ``protocol``, ``errors``;
+``broker_url``: one broker or several, as oslo's transport_url) and oslo.messaging's envelope
+codec (``oslo``)."""
 
 from lbactors.amqp.connection import (
     Channel,

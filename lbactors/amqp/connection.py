@@ -15,6 +15,9 @@ then owns the socket and three tasks in its own nursery:
   coalescing: under load hundreds of frames leave in one system call);
 - the **heartbeat** task sends a heartbeat frame when nothing was sent for half an interval.
 
+The URL may name several brokers (``broker_url.py``): ``open_connection`` tries them in turn
+until one opens; reconnecting, and where to start the next round, is the caller's (the gateway).
+
 When the connection dies (server ``connection.close``, socket EOF or error, heartbeat timeout,
 framing error) every waiter on it (RPC calls, confirmations, consumers, blocked publishers) gets
 a ``ConnectionClosed``, the body of ``async with open_connection(...)`` is cancelled and the
@@ -36,15 +39,16 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import msgspec
 import trio
 from pamqp import commands
 from pamqp.base import Frame
 
+from lbactors.amqp.broker_url import BrokerHost, BrokerURL, parse_url
 from lbactors.amqp.errors import (
     AMQPError,
+    AuthenticationError,
     ChannelClosed,
     ConnectionClosed,
     FrameError,
@@ -90,6 +94,8 @@ RECEIVE_SIZE = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 
 StreamFactory = Callable[[], Awaitable[trio.abc.Stream]]
+#: called with a host that could not be opened and why, before the next host is tried
+HostFailed = Callable[[BrokerHost, AMQPError], None]
 
 
 class Delivery(msgspec.Struct):
@@ -584,38 +590,21 @@ class Channel:
                 consumer._fail(error)
 
 
-class _Params(msgspec.Struct):
-    scheme: str
-    host: str
-    port: int
-    username: str
-    password: str
-    vhost: str
-
-
-def _parse_url(url: str) -> _Params:
-    parts = urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps"):
-        raise ValueError(f"not an amqp:// or amqps:// URL: {url!r}")
-    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
-    path = parts.path
-    vhost = unquote(path[1:]) if len(path) > 1 else "/"
-    return _Params(
-        scheme=parts.scheme,
-        host=parts.hostname or "localhost",
-        port=port,
-        username=unquote(parts.username) if parts.username is not None else "guest",
-        password=unquote(parts.password) if parts.password is not None else "guest",
-        vhost=vhost,
-    )
-
-
 class Connection:
     """One AMQP connection; obtain it from ``open_connection``."""
 
-    def __init__(self, stream: trio.abc.Stream, protocol: ConnectionProtocol) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        protocol: ConnectionProtocol,
+        broker: BrokerHost | None = None,
+        broker_index: int = 0,
+    ) -> None:
         self._stream = stream
         self._protocol = protocol
+        #: the host of the URL this connection is open on, and its position in the URL
+        self.broker = broker
+        self.broker_index = broker_index
         self._send_buffer = bytearray()
         self._writer_wakeup: trio.Event | None = None
         self._drained: trio.Event | None = None
@@ -877,22 +866,25 @@ class Connection:
 
 
 async def _connect(
-    params: _Params, ssl_context: ssl.SSLContext | None, stream_factory: StreamFactory | None
+    host: BrokerHost,
+    tls: bool,
+    ssl_context: ssl.SSLContext | None,
+    stream_factory: StreamFactory | None,
 ) -> trio.abc.Stream:
     if stream_factory is not None:
         return await stream_factory()
-    where = f"{params.host}:{params.port}"
+    where = host.address
     try:
-        tcp = await trio.open_tcp_stream(params.host, params.port)
+        tcp = await trio.open_tcp_stream(host.host, host.port)
     except OSError as error:
         raise ConnectionClosed(0, f"could not connect to {where}: {error}") from error
-    if params.scheme != "amqps":
+    if not tls:
         return tcp
-    tls = trio.SSLStream(
-        tcp, ssl_context or ssl.create_default_context(), server_hostname=params.host
+    tls_stream = trio.SSLStream(
+        tcp, ssl_context or ssl.create_default_context(), server_hostname=host.host
     )
     try:
-        await tls.do_handshake()
+        await tls_stream.do_handshake()
     except (trio.BrokenResourceError, ssl.SSLError, OSError) as error:
         await trio.aclose_forcefully(tcp)
         # trio wraps the ssl module's error (e.g. CERTIFICATE_VERIFY_FAILED) in its own
@@ -900,7 +892,62 @@ async def _connect(
         raise ConnectionClosed(
             0, f"TLS handshake with {where} failed: {reason or type(error).__name__}"
         ) from error
-    return tls
+    return tls_stream
+
+
+async def _open_on(
+    url: BrokerURL,
+    index: int,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    stream_factory: StreamFactory | None,
+    connect_timeout: float,
+    protocol_options: dict[str, Any],
+) -> Connection:
+    """Connect to host ``index`` of ``url`` and run the handshake, each step bounded by
+    ``connect_timeout``; the stream is closed again if anything fails."""
+    host = url.hosts[index]
+    protocol = ConnectionProtocol(
+        username=host.username,
+        password=host.password,
+        vhost=url.vhost,
+        peer=host.address,
+        **protocol_options,
+    )
+    with trio.move_on_after(connect_timeout) as connect_scope:
+        stream = await _connect(host, url.tls, ssl_context, stream_factory)
+    if connect_scope.cancelled_caught:
+        raise ConnectionClosed(
+            0, f"could not connect to {host.address} within {connect_timeout:g} s"
+        )
+    connection = Connection(stream, protocol, host, index)
+    try:
+        with trio.move_on_after(connect_timeout) as handshake_scope:
+            await connection._handshake()
+        if handshake_scope.cancelled_caught:
+            raise ConnectionClosed(
+                0, f"no AMQP handshake with {host.address} within {connect_timeout:g} s"
+            )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return connection
+
+
+def _none_opened(url: BrokerURL, failures: list[tuple[BrokerHost, AMQPError]]) -> AMQPError:
+    """The error of a round in which no host could be opened: a single host's own error;
+    for several, one that names every host and why (an ``AuthenticationError`` if every
+    host refused the login)."""
+    if len(failures) == 1:
+        return failures[0][1]
+    reasons = "; ".join(
+        f"{host.address}: {getattr(error, 'reply_text', None) or error}"
+        for host, error in failures
+    )
+    text = f"none of the {len(url.hosts)} brokers could be opened: {reasons}"
+    if all(isinstance(error, AuthenticationError) for _, error in failures):
+        return AuthenticationError(403, text)
+    return ConnectionClosed(0, text)
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
@@ -922,7 +969,7 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 
 @asynccontextmanager
 async def open_connection(
-    url: str,
+    url: str | BrokerURL,
     *,
     heartbeat: int = 60,
     ssl_context: ssl.SSLContext | None = None,
@@ -931,43 +978,54 @@ async def open_connection(
     connect_timeout: float = 10.0,
     stream_factory: StreamFactory | None = None,
     max_body: int = 0,
+    first_host: int = 0,
+    on_host_failed: HostFailed | None = None,
 ) -> AsyncIterator[Connection]:
     """Connect, log in and open the vhost of ``url``; close in order on exit.
 
     ``amqp://user:password@host:port/vhost`` (the vhost URL-quoted, ``/`` by default) or
-    ``amqps://...`` (TLS with ``ssl_context``, default ``ssl.create_default_context()``).
+    ``amqps://...`` (TLS with ``ssl_context``, default ``ssl.create_default_context()``);
+    several hosts separated by commas as in oslo's ``transport_url`` (``broker_url.py``).
+    The hosts are tried one after the other, starting at position ``first_host`` of the URL
+    and wrapping around, each connect and each handshake bounded by ``connect_timeout``; a
+    host that cannot be opened is reported to ``on_host_failed`` and the next one is tried.
+    ``Connection.broker`` / ``broker_index`` say which host the connection is open on. When
+    none can be opened, the error says why for each (a single host's error is raised as is:
+    ``ConnectionClosed``, or ``AuthenticationError`` for a refused login).
     ``heartbeat`` is in seconds, 0 disables heartbeats. If the connection dies the body is
-    cancelled and ``ConnectionClosed`` is raised out of the ``async with``; a refused login
-    raises ``AuthenticationError``. ``stream_factory`` replaces the TCP/TLS connect (tests).
+    cancelled and ``ConnectionClosed`` is raised out of the ``async with``.
+    ``stream_factory`` replaces the TCP/TLS connect (tests).
     A received body over ``max_body`` bytes (0: no limit) keeps only its head
     (``Delivery.truncated``): what a peer sends never costs more memory than that.
     """
-    params = _parse_url(url)
-    protocol = ConnectionProtocol(
-        username=params.username,
-        password=params.password,
-        vhost=params.vhost,
-        peer=f"{params.host}:{params.port}",
-        client_name=client_name,
-        heartbeat=heartbeat,
-        frame_max=frame_max,
-        max_body=max_body,
-    )
-    with trio.move_on_after(connect_timeout) as connect_scope:
-        stream = await _connect(params, ssl_context, stream_factory)
-    if connect_scope.cancelled_caught:
-        raise ConnectionClosed(
-            0, f"could not connect to {params.host}:{params.port} within {connect_timeout:g} s"
-        )
-    connection = Connection(stream, protocol)
-    try:
-        with trio.move_on_after(connect_timeout) as handshake_scope:
-            await connection._handshake()
-        if handshake_scope.cancelled_caught:
-            raise ConnectionClosed(
-                0,
-                f"no AMQP handshake with {params.host}:{params.port} within {connect_timeout:g} s",
+    broker_url = parse_url(url) if isinstance(url, str) else url
+    count = len(broker_url.hosts)
+    failures: list[tuple[BrokerHost, AMQPError]] = []
+    for attempt in range(count):
+        index = (first_host + attempt) % count
+        try:
+            connection = await _open_on(
+                broker_url,
+                index,
+                ssl_context=ssl_context,
+                stream_factory=stream_factory,
+                connect_timeout=connect_timeout,
+                protocol_options={
+                    "client_name": client_name,
+                    "heartbeat": heartbeat,
+                    "frame_max": frame_max,
+                    "max_body": max_body,
+                },
             )
+            break
+        except AMQPError as error:
+            failures.append((broker_url.hosts[index], error))
+            if on_host_failed is not None:
+                on_host_failed(broker_url.hosts[index], error)
+    else:
+        raise _none_opened(broker_url, failures)
+    stream = connection._stream
+    try:
         unwrapped: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
