@@ -56,7 +56,8 @@ from typing import TypeVar
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 PLUGINS = ("rabbitmq_consistent_hash_exchange",)
-EPMD_PORT = 4369
+#: the machine's epmd (and ours if none answers there); ERL_EPMD_PORT as Erlang reads it
+EPMD_PORT = int(os.environ.get("ERL_EPMD_PORT", "4369"))
 #: a node's boot, from its process start to AMQP answering
 BOOT_TIMEOUT = 90.0
 #: one rabbitmqctl command
@@ -72,10 +73,18 @@ class ClusterError(RuntimeError):
     """The cluster, or one node of it, did not do what was asked in time."""
 
 
+_ports_given: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port of 127.0.0.1 free now and not given to another node of this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def _answers(port: int) -> bool:
@@ -180,7 +189,7 @@ class RabbitNode:
         while not _answers(self.amqp_port):
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
-                raise self.fail(f"exited while booting (exit status {code})")
+                raise self.fail(f"rabbitmq-server exited while booting (status {code})")
             if time.monotonic() > deadline:
                 raise self.fail(f"AMQP port {self.amqp_port} not answering after {timeout:g} s")
             time.sleep(0.1)
@@ -334,15 +343,20 @@ def _in_parallel(function: Callable[[T], object], items: list[T]) -> None:
 
 
 @contextmanager
-def _epmd_on_loopback() -> Iterator[None]:
+def _epmd_on_loopback(base: Path) -> Iterator[None]:
     """Reuse the epmd answering on 127.0.0.1:4369; start one (and stop it after) if none does."""
     if _answers(EPMD_PORT):
         yield
         return
     epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-    process = subprocess.Popen(
-        [epmd, "-address", "127.0.0.1"], stdin=subprocess.DEVNULL, start_new_session=True
-    )
+    with (base / "epmd.log").open("ab") as log:
+        process = subprocess.Popen(
+            [epmd, "-address", "127.0.0.1", "-port", str(EPMD_PORT)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 10
         while not _answers(EPMD_PORT):
@@ -353,6 +367,7 @@ def _epmd_on_loopback() -> Iterator[None]:
             time.sleep(0.05)
         yield
     finally:
+        # by its pid: only the epmd started here (nodes that registered with it are gone)
         process.kill()
         process.wait()
 
@@ -386,7 +401,7 @@ def rabbit_cluster(nodes: int = 3) -> Iterator[RabbitCluster]:
         cluster_id = secrets.token_hex(4)
         members = [RabbitNode(base, cluster_id, index, env) for index in range(nodes)]
         cluster = RabbitCluster(base, members, env)
-        with _epmd_on_loopback():
+        with _epmd_on_loopback(base):
             try:
                 started = time.monotonic()
                 for node in members:
