@@ -26,7 +26,9 @@ node 0 must list every node as running. Stop: every process group started here i
 (SIGKILL: the data is thrown away), an epmd too if this module had to start one (the
 machine's epmd on 127.0.0.1:4369 is reused when it answers), and the directory is removed.
 Every wait is bounded and fails with ``ClusterError`` naming the node and the tail of its
-logs.
+logs. If the test process dies without running its ``finally`` (SIGKILL, a CI timeout), its
+end of a pipe closes, and the ``Reaper`` process it started, which reads the pipe, kills the
+same process groups and removes the directory: no node outlives the tests.
 
 Start time of 3 nodes (``RabbitCluster.startup_seconds``), measured here on 2 shared cores
 (Debian 12, RabbitMQ 3.10.8, Erlang 25.2.3) from ``rabbit_cluster(3)`` to the yield: 10.9 to
@@ -46,7 +48,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -113,11 +117,64 @@ def _executable(name: str) -> str:
     return found
 
 
+_REAPER = """
+import os, shutil, signal, sys
+groups = set()
+for line in sys.stdin:
+    sign, _, pgid = line.partition(" ")
+    (groups.add if sign == "+" else groups.discard)(int(pgid))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
+
+
+class Reaper:
+    """A small process that kills the process groups it was told of, and removes the directory,
+    once its stdin closes: at exit (nothing left to do then), or when the test process dies
+    without running its ``finally`` (SIGKILL, a CI timeout) so that no node outlives it."""
+
+    def __init__(self, base: Path) -> None:
+        self._lock = threading.Lock()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, str(base)],
+            stdin=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C to the tests' process group leaves it be
+        )
+
+    def _say(self, line: str) -> None:
+        assert self._process.stdin is not None
+        with self._lock:
+            self._process.stdin.write(line.encode())
+            self._process.stdin.flush()
+
+    def watch(self, pgid: int) -> None:
+        self._say(f"+ {pgid}\n")
+
+    def forget(self, pgid: int) -> None:
+        self._say(f"- {pgid}\n")
+
+    def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            self._process.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
 class RabbitNode:
     """One node of the cluster: its name, ports, directory and (while it runs) process."""
 
-    def __init__(self, base: Path, cluster_id: str, index: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, base: Path, cluster_id: str, index: int, env: dict[str, str], reaper: Reaper
+    ) -> None:
         self.index = index
+        self._reaper = reaper
         self.name = f"lbt{cluster_id}-{index}@localhost"
         self.amqp_port = _free_port()
         self.dist_port = _free_port()
@@ -182,6 +239,7 @@ class RabbitNode:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        self._reaper.watch(self.process.pid)
 
     def wait_booted(self, timeout: float = BOOT_TIMEOUT) -> None:
         """Wait until the node takes AMQP connections (the listener opens last in the boot)."""
@@ -219,6 +277,7 @@ class RabbitNode:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self._reaper.forget(process.pid)
         self.process = None
 
 
@@ -343,7 +402,7 @@ def _in_parallel(function: Callable[[T], object], items: list[T]) -> None:
 
 
 @contextmanager
-def _epmd_on_loopback(base: Path) -> Iterator[None]:
+def _epmd_on_loopback(base: Path, reaper: Reaper) -> Iterator[None]:
     """Reuse the epmd answering on 127.0.0.1:4369; start one (and stop it after) if none does."""
     if _answers(EPMD_PORT):
         yield
@@ -357,6 +416,7 @@ def _epmd_on_loopback(base: Path) -> Iterator[None]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    reaper.watch(process.pid)
     try:
         deadline = time.monotonic() + 10
         while not _answers(EPMD_PORT):
@@ -370,6 +430,7 @@ def _epmd_on_loopback(base: Path) -> Iterator[None]:
         # by its pid: only the epmd started here (nodes that registered with it are gone)
         process.kill()
         process.wait()
+        reaper.forget(process.pid)
 
 
 @contextmanager
@@ -399,26 +460,30 @@ def rabbit_cluster(nodes: int = 3) -> Iterator[RabbitCluster]:
             ):
                 del env[name]
         cluster_id = secrets.token_hex(4)
-        members = [RabbitNode(base, cluster_id, index, env) for index in range(nodes)]
-        cluster = RabbitCluster(base, members, env)
-        with _epmd_on_loopback(base):
-            try:
-                started = time.monotonic()
-                for node in members:
-                    node.spawn()
-                _in_parallel(RabbitNode.wait_booted, members)
-                booted = time.monotonic()
-                _in_parallel(cluster.join, list(range(1, nodes)))
-                joined = time.monotonic()
-                cluster.wait_running()
-                cluster.startup_seconds = {
-                    "boot": booted - started,
-                    "join": joined - booted,
-                    "status": time.monotonic() - joined,
-                    "total": time.monotonic() - started,
-                }
-                yield cluster
-            finally:
-                cluster.close()
+        reaper = Reaper(base)
+        try:
+            members = [RabbitNode(base, cluster_id, index, env, reaper) for index in range(nodes)]
+            cluster = RabbitCluster(base, members, env)
+            with _epmd_on_loopback(base, reaper):
+                try:
+                    started = time.monotonic()
+                    for node in members:
+                        node.spawn()
+                    _in_parallel(RabbitNode.wait_booted, members)
+                    booted = time.monotonic()
+                    _in_parallel(cluster.join, list(range(1, nodes)))
+                    joined = time.monotonic()
+                    cluster.wait_running()
+                    cluster.startup_seconds = {
+                        "boot": booted - started,
+                        "join": joined - booted,
+                        "status": time.monotonic() - joined,
+                        "total": time.monotonic() - started,
+                    }
+                    yield cluster
+                finally:
+                    cluster.close()
+        finally:
+            reaper.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
