@@ -208,3 +208,40 @@ def test_cast_round_trip(method: str, args: dict) -> None:
     ours = oslo.decode_message(oslo_body(msg))
     assert ours.method == method
     assert msgspec.json.decode(bytes(ours.args)) == args
+
+
+# --------------------------------------------------------------------------- limits at their edges
+
+
+def test_a_msg_id_of_255_characters_is_answerable_and_256_is_not() -> None:
+    ok = oslo.decode_message(oslo.encode_call("m", b"{}", msg_id="x" * 255, reply_q="q"))
+    assert ok.reply_to == oslo.ReplyAddress("x" * 255, "q")
+    with pytest.raises(oslo.MalformedMessage, match="bad reply address") as refused:
+        oslo.decode_message(oslo.encode_call("m", b"{}", msg_id="x" * 256, reply_q="q"))
+    assert refused.value.reply_to is None  # nowhere to answer
+
+
+def test_a_method_of_255_characters_is_taken_and_256_is_refused() -> None:
+    assert oslo.decode_message(oslo.encode_cast("m" * 255, b"{}")).method == "m" * 255
+    with pytest.raises(oslo.MalformedMessage, match="`method` of 256 characters"):
+        oslo.decode_message(oslo.encode_cast("m" * 256, b"{}"))
+
+
+def test_a_broken_message_is_answered_only_with_both_halves_of_its_reply_address() -> None:
+    def broken(**address: str) -> bytes:
+        inner = {"method": 5, "args": {}, **address}  # a method that is no string
+        return json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner)}).encode()
+
+    for address in ({"_msg_id": "id-1"}, {"_reply_q": "q-1"}, {}):
+        with pytest.raises(oslo.MalformedMessage) as info:
+            oslo.decode_message(broken(**address))
+        assert info.value.reply_to is None, address
+    with pytest.raises(oslo.MalformedMessage) as info:
+        oslo.decode_message(broken(_msg_id="id-1", _reply_q="q-1"))
+    assert info.value.reply_to == oslo.ReplyAddress("id-1", "q-1")
+
+
+def test_a_call_expires_after_at_least_a_millisecond() -> None:
+    assert oslo.call_properties(0).expiration == "1"
+    assert oslo.call_properties(0.0004).expiration == "1"
+    assert oslo.call_properties(0.002).expiration == "2"
