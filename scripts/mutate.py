@@ -17,8 +17,9 @@ change to one node:
   attribute or an item. Never a ``return``, a ``raise`` or control flow.
 
 Not mutated: annotations, docstrings, f-strings, ``__all__``, logging calls (``log.*`` and
-``logger.*``: what they say is not behaviour), module- and class-level statements (deleting
-one is an import error, killed by any test), and any line marked ``# pragma: no mutate``.
+``logger.*``: what they say is not behaviour), a class's ``kw_only=`` (every Struct is built
+with keywords: an equivalent mutant), module- and class-level statements (deleting one is an
+import error, killed by any test), and any line marked ``# pragma: no mutate``.
 
 Each mutant is applied to a copy of the tree (``lbactors/``, ``supervisor/``, ``bench/``,
 ``tests/``, ``pyproject.toml``, in a temporary directory: the worktree is never modified), and
@@ -190,6 +191,10 @@ def _skipped_nodes(tree: ast.Module) -> set[int]:
                 skip(node)
         elif isinstance(node, ast.Call) and _is_logging(node):
             skip(node)
+        elif isinstance(node, ast.ClassDef):
+            for keyword in node.keywords:  # equivalent: every Struct is built with keywords
+                if keyword.arg == "kw_only":
+                    skip(keyword)
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
@@ -535,6 +540,7 @@ def run_target(
             return report
         durations[test] = seconds
     tests = ordered_tests(tests, durations)
+    report.tests = tuple(tests)
     report.baseline_seconds = sum(durations.values())
     report.timeout = timeout or round(2 * report.baseline_seconds + 10, 1)
     progress(
@@ -648,9 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--max-mutants",
-        type=int,
-        metavar="N",
-        help="at most N mutants per module: a deterministic sample (see --seed)",
+        action="append",
+        default=[],
+        metavar="[FILE=]N",
+        help="at most N mutants per module, a deterministic sample (see --seed); FILE=N for one "
+        "module (repeatable: '--max-mutants 20 --max-mutants supervisor/router.py=6')",
     )
     parser.add_argument("--seed", type=int, default=0, help="the sample's seed (default 0)")
     parser.add_argument(
@@ -673,10 +681,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in targets:
         if target not in TARGETS:
             parser.error(f"unknown target {target!r}: one of {', '.join(TARGETS)}")
+    limit: int | None = None
+    limits: dict[str, int] = {}
+    for value in args.max_mutants:
+        target, _, number = value.rpartition("=")
+        if not number.isdigit() or (target and target not in TARGETS):
+            parser.error(f"--max-mutants {value!r}: N or FILE=N with FILE one of the targets")
+        if target:
+            limits[target] = int(number)
+        else:
+            limit = int(number)
     chosen: dict[str, tuple[list[Mutant], int]] = {}
     for target in targets:
         mutants = generate(target, (ROOT / target).read_text())
-        chosen[target] = (sample(mutants, args.max_mutants, args.seed, target), len(mutants))
+        chosen[target] = (
+            sample(mutants, limits.get(target, limit), args.seed, target),
+            len(mutants),
+        )
 
     if args.list:
         for target, (mutants, generated) in chosen.items():
@@ -686,8 +707,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     command = "scripts/mutate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    sizes = ", ".join(f"{Path(t).name} {n}" for t, n in limits.items() if t in targets)
     options = (
-        f"sample: {args.max_mutants or 'all'} mutants per module, seed {args.seed}; "
+        f"sample: {limit or 'all'} mutants per module{f' ({sizes})' if sizes else ''}, "
+        f"seed {args.seed}; "
         f"jobs {args.jobs}; timeout {args.timeout or '2 x baseline + 10 s'}"
     )
     start = time.monotonic()

@@ -95,6 +95,16 @@ def test_annotations_docstrings_logging_and_all_are_left_alone() -> None:
     assert not lines & {1, 2, 7, 8, 13}
 
 
+def test_a_structs_kw_only_is_left_alone() -> None:
+    source = "class S(msgspec.Struct, kw_only=True, frozen=True):\n    x: int = 0\n"
+    mutants = mutate.generate("m.py", source)
+    assert [(m.description, m.source_line) for m in mutants] == [
+        ("`True` -> `False`", "class S(msgspec.Struct, kw_only=True, frozen=True):"),
+        ("`0` -> `1`", "x: int = 0"),
+    ]
+    assert "frozen=(False)" in mutate.apply(source, mutants[0])
+
+
 def test_module_and_class_statements_are_not_deleted() -> None:
     source = "x = []\nx.append(1)\n\n\nclass C:\n    y = f()\n    z = [0]\n"
     kinds = {m.kind for m in mutate.generate("m.py", source)}
