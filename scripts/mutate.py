@@ -17,8 +17,8 @@ change to one node:
   attribute or an item. Never a ``return``, a ``raise`` or control flow.
 
 Not mutated: annotations, docstrings, f-strings, ``__all__``, logging calls (``log.*`` and
-``logger.*``: what they say is not behaviour), a class's ``kw_only=`` (every Struct is built
-with keywords: an equivalent mutant), module- and class-level statements (deleting one is an
+``logger.*``: what they say is not behaviour), ``kw_only=`` (every Struct is built with
+keywords: an equivalent mutant), module- and class-level statements (deleting one is an
 import error, killed by any test), and any line marked ``# pragma: no mutate``.
 
 Each mutant is applied to a copy of the tree (``lbactors/``, ``supervisor/``, ``bench/``,
@@ -162,11 +162,12 @@ class Mutant:
     index: int  # which operator of a comparison chain (0 otherwise)
     description: str
     lineno: int
+    col: int  # 1-based, in characters: of the changed node (a comparison: its right-hand side)
     source_line: str
 
     @property
     def where(self) -> str:
-        return f"{self.path}:{self.lineno}"
+        return f"{self.path}:{self.lineno}:{self.col}"
 
 
 def _skipped_nodes(tree: ast.Module) -> set[int]:
@@ -191,10 +192,8 @@ def _skipped_nodes(tree: ast.Module) -> set[int]:
                 skip(node)
         elif isinstance(node, ast.Call) and _is_logging(node):
             skip(node)
-        elif isinstance(node, ast.ClassDef):
-            for keyword in node.keywords:  # equivalent: every Struct is built with keywords
-                if keyword.arg == "kw_only":
-                    skip(keyword)
+        elif isinstance(node, ast.keyword) and node.arg == "kw_only":
+            skip(node)  # equivalent: every Struct is built with keywords
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
@@ -305,14 +304,15 @@ def generate(path: str, source: str) -> list[Mutant]:
         if PRAGMA in line:
             continue
         for kind, index, description in _candidates(node, deletable):
-            lineno = node.lineno
-            if kind == "compare":  # the line of the operator's right-hand side
-                assert isinstance(node, ast.Compare)
-                lineno = node.comparators[index].lineno
+            assert isinstance(node, ast.expr | ast.stmt)
+            at = node.comparators[index] if isinstance(node, ast.Compare) else node
+            text = lines[at.lineno - 1]
+            # the column in characters (``col_offset`` counts UTF-8 bytes)
+            col = len(text.encode()[: at.col_offset].decode(errors="replace")) + 1
             mutants.append(
-                Mutant(path, number, kind, index, description, lineno, lines[lineno - 1].strip())
+                Mutant(path, number, kind, index, description, at.lineno, col, text.strip())
             )
-    mutants.sort(key=lambda m: (m.lineno, m.node, m.index, m.kind))
+    mutants.sort(key=lambda m: (m.lineno, m.col, m.node, m.index, m.kind))
     return mutants
 
 

@@ -88,6 +88,14 @@ def test_the_snippet_gives_the_expected_mutants() -> None:
     assert [m.lineno for m in mutants] == sorted(m.lineno for m in mutants)
     assert all(m.path == "snippet.py" for m in mutants)
     assert mutants[0].source_line == "LIMIT = 3"
+    assert mutants[0].where == "snippet.py:3:9"
+
+
+def test_the_column_is_counted_in_characters() -> None:
+    (mutant,) = [
+        m for m in mutate.generate("snippet.py", SNIPPET) if m.lineno == 14 and m.kind == "int"
+    ]
+    assert mutant.source_line[mutant.col - 5 :] == "1"  # the line is indented by four spaces
 
 
 def test_annotations_docstrings_logging_and_all_are_left_alone() -> None:
@@ -96,7 +104,11 @@ def test_annotations_docstrings_logging_and_all_are_left_alone() -> None:
 
 
 def test_a_structs_kw_only_is_left_alone() -> None:
-    source = "class S(msgspec.Struct, kw_only=True, frozen=True):\n    x: int = 0\n"
+    source = (
+        "class S(msgspec.Struct, kw_only=True, frozen=True):\n"
+        "    x: int = 0\n"
+        "T = msgspec.defstruct('T', [], kw_only=True)\n"
+    )
     mutants = mutate.generate("m.py", source)
     assert [(m.description, m.source_line) for m in mutants] == [
         ("`True` -> `False`", "class S(msgspec.Struct, kw_only=True, frozen=True):"),
@@ -183,3 +195,29 @@ def test_the_sample_is_deterministic_and_in_source_order() -> None:
     assert any(mutate.sample(mutants, 5, seed, "snippet.py") != first for seed in range(1, 5))
     assert mutate.sample(mutants, None, 0, "snippet.py") == mutants
     assert mutate.sample(mutants, 100, 0, "snippet.py") == mutants
+
+
+def test_the_workspace_is_a_copy_and_a_hang_is_told_from_a_failure() -> None:
+    before = (ROOT / "lbactors" / "routing.py").read_text()
+    workspace = mutate.Workspace()
+    try:
+        assert workspace.dir != ROOT and workspace.resolves_here("lbactors/routing.py")
+        workspace.write("lbactors/routing.py", before + "\nMUTATED = True\n")
+        assert (ROOT / "lbactors" / "routing.py").read_text() == before
+        workspace.write(
+            "tests/test_zz_probe.py",
+            "import time\n\n"
+            "from lbactors import routing\n\n\n"
+            "def test_mutated():\n    assert routing.MUTATED\n\n\n"
+            "def test_fails():\n    assert False\n\n\n"
+            "def test_sleeps():\n    time.sleep(60)\n",
+        )
+        probe = "tests/test_zz_probe.py::"
+        assert workspace.run([probe + "test_mutated"], timeout=60)[0] == "passed"
+        assert workspace.run([probe + "test_fails"], timeout=60)[0] == "failed"
+        outcome, seconds = workspace.run([probe + "test_sleeps"], timeout=5)
+        assert outcome == "hang" and seconds < 30
+    finally:
+        workspace.remove()
+    assert not workspace.dir.exists()
+    assert not (ROOT / "tests" / "test_zz_probe.py").exists()
