@@ -41,13 +41,13 @@ test-quick: $(STAMP)
 
 ## Mutation testing of the pure core and the router (scripts/mutate.py): a deterministic sample
 ## of mutants per module, each run against the module's tests in a scratch copy of the tree; the
-## score and the surviving mutants go to docs/mutation.md. The router's tests start daemons
-## (the broker must run) and take about a minute per mutant, hence its smaller sample; the
-## defaults take about 15 minutes here.
+## score and the surviving mutants go to docs/mutation.md. The router's mutants run
+## tests/test_router.py (fake workers, seconds) and then tests/test_daemon.py (daemons on the
+## broker, about 15 s), hence its smaller sample; the defaults take about 5 minutes here.
 ## Knobs: MUTANTS (per module), ROUTER_MUTANTS, MUTATE_SEED, MUTATE_JOBS (this machine has 2
 ## cores), MUTATE_ARGS (more options: --target FILE, --timeout S, --list, --output PATH).
 MUTANTS        ?= 25
-ROUTER_MUTANTS ?= 5
+ROUTER_MUTANTS ?= 15
 MUTATE_SEED    ?= 0
 MUTATE_JOBS    ?= 1
 MUTATE_ARGS    ?=

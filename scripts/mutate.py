@@ -84,6 +84,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/test_oslo_codec.py",
     ),
     "lbactors/model.py": (
+        "tests/test_model_bounds.py",
         "tests/test_messages.py",
         "tests/test_status.py",
         "tests/test_cascade.py",
@@ -95,9 +96,8 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/test_bad_input.py",
     ),
     "supervisor/router.py": (
-        "tests/test_daemon_faults.py",
+        "tests/test_router.py",
         "tests/test_daemon.py",
-        "tests/test_never_stuck.py",
     ),
 }
 
