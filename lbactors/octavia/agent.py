@@ -23,6 +23,12 @@ once, and retries only the others, each on its own bounded schedule
 (``[lbactors] status_retry_*``; by default tries at 0, 0.5, 1.5, 3.5 and 7.5 s, then a logged
 drop). A newer status for an object replaces its pending entry (the newer fields win), so a
 retry never writes something older than what was written since.
+
+Inside the driver agent (``[lbactors] agent_writes = auto``) the checks and writes run the driver
+agent's own code in this process (:mod:`lbactors.octavia.inprocess`), after waiting for Octavia's
+API to commit what it holds of the status's load balancers (:meth:`StatusWriter._try`). A
+re-assertion (its oslo context says so) is skipped entry by entry when this writer has written
+those fields already or still retries them.
 """
 
 from __future__ import annotations
@@ -603,8 +609,8 @@ def serve_agent(
 def counters(writer: StatusWriter, library: Any) -> dict[str, int]:
     """What the agent retried: status entries of uncommitted objects (``retried`` tries,
     ``dropped`` entries), the status writes made (``batches``: concurrent statuses are written
-    together), the re-asserted entries not written again (``reassertions_skipped``), and driver agent calls made again because its listen backlog was
-    full (``busy_retries``; ``busy_failures``: calls that gave up, see lbactors.octavia.busy)."""
+    together), the re-asserted entries not written again (``reassertions_skipped``), and
+    driver agent calls made again because its listen backlog was full (``busy_retries``; ``busy_failures``: calls that gave up, see lbactors.octavia.busy)."""
     return {
         "retried": writer.retried,
         "dropped": writer.dropped,
