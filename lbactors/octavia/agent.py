@@ -610,7 +610,8 @@ def counters(writer: StatusWriter, library: Any) -> dict[str, int]:
     """What the agent retried: status entries of uncommitted objects (``retried`` tries,
     ``dropped`` entries), the status writes made (``batches``: concurrent statuses are written
     together), the re-asserted entries not written again (``reassertions_skipped``), and
-    driver agent calls made again because its listen backlog was full (``busy_retries``; ``busy_failures``: calls that gave up, see lbactors.octavia.busy)."""
+    driver agent calls made again because its listen backlog was full (``busy_retries``;
+    ``busy_failures``: calls that gave up, see lbactors.octavia.busy)."""
     return {
         "retried": writer.retried,
         "dropped": writer.dropped,
