@@ -23,7 +23,15 @@ import trio.testing
 
 from lbactors import ipc
 from lbactors.config import BackendSection, Config, DaemonSection, decode_config
-from lbactors.messages import ListenerStatistics, Operation, Outbound, Outcome
+from lbactors.messages import (
+    ListenerStatistics,
+    Operation,
+    Outbound,
+    Outcome,
+    Reassertion,
+    StatusEntry,
+    StatusUpdate,
+)
 from lbactors.routing import shard
 from supervisor import router as router_module
 from supervisor.router import RestartBudgetExceeded, Router
@@ -300,6 +308,34 @@ async def test_outcomes_empty_the_ledger_and_are_never_replayed(
             third = await fakes.incarnation(0, 3)
             await trio.testing.wait_all_tasks_blocked()
             assert third.received == []
+
+
+async def test_reassertions_are_passed_on_in_the_workers_order(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A worker's re-assertion leaves in its place among the outcomes: before any later
+    outcome of its load balancer (the gateway publishes in this order)."""
+    reassertion = Reassertion(
+        lb_id="lb-a",
+        status=StatusUpdate(members=[StatusEntry(id="m-1", provisioning_status="ACTIVE")]),
+    )
+    with trio.fail_after(60):
+        async with open_router(workers=1) as (router, fakes, outcomes):
+            worker = await fakes.incarnation(0, 1)
+            ops = [make_op("lb-a") for _ in range(2)]
+            for op in ops:
+                await router.submit(op)
+            await fakes.received(worker, len(ops))
+            await worker.frames.send_many(
+                [
+                    ipc.Done(outcome=Outcome(op_id=ops[0].op_id, lb_id="lb-a")),
+                    ipc.Reassert(reassertion=reassertion),
+                    ipc.Done(outcome=Outcome(op_id=ops[1].op_id, lb_id="lb-a")),
+                ]
+            )
+            passed_on = [await outcomes.receive() for _ in range(3)]
+    assert [getattr(item, "op_id", None) for item in passed_on] == [ops[0].op_id, None, ops[1].op_id]
+    assert passed_on[1] == reassertion
 
 
 # --------------------------------------------------------------------------- order
