@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -141,11 +140,8 @@ async def run_tap(url: str, exchange: str, keys: list[str], tap: Tap,
 class Database:
     """Polls the project's rows in Octavia's database: the first time each id is ACTIVE."""
 
-    def __init__(self, socket_path: Path, project_id: str, poll: float) -> None:
-        from tests.octavia_stack import mariadb_binaries
-
-        self.mariadb = mariadb_binaries()[2]
-        self.socket_path = socket_path
+    def __init__(self, stack: Any, project_id: str, poll: float) -> None:
+        self.stack = stack
         self.project_id = project_id
         self.poll = poll
         self.now: dict[str, str] = {}
@@ -158,11 +154,7 @@ class Database:
         sql = " UNION ALL ".join(
             f"SELECT id, provisioning_status FROM {table} WHERE project_id = '{self.project_id}'"
             for table in TABLE_OF_KIND.values())
-        out = subprocess.run(
-            [self.mariadb, "--no-defaults", f"--socket={self.socket_path}", "--user=root",
-             "--batch", "--skip-column-names", "octavia", "-e", sql],
-            check=True, capture_output=True, text=True, timeout=30).stdout
-        return dict(line.split("\t")[:2] for line in out.splitlines() if "\t" in line)
+        return {row[0]: row[1] for row in self.stack.sql(sql) if len(row) >= 2}
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -268,16 +260,6 @@ def build_at_once(client: Any, db: Database, lbs: int, timeout: float
 
 # ---- one run ------------------------------------------------------------------------------
 
-def _counters_line(log: Path, prefix: str) -> dict[str, int]:
-    text = log.read_text(errors="replace") if log.exists() else ""
-    lines = [line for line in text.splitlines() if prefix in line]
-    if not lines:
-        return {}
-    return {key: int(value) for key, value in
-            (part.split("=", 1) for part in lines[-1].split(prefix, 1)[1].split())
-            if value.isdigit()}
-
-
 def _stopped(daemon: procs.Daemon) -> dict[str, Any]:
     for line in daemon.log_path.read_text(errors="replace").splitlines():
         if '"lbactors stopped"' in line:
@@ -294,10 +276,9 @@ def run(args: argparse.Namespace, stack: Any, names: dict[str, str], lbs: int,
 
     project = uuid.uuid4().hex
     client = OctaviaClient(stack.api_url, project_id=project, timeout=120)
-    db = Database(stack.tmp / "mysql.sock", project, args.poll)
+    db = Database(stack, project, args.poll)
     tap = Tap()
-    agent_log = stack.logs["octavia-driver-agent"]
-    agent_before = _counters_line(agent_log, "lbactors provider agent counters:")
+    agent_before = stack.agent_counters()
     daemon = procs.Daemon(
         topic=names["topic"], driver_topic=names["driver_topic"], run_dir=run_dir,
         amqp_url=stack.amqp_url, workers=2, log_level="info",
@@ -347,7 +328,7 @@ def run(args: argparse.Namespace, stack: Any, names: dict[str, str], lbs: int,
     for c in creates:
         c.active = db.first_active.get(c.object_id)
     stopped = _stopped(daemon)
-    agent_after = _counters_line(agent_log, "lbactors provider agent counters:")
+    agent_after = stack.agent_counters()
     agent = {key: value - agent_before.get(key, 0) for key, value in agent_after.items()}
     return {"lbs": lbs, "repeat": args.repeat if lbs == 1 else 1, "creates": creates,
             "phases": phases, "reasserted": stopped.get("reasserted"),

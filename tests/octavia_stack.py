@@ -74,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -455,6 +456,29 @@ class OctaviaStack:
     @property
     def logs(self) -> dict[str, Path]:
         return {path.stem: path for path in sorted(self.tmp.glob("*.log"))}
+
+    def mariadb_command(self, *options: str) -> list[str]:
+        """The mariadb client on this stack's database (root, batch output, no column names)."""
+        return [
+            mariadb_binaries()[2], "--no-defaults", f"--socket={self.tmp / 'mysql.sock'}",
+            "--user=root", "--batch", "--skip-column-names", *options, "octavia",
+        ]  # fmt: skip
+
+    def sql(self, query: str) -> list[list[str]]:
+        """The rows of ``query`` on this stack's database, each a list of its columns."""
+        result = subprocess.run(
+            self.mariadb_command("-e", query), check=True, capture_output=True, text=True, timeout=30
+        )
+        return [line.split("\t") for line in result.stdout.splitlines()]
+
+    def agent_counters(self) -> dict[str, int]:
+        """lbactors' provider agent's last logged counters, cumulative since the driver agent
+        started (empty before its first line)."""
+        text = self.logs["octavia-driver-agent"].read_text(errors="replace")
+        lines = re.findall(r"lbactors provider agent counters: (.*)", text)
+        if not lines:
+            return {}
+        return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", lines[-1])}
 
     def driver_lib(self, method: str, *args: Any, timeout: float = 30) -> Any:
         """Call octavia-lib's ``DriverLibrary.<method>(*args)`` against this stack's driver

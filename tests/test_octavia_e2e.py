@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +44,6 @@ from tests.octavia_stack import (
     OctaviaAPIError,
     OctaviaClient,
     OctaviaStack,
-    mariadb_binaries,
     octavia_stack,
     octavia_venv_ready,
 )
@@ -77,13 +75,7 @@ class E2E:
         return OctaviaClient(self.stack.api_url, project_id=uuid.uuid4().hex, timeout=60)
 
     def sql(self, query: str) -> list[list[str]]:
-        mariadb = mariadb_binaries()[2]
-        result = subprocess.run(
-            [mariadb, "--no-defaults", f"--socket={self.stack.tmp / 'mysql.sock'}", "--user=root",
-             "--batch", "--skip-column-names", "octavia", "-e", query],
-            check=True, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        return [line.split("\t") for line in result.stdout.splitlines()]
+        return self.stack.sql(query)
 
     def statuses(self, project_id: str) -> dict[str, dict[str, int]]:
         """Rows of the project by table and provisioning status (deleted load balancers
@@ -100,11 +92,7 @@ class E2E:
 
     def agent_counters(self) -> dict[str, int]:
         """The provider agent's last logged counters (cumulative over the module)."""
-        text = self.stack.logs["octavia-driver-agent"].read_text(errors="replace")
-        lines = re.findall(r"lbactors provider agent counters: (.*)", text)
-        if not lines:
-            return {"retried": 0, "dropped": 0, "busy_retries": 0, "busy_failures": 0}
-        return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", lines[-1])}
+        return self.stack.agent_counters()
 
 
 @pytest.fixture(scope="module")
@@ -757,10 +745,8 @@ async def test_a_status_written_before_octavias_commit_is_not_lost(
 
         with trio.fail_after(120):
             lb_id, policy_id = await in_thread(build)
-    mariadb = mariadb_binaries()[2]
     api = subprocess.Popen(  # noqa: ASYNC220 - its pipes are read in a thread
-        [mariadb, "--no-defaults", f"--socket={e2e.stack.tmp / 'mysql.sock'}", "--user=root",
-         "--batch", "--skip-column-names", "--unbuffered", "octavia"],
+        e2e.stack.mariadb_command("--unbuffered"),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert api.stdin is not None and api.stdout is not None
@@ -789,7 +775,13 @@ async def test_a_status_written_before_octavias_commit_is_not_lost(
                     oslo.encode_cast("update_loadbalancer_status", json.dumps({"status": status}).encode()),
                     properties=oslo.CAST_PROPERTIES,
                 )  # fmt: skip
-            await trio.sleep(2)  # the agent has it: its write runs now, or waits for the commit
+            # the agent waits for the rows held here (its commit wait): then commit. An agent
+            # that does not wait writes at once, and the check below says what it left
+            with trio.move_on_after(10):
+                while not int(
+                    (await in_thread(e2e.sql, "SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS"))[0][0]
+                ):  # fmt: skip
+                    await trio.sleep(0.05)
         api.stdin.write("COMMIT;\n")
         api.stdin.close()
         api.wait(30)
