@@ -323,16 +323,21 @@ async def test_tls_termination(state_dir: Path, tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def serve_one_member(b: HaproxyBackend, vip: str, port: int, member_port: int) -> None:
+    """Load balancer LB with an HTTP listener on ``vip:port``, pool P1 and member MA."""
+    await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
+    await b.listener_create(msgspec.convert(listener_payload(vip, port), Listener), None)
+    await b.pool_create(msgspec.convert(pool_payload(vip, P1, LI), Pool))
+    await b.member_create(msgspec.convert(member_payload(vip, MA, P1, member_port), Member))
+
+
 async def test_adoption_after_restart_and_restart_of_a_dead_process(state_dir: Path) -> None:
     vip, port = free_endpoint()
     server = MemberServer("m")
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
         first = backend(state_dir)
-        await first.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
-        await first.listener_create(msgspec.convert(listener_payload(vip, port), Listener), None)
-        await first.pool_create(msgspec.convert(pool_payload(vip, P1, LI), Pool))
-        await first.member_create(msgspec.convert(member_payload(vip, MA, P1, server.port), Member))
+        await serve_one_member(first, vip, port, server.port)
         assert await http_get(vip, port) == (200, "m")
         pid = first.master_pid(LB)
         before = (await first.listener_statistics(LB))[0]
@@ -389,10 +394,7 @@ async def test_a_worker_left_by_a_dead_master_is_killed_before_the_restart(state
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
             b = backend(state_dir)
-            await b.loadbalancer_create(msgspec.convert(lb_payload(vip), LoadBalancer))
-            await b.listener_create(msgspec.convert(listener_payload(vip, port), Listener), None)
-            await b.pool_create(msgspec.convert(pool_payload(vip, P1, LI), Pool))
-            await b.member_create(msgspec.convert(member_payload(vip, MA, P1, server.port), Member))
+            await serve_one_member(b, vip, port, server.port)
             assert await http_get(vip, port) == (200, "m")
             master = b.master_pid(LB)
             assert master is not None
