@@ -85,19 +85,6 @@ class HaproxyProcess:
         return self.dir / "haproxy.pid"
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) HAProxy. Reads ``/proc`` (memory, no disk)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:  # noqa: ASYNC230 - procfs, never blocks
-            stat = f.read()
-        with open(f"/proc/{pid}/cmdline", "rb") as f:  # noqa: ASYNC230
-            cmdline = f.read()
-    except OSError:
-        return False
-    state = stat.rsplit(b")", 1)[-1].split()[:1]
-    return state not in ([b"Z"], [b"X"]) and b"haproxy" in cmdline
-
-
 def exited(pid: int) -> bool:
     """Whether ``pid`` has finished exiting: gone, or a zombie, so its sockets are closed.
     Not ``not process_alive(pid)``: a dying process loses its memory (an empty cmdline) before
@@ -108,6 +95,16 @@ def exited(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"])
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) HAProxy. Reads ``/proc`` (memory, no disk)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:  # noqa: ASYNC230 - procfs, never blocks
+            cmdline = f.read()
+    except OSError:
+        return False
+    return b"haproxy" in cmdline and not exited(pid)
 
 
 def processes_running(cfg: str) -> list[int]:
