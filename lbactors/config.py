@@ -39,6 +39,7 @@ __all__ = [
     "AmqpSection",
     "BackendSection",
     "Config",
+    "ClusterSection",
     "ConfigError",
     "DaemonSection",
     "LogSection",
@@ -160,6 +161,27 @@ class StatsSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     sync_timeout: _PosFloat = 10.0
 
 
+class ClusterSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[cluster]``: several daemons on one RabbitMQ cluster (docs/cluster.md).
+
+    Off by default: one daemon consumes the topic queue and runs every operation. On, every
+    daemon re-publishes each load balancer operation into one of ``shards`` single-active-
+    consumer quorum queues (by its owner key) and runs only what arrives on the shards it is
+    the active consumer of.
+    """
+
+    enabled: bool = False
+    #: S: the number of shard queues; the same on every daemon for the deployment's life
+    shards: Annotated[int, msgspec.Meta(ge=1, le=999)] = 12
+    #: seconds between balance ticks, presence hellos and probe rounds
+    balance_interval: _PosFloat = 5.0
+    #: unacked deliveries per shard consumer
+    shard_prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 64
+    #: seconds before the first operation of a shard taken over with redeliveries runs (the
+    #: previous holder's backend calls may still be landing)
+    takeover_delay: _NonNegFloat = 1.0
+
+
 class LogSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``[log]``: structlog output on stdout."""
 
@@ -175,6 +197,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     backend: BackendSection = msgspec.field(default_factory=BackendSection)
     status: StatusSection = msgspec.field(default_factory=StatusSection)
     stats: StatsSection = msgspec.field(default_factory=StatsSection)
+    cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
 
 
@@ -194,6 +217,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "backend": BackendSection,
     "status": StatusSection,
     "stats": StatsSection,
+    "cluster": ClusterSection,
     "log": LogSection,
 }
 assert list(SECTIONS) == [f.name for f in msgspec.structs.fields(Config)]

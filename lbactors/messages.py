@@ -78,6 +78,8 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True):
     actor layer with :func:`decode_request`). ``op_id`` is unique within one daemon run.
     ``lb_id`` is the routing key (see ``routing.owner_of``); for operations that need no
     load balancer (flavor / availability-zone queries) it is ``""``.
+    ``key`` is the owner key (``Backend.affinity_key``) when it is not ``lb_id``: operations
+    that share a key never run at the same time; ``""`` means ``lb_id``.
     """
 
     op_id: int
@@ -85,6 +87,12 @@ class Operation(msgspec.Struct, kw_only=True, frozen=True):
     args: bytes
     lb_id: str
     is_call: bool = False
+    key: str = ""
+
+    @property
+    def owner_key(self) -> str:
+        """The key that picks the worker and the cluster shard: ``key`` or else ``lb_id``."""
+        return self.key or self.lb_id
 
 
 class Failure(msgspec.Struct, kw_only=True, frozen=True):

@@ -3,7 +3,9 @@
 - :func:`owner_of`: the load balancer id that owns an operation's object, found in the payload
   exactly as :func:`lbactors.status.parents_of` finds it (``status-semantics.md``: "the load
   balancer id found here is also the actor (routing) key");
-- :func:`shard`: a key -> worker index, stable across processes, runs and hosts.
+- :func:`shard`: a key -> worker index, stable across processes, runs and hosts;
+- :func:`shard_of`: an owner key -> cluster shard queue index (docs/cluster.md §2), salted so
+  that it does not line up with :func:`shard`; :func:`shard_queue` names that queue.
 
 Pure: no I/O, no trio, no logging (the caller logs an owner that was not found).
 """
@@ -16,7 +18,7 @@ from lbactors.messages import Request
 from lbactors.model import LoadBalancer
 from lbactors.status import parents_of
 
-__all__ = ["owner_of", "shard"]
+__all__ = ["owner_of", "shard", "shard_of", "shard_queue"]
 
 
 def owner_of(request: Request) -> tuple[str, bool]:
@@ -50,3 +52,21 @@ def shard(key: str, workers: int) -> int:
         raise ValueError(f"workers must be >= 1, not {workers}")
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % workers
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The cluster shard in ``range(shards)`` of owner key ``key``: every daemon, host and run
+    agrees, and the broker routes by it (routing key ``f"{shard:03d}"``).
+
+    Salted (blake2b ``person``), so that a daemon holding shards {0, 3, 6, 9} of 12 with 3
+    workers does not put every key on one worker, as the unsalted :func:`shard` would.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, not {shards}")
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"lbactors-shard").digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def shard_queue(topic: str, index: int) -> str:
+    """The name of shard queue ``index`` of ``topic``: ``T.shard.000`` ... ``T.shard.998``."""
+    return f"{topic}.shard.{index:03d}"

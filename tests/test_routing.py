@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lbactors.messages import METHODS, QUERY_METHODS, Request, decode_request
-from lbactors.routing import owner_of, shard
+from lbactors.routing import owner_of, shard, shard_of, shard_queue
 from tests.test_messages import LB, LISTENER, MEMBER, POLICY, POOL, RULE, Payloads
 
 P = Payloads()
@@ -190,3 +190,32 @@ def test_shard_spreads_load_balancers_evenly() -> None:
 def test_shard_needs_a_worker() -> None:
     with pytest.raises(ValueError):
         shard(LB, 0)
+
+
+def test_shard_of_is_fixed_across_releases() -> None:
+    """Every daemon of a deployment, old and new, must agree: these values may never change
+    (a changed hash splits a key's queued operations over two shard queues)."""
+    assert [shard_of(k, 12) for k in ("a", "lb-1", "00000000-0000-0000-0000-000000000000")] == [
+        4,
+        2,
+        5,
+    ]
+    assert shard_of("a", 999) == 730
+    assert shard_queue("vmware_nsx__lb_listener", 7) == "vmware_nsx__lb_listener.shard.007"
+
+
+def test_shard_of_does_not_line_up_with_the_worker_shard() -> None:
+    """A daemon holding shards {0, 3, 6, 9} of 12 with 3 workers still uses every worker."""
+    rng = random.Random(3)
+    keys = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(3000)]
+    held = [k for k in keys if shard_of(k, 12) in {0, 3, 6, 9}]
+    counts = collections.Counter(shard(k, 3) for k in held)
+    assert set(counts) == {0, 1, 2}
+    assert min(counts.values()) > 0.25 * len(held), counts
+
+
+@given(key=st.text(), shards=st.integers(min_value=1, max_value=999))
+def test_shard_of_is_in_range(key: str, shards: int) -> None:
+    assert 0 <= shard_of(key, shards) < shards
+    with pytest.raises(ValueError):
+        shard_of(key, 0)
