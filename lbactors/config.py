@@ -180,6 +180,9 @@ class ClusterSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     #: seconds before the first operation of a shard taken over with redeliveries runs (the
     #: previous holder's backend calls may still be landing)
     takeover_delay: _NonNegFloat = 1.0
+    #: oslo ``_unique_id``s of operations run here remembered, so that a second copy (an
+    #: intake that died after re-publishing, before its ack) is dropped; 0 disables
+    dedup_window: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10000
 
 
 class LogSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

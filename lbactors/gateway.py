@@ -25,9 +25,12 @@ neither can see is an operation still in the broker: the residual window (README
 from __future__ import annotations
 
 import itertools
+import os
+import random
 import ssl
 import uuid
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +43,7 @@ from lbactors.amqp.broker_url import BrokerHost, parse_url
 from lbactors.amqp.connection import (
     Channel,
     Confirmation,
+    Connection,
     Delivery,
     open_connection,
     reconnect_delays,
@@ -51,6 +55,7 @@ from lbactors.amqp.errors import (
     PublishNacked,
     PublishReturned,
 )
+from lbactors.cluster import Presence, ShardTable
 from lbactors.messages import (
     Failure,
     InvalidOperation,
@@ -58,10 +63,11 @@ from lbactors.messages import (
     Outbound,
     Outcome,
     Reassertion,
+    Request,
     StatusUpdate,
     decode_request,
 )
-from lbactors.routing import owner_of
+from lbactors.routing import owner_of, shard_of, shard_queue
 
 log = structlog.get_logger("lbactors.gateway")
 
@@ -93,6 +99,13 @@ class GatewaySettings(msgspec.Struct, kw_only=True):
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
     ca_file: str = ""
+    #: ``[cluster]`` (docs/cluster.md): off, the topic queues' operations run here
+    cluster: bool = False
+    shards: int = 12
+    balance_interval: float = 5.0
+    shard_prefetch: int = 64
+    takeover_delay: float = 1.0
+    dedup_window: int = 10000
 
 
 class Sink(Protocol):
@@ -120,6 +133,12 @@ class _Pending:
     lb_id: str
     msg_id: str | None
     reply_q: str | None
+    op_id: int = 0
+    #: the cluster shard it came from and that consumer's epoch; -1: a topic queue
+    shard: int = -1
+    epoch: int = 0
+    #: cluster mode: its oslo ``_unique_id``, remembered against duplicates
+    unique_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +153,25 @@ class _Published:
     reassertion: tuple[str, int] | None = None
 
 
+@dataclass(slots=True)
+class _Intake:
+    """Cluster mode: a topic-queue delivery re-published into its shard, awaiting the confirm."""
+
+    channel: Channel
+    delivery: Delivery
+    confirmation: Confirmation | None
+    lb_id: str
+
+
+#: headers of a re-published operation (docs/cluster.md §3), and of a probe (§4)
+LB_HEADER = "x-lbactors-lb"
+KEY_HEADER = "x-lbactors-key"
+INTAKE_HEADER = "x-lbactors-intake"
+PROBE_HEADER = "x-lbactors-probe"
+#: most owner keys remembered for re-assertions (only those that differ from the lb id)
+_LB_KEYS_KEPT = 65536
+
+
 @dataclass
 class GatewayCounters:
     received: int = 0
@@ -143,9 +181,18 @@ class GatewayCounters:
     reconnects: int = 0
     #: created objects' entries re-asserted (published and confirmed)
     reasserted: int = 0
-    #: re-asserted entries not sent (a delivery of their load balancer was in flight) or
-    #: not confirmed
+    #: re-asserted entries not sent (a delivery of their load balancer was in flight, or
+    #: in cluster mode its shard is not held here) or not confirmed
     reassertions_dropped: int = 0
+    #: cluster mode: topic-queue operations re-published into a shard queue and confirmed
+    shard_published: int = 0
+    #: cluster mode: re-publishes nacked or returned (the original was requeued)
+    shard_publish_failed: int = 0
+    #: cluster mode: shards given away by balance
+    shards_released: int = 0
+    #: cluster mode: copies of an operation already run here, acked without running (an
+    #: intake that died between its re-publish confirm and its ack: docs/cluster.md W2)
+    duplicates: int = 0
 
 
 _status_encoder = msgspec.json.Encoder()
@@ -172,23 +219,49 @@ def _version_supported(version: str | None) -> bool:
     return major == RPC_VERSION[0] and minor <= RPC_VERSION[1]
 
 
+#: a backend's owner key of a request (``Backend.affinity_key``); None: its load balancer id
+Affinity = Callable[[Request], "str | None"]
+
+
 def route(method: str, raw_args: bytes) -> str:
     """The actor key of an operation: its load balancer id (see :func:`routing.owner_of`).
 
     Broken operations go to the actor of the object they name, or to the query path (``""``),
     where the actor layer turns them into an error outcome. Never raises.
     """
+    return route_key(method, raw_args)[0]
+
+
+def route_key(method: str, raw_args: bytes, affinity: Affinity | None = None) -> tuple[str, str]:
+    """``(load balancer id, owner key)`` of an operation, decoding its payload once.
+
+    The owner key is ``affinity(request)`` when the backend gives one, else the load balancer
+    id; it picks the worker, the cluster shard, and the lock that serializes the load
+    balancers that share it. Never raises.
+    """
     try:
         request = decode_request(method, raw_args)
         lb_id, found = owner_of(request)
     except InvalidOperation as exc:
-        return exc.object_id or ""
+        return exc.object_id or "", exc.object_id or ""
     except Exception as exc:  # a bug of ours: the actor layer reports it for this message only
         log.error("routing failed", method=method[:100], error=f"{type(exc).__name__}: {exc}"[:300])
-        return ""
+        return "", ""
     if not found:
         log.warning("no load balancer found for object", method=method, object_id=lb_id)
-    return lb_id
+    if affinity is None or not lb_id:
+        return lb_id, lb_id
+    try:
+        key = affinity(request)
+    except Exception as exc:  # the backend's bug: fall back to the load balancer alone
+        log.error(
+            "affinity_key failed; keyed by the load balancer",
+            method=method[:100],
+            lb_id=lb_id,
+            error=f"{type(exc).__name__}: {exc}"[:300],
+        )
+        key = None
+    return lb_id, (key if isinstance(key, str) and key else lb_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +362,9 @@ class Gateway:
         outcomes: trio.MemoryReceiveChannel[Outbound],
         *,
         route: Callable[[str, bytes], str] = route,
+        affinity: Affinity | None = None,
+        lb_affinity: Callable[[str], str | None] | None = None,
+        on_fence: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -317,6 +393,29 @@ class Gateway:
         self._all_settled = trio.Event()
         self._draining = False
         self._stop_requested = trio.Event()
+        self._affinity = affinity
+        #: with ``affinity``: the owner key of a load balancer known by id only (None: unknown)
+        self._lb_affinity = lb_affinity
+        #: cluster mode: called after the connection is lost, before reconnecting: whatever
+        #: runs here now belongs to another daemon (docs/cluster.md §7, self-fencing)
+        self._on_fence = on_fence
+        #: this daemon in presence hellos and probe ids
+        self.daemon_id = f"{settings.host}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self._shards = ShardTable(settings.shards)
+        self._shard_channels: dict[int, Channel] = {}
+        #: shards whose channel we close on purpose (balance), so their consumer loop
+        #: registers again instead of failing the connection
+        self._releases: set[int] = set()
+        #: set (and replaced) whenever a shard delivery settles: a release waits on it
+        self._shard_progress = trio.Event()
+        self._presence = Presence(self.daemon_id, 3 * settings.balance_interval)
+        self._probe_ids = itertools.count(1)
+        #: owner keys of load balancers whose key is not their id (bounded, oldest dropped):
+        #: where a re-assertion's load balancer lives
+        self._lb_keys: OrderedDict[str, str] = OrderedDict()
+        #: oslo ``_unique_id`` of the last ``dedup_window`` shard deliveries handed on here
+        #: (forgotten again when one is requeued or its connection lost: it comes back)
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     # ------------------------------------------------------------------ public
 
@@ -328,6 +427,39 @@ class Gateway:
     def in_flight(self) -> int:
         """Deliveries handed on whose outcome is not yet settled (acked, nacked or rejected)."""
         return self._unsettled
+
+    @property
+    def cluster_shards(self) -> int:
+        """S in cluster mode, else 0."""
+        return self.settings.shards if self.settings.cluster else 0
+
+    def held_shards(self) -> list[int]:
+        """Cluster shards whose operations run here now (docs/cluster.md §6)."""
+        return self._shards.held()
+
+    def settled_shards(self) -> dict[int, int]:
+        """Shards held and settled here, with their consumer epochs (the repair's evidence)."""
+        return self._shards.settled()
+
+    def shard_of_lb(self, lb_id: str) -> int | None:
+        """The shard of a load balancer, by its owner key (one seen in an operation, else
+        the backend's ``lb_affinity_key``, else its id); None: its key is unknown here."""
+        key: str | None = self._lb_keys.get(lb_id)
+        if key is None:
+            if self._affinity is None:
+                key = lb_id
+            elif self._lb_affinity is not None:
+                key = self._lb_affinity(lb_id)
+        return None if not key else shard_of(key, self.settings.shards)
+
+    def cluster_view(self) -> dict[str, Any]:
+        """For logs and status: shard states, daemons seen, counts."""
+        return {
+            "daemon": self.daemon_id,
+            "held": self._shards.held(),
+            "states": self._shards.state_counts(),
+            "daemons": self._presence.count(trio.current_time()),
+        }
 
     async def drain(self) -> None:
         """Stop handing on new deliveries and wait until every in-flight one is settled.
@@ -357,6 +489,7 @@ class Gateway:
             initial=self.settings.reconnect_initial, maximum=self.settings.reconnect_max
         )
         while True:
+            lost = False
             try:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self._serve_connection)
@@ -371,6 +504,7 @@ class Gateway:
                 raise
             except* (AMQPError, OSError) as group:
                 self._on_disconnect(group)
+                lost = True
             finally:
                 if self._open_host is not None:
                     self._next_host = (self._open_host + 1) % len(self._broker_url.hosts)
@@ -379,6 +513,11 @@ class Gateway:
                 self._connected = trio.Event()
                 log.info("broker connection closed")
                 return
+            if lost and self.settings.cluster and self._on_fence is not None:
+                # the broker has handed our shards to the next daemon in line: stop running
+                # their operations before registering again (docs/cluster.md §7)
+                log.warning("fencing: abandoning every operation in flight")
+                await self._on_fence()
             delay = next(delays)
             log.info(
                 "reconnecting to the broker",
@@ -511,10 +650,29 @@ class Gateway:
             await consume_channel.queue_declare(
                 self._reply_queue, arguments={"x-expires": settings.transient_queues_ttl * 1000}
             )
+            if settings.cluster:
+                await self._declare_shards(connection)
             async with trio.open_nursery() as nursery:
+                intake: trio.MemorySendChannel[_Intake] | None = None
+                if settings.cluster:
+                    intake, intake_receive = trio.open_memory_channel[_Intake](
+                        settings.prefetch * 4
+                    )
+                    nursery.start_soon(self._settle_intake, intake_receive)
                 for queue in queues:
                     consumer = await consume_channel.basic_consume(queue)
-                    nursery.start_soon(self._consume, consumer, consume_channel, generation)
+                    nursery.start_soon(
+                        self._consume,
+                        consumer,
+                        consume_channel,
+                        generation,
+                        intake,
+                        queue == self._fanout_queue,
+                    )
+                if settings.cluster:
+                    for index in range(settings.shards):
+                        nursery.start_soon(self._serve_shard, connection, index, generation)
+                    await nursery.start(self._serve_balance, connection)
                 replies = await consume_channel.basic_consume(self._reply_queue)
                 nursery.start_soon(self._consume_replies, replies, consume_channel)
                 nursery.start_soon(
@@ -529,6 +687,7 @@ class Gateway:
                     exchange=settings.exchange,
                     driver_topic=settings.driver_topic,
                     generation=generation,
+                    cluster_shards=self.cluster_shards,
                 )
                 task_status.started()
                 await self._stop_requested.wait()
@@ -567,8 +726,14 @@ class Gateway:
         lost = len(self._ledger)
         # Deliveries of the dead connection will be redelivered by the broker; outcomes of the
         # operations already handed on are dropped when they arrive (stale generation).
+        for pending in self._ledger.values():
+            if pending.unique_id is not None:
+                self._seen.pop(pending.unique_id, None)
         self._ledger.clear()
         self._ledger_lbs.clear()
+        self._shards.lose_all()
+        self._shard_channels.clear()
+        self._releases.clear()
         self._unsettled = 0
         self._all_settled.set()
         self.counters.reconnects += 1
@@ -578,11 +743,241 @@ class Gateway:
             unacked_deliveries=lost,
         )
 
+
+    # ------------------------------------------------------------------ cluster
+
+    def _owner(
+        self, method: str, args: bytes, delivery: Delivery, shard: int
+    ) -> tuple[str, str]:
+        """``(load balancer id, owner key)`` of a delivery: from the intake's headers on a
+        shard delivery (it routed the original), else from the payload."""
+        if shard >= 0:
+            headers = delivery.properties.headers or {}
+            lb_id, key = headers.get(LB_HEADER), headers.get(KEY_HEADER)
+            if isinstance(lb_id, str) and isinstance(key, str) and lb_id and key:
+                return lb_id, key
+        if self._affinity is None:
+            lb_id = self._route(method, args)
+            return lb_id, lb_id
+        lb_id, key = route_key(method, args, self._affinity)
+        if key != lb_id:
+            self._lb_keys[lb_id] = key
+            self._lb_keys.move_to_end(lb_id)
+            if len(self._lb_keys) > _LB_KEYS_KEPT:
+                self._lb_keys.popitem(last=False)
+        return lb_id, key
+
+    async def _declare_shards(self, connection: Connection) -> None:
+        """The shard exchange and queues (docs/cluster.md §2), after checking that no daemon
+        with more shards ran on this broker."""
+        s = self.settings
+        channel = await connection.open_channel()
+        try:
+            await self._check_shard_count(connection)
+            exchange = f"{s.topic}.shards"
+            await channel.exchange_declare(exchange, "direct", durable=True)
+            for index in range(s.shards):
+                queue = shard_queue(s.topic, index)
+                await channel.queue_declare(
+                    queue,
+                    durable=True,
+                    arguments={"x-queue-type": "quorum", "x-single-active-consumer": True},
+                )
+                await channel.queue_bind(queue, exchange, f"{index:03d}")
+            presence = f"{s.topic}.cluster"
+            await channel.exchange_declare(presence, "fanout", durable=True)
+        except ChannelClosed as exc:
+            raise GatewaySetupError(
+                f"the broker refused the cluster topology: {exc.reply_code} {exc.reply_text}"
+            ) from exc
+        finally:
+            await channel.close()
+
+    async def _check_shard_count(self, connection: Connection) -> None:
+        """Refuse to run when ``<topic>.shard.<S>`` exists: a daemon configured with more
+        shards has run here, and our ``shard_of`` would split its keys over two queues."""
+        s = self.settings
+        beyond = shard_queue(s.topic, s.shards)
+        channel = await connection.open_channel()
+        try:
+            await channel.queue_declare(beyond, passive=True)
+        except ChannelClosed as exc:
+            if exc.reply_code == 404:
+                return
+            raise
+        await channel.close()
+        raise GatewaySetupError(
+            f"shard queue {beyond} exists: another daemon runs with more than "
+            f"cluster.shards = {s.shards} shards; every daemon of a deployment needs the same "
+            "number (changing it: stop every daemon, empty and delete the shard queues)"
+        )
+
+    async def _republish(
+        self,
+        channel: Channel,
+        delivery: Delivery,
+        lb_id: str,
+        key: str,
+        intake: trio.MemorySendChannel[_Intake],
+    ) -> None:
+        """Put a topic-queue operation into its shard queue; acked once confirmed."""
+        publish_channel = self._publish_channel
+        assert publish_channel is not None
+        headers = dict(delivery.properties.headers or {})
+        headers[LB_HEADER] = lb_id
+        headers[KEY_HEADER] = key
+        headers[INTAKE_HEADER] = self.settings.host
+        properties = oslo.with_headers(delivery.properties, headers)
+        properties.delivery_mode = 2
+        confirmation = await publish_channel.publish(
+            f"{self.settings.topic}.shards",
+            f"{shard_of(key, self.settings.shards):03d}",
+            delivery.body,
+            properties=properties,
+            mandatory=True,
+        )
+        self._unsettled += 1
+        await intake.send(_Intake(channel, delivery, confirmation, lb_id))
+
+    async def _settle_intake(self, receive: trio.MemoryReceiveChannel[_Intake]) -> None:
+        """Ack each re-published original once its copy is confirmed in the shard queue
+        (docs/cluster.md B4); requeue it when the copy was nacked or returned."""
+        async for item in receive:
+            try:
+                if item.confirmation is not None:
+                    await item.confirmation.wait()
+            except (PublishNacked, PublishReturned) as exc:
+                self.counters.shard_publish_failed += 1
+                log.error("re-publish into the shard not confirmed; requeued",
+                          lb_id=item.lb_id, error=repr(exc)[:300])
+                await item.channel.nack(item.delivery.delivery_tag, requeue=True)
+            else:
+                self.counters.shard_published += 1
+                await item.channel.ack(item.delivery.delivery_tag)
+            self._unsettled -= 1
+            if not self._unsettled:
+                self._all_settled.set()
+
+    async def _serve_shard(self, connection: Connection, index: int, generation: int) -> None:
+        """Register on shard queue ``index`` and run what arrives while this consumer is the
+        active one; after a release, register again (at the back of the line)."""
+        s = self.settings
+        queue = shard_queue(s.topic, index)
+        while True:
+            channel = await connection.open_channel()
+            await channel.basic_qos(s.shard_prefetch)
+            consumer = await channel.basic_consume(queue)
+            epoch = self._shards.consuming(index)
+            self._shard_channels[index] = channel
+            try:
+                async for delivery in consumer:
+                    await self._on_shard_delivery(delivery, channel, generation, index, epoch)
+            except ChannelClosed:
+                if index not in self._releases:
+                    raise
+            if index not in self._releases:
+                raise ChannelClosed(0, f"consumer of {queue} ended by the broker", 0)
+            self._releases.discard(index)
+            self._shards.lost(index)
+            log.info("shard released", shard=index)
+
+    async def _on_shard_delivery(
+        self, delivery: Delivery, channel: Channel, generation: int, index: int, epoch: int
+    ) -> None:
+        current, first = self._shards.delivered(index, epoch)
+        if not current:
+            return
+        probe = (delivery.properties.headers or {}).get(PROBE_HEADER)
+        if first:
+            log.info("shard active here", shard=index, redelivered=delivery.redelivered)
+            if delivery.redelivered and self.settings.takeover_delay > 0:
+                # the previous holder died or lost its connection with this in hand: its
+                # backend calls may still be landing (docs/cluster.md §7, W1)
+                await trio.sleep(self.settings.takeover_delay)
+        if probe is not None:
+            await channel.ack(delivery.delivery_tag)
+            if isinstance(probe, str):
+                self._shards.probe_arrived(index, epoch, probe)
+            return
+        if not self._shards.accepts(index, epoch):
+            return  # releasing: left unacked, returned to the next holder on close
+        await self._on_delivery(delivery, channel, generation, shard=index, epoch=epoch)
+
+    async def _serve_balance(
+        self, connection: Connection, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Presence hellos, probes and releases, every ``balance_interval`` (±20 %)."""
+        s = self.settings
+        channel = await connection.open_channel()
+        presence = f"{s.topic}.cluster"
+        queue, _, _ = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        await channel.queue_bind(queue, presence)
+        hellos = await channel.basic_consume(queue, no_ack=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hear, hellos)
+            task_status.started()
+            while True:
+                await self._balance_tick(connection, channel, nursery)
+                await trio.sleep(s.balance_interval * random.uniform(0.8, 1.2))
+
+    async def _hear(self, hellos: Any) -> None:
+        async for delivery in hellos:
+            try:
+                daemon = delivery.body.decode()
+            except UnicodeDecodeError:
+                continue
+            if daemon and len(daemon) < 256:
+                self._presence.heard(daemon, trio.current_time())
+
+    async def _balance_tick(
+        self, connection: Connection, channel: Channel, nursery: trio.Nursery
+    ) -> None:
+        s = self.settings
+        await self._check_shard_count(connection)
+        await channel.publish(f"{s.topic}.cluster", "", self.daemon_id.encode())
+        for index in range(s.shards):
+            if not self._shards.wants_probe(index):
+                continue
+            probe_id = f"{self.daemon_id}/{next(self._probe_ids)}"
+            self._shards.probe_published(index, probe_id)
+            await channel.publish(
+                f"{s.topic}.shards",
+                f"{index:03d}",
+                b"",
+                properties=oslo.with_headers(oslo.CAST_PROPERTIES, {PROBE_HEADER: probe_id}),
+            )
+        daemons = self._presence.count(trio.current_time())
+        for index in self._shards.to_release(daemons):
+            self._shards.releasing(index)
+            nursery.start_soon(self._release, index, daemons)
+
+    async def _release(self, index: int, daemons: int) -> None:
+        """Give shard ``index`` away: settle what was handed on, then close its channel, so
+        the broker returns the rest in order to the next consumer in line (docs/cluster.md
+        §5). Never ``basic.cancel``: a cancelled consumer keeps its unacked messages while the
+        next one starts."""
+        while not self._shards.idle(index):
+            await self._shard_progress.wait()
+        channel = self._shard_channels.get(index)
+        if channel is None:
+            return
+        self.counters.shards_released += 1
+        log.info("releasing shard", shard=index, daemons=daemons)
+        self._releases.add(index)
+        await channel.close()
+
     # ------------------------------------------------------------------ inbound
 
-    async def _consume(self, consumer: Any, channel: Channel, generation: int) -> None:
+    async def _consume(
+        self,
+        consumer: Any,
+        channel: Channel,
+        generation: int,
+        intake: trio.MemorySendChannel[_Intake] | None = None,
+        fanout: bool = False,
+    ) -> None:
         async for delivery in consumer:
-            await self._on_delivery(delivery, channel, generation)
+            await self._on_delivery(delivery, channel, generation, intake=intake, fanout=fanout)
 
     async def _consume_replies(self, consumer: Any, channel: Channel) -> None:
         """Replies to our calls. Acked one by one, so the broker's prefetch bounds what a
@@ -614,7 +1009,23 @@ class Gateway:
             value = None
         waiter.send_nowait((value, failure))
 
-    async def _on_delivery(self, delivery: Delivery, channel: Channel, generation: int) -> None:
+    async def _on_delivery(
+        self,
+        delivery: Delivery,
+        channel: Channel,
+        generation: int,
+        *,
+        intake: trio.MemorySendChannel[_Intake] | None = None,
+        fanout: bool = False,
+        shard: int = -1,
+        epoch: int = 0,
+    ) -> None:
+        """Screen, route and hand on one delivery.
+
+        ``intake`` (cluster mode, a topic queue): a load balancer's operation is re-published
+        into its shard queue instead of run here. ``shard`` / ``epoch``: it came from that
+        shard queue's consumer.
+        """
         if self._draining:
             return  # left unacked: redelivered to the next consumer once we close
         self.counters.received += 1
@@ -630,7 +1041,26 @@ class Gateway:
                 return
             message = verdict
             args = bytes(message.args)
-            lb_id = self._route(message.method, args)
+            lb_id, key = self._owner(message.method, args, delivery, shard)
+            if intake is not None and lb_id:
+                if fanout:  # every daemon has a copy: N re-publishes could interleave
+                    await self._refuse(
+                        channel,
+                        delivery,
+                        Refusal(
+                            "rejected load balancer operation from the fanout queue",
+                            "fanout operation in cluster mode",
+                            message.reply_to,
+                            Failure(
+                                exc_class="NotSupported",
+                                module="lbactors.gateway",
+                                message="cluster mode: cast operations to the topic",
+                            ),
+                        ),
+                    )
+                    return
+                await self._republish(channel, delivery, lb_id, key, intake)
+                return
         except (AMQPError, OSError):
             raise  # the connection is gone: the delivery comes back on the next one
         except Exception as exc:
@@ -645,6 +1075,18 @@ class Gateway:
             )
             await self._reject(channel, delivery, f"internal error: {type(exc).__name__}")
             return
+        unique_id = None
+        if shard >= 0 and message.unique_id and self.settings.dedup_window:
+            unique_id = message.unique_id
+            if unique_id in self._seen:
+                self.counters.duplicates += 1
+                log.info("duplicate of an operation run here dropped", lb_id=lb_id,
+                         method=message.method, unique_id=unique_id[:64])
+                await channel.ack(delivery.delivery_tag)
+                return
+            self._seen[unique_id] = None
+            if len(self._seen) > self.settings.dedup_window:
+                self._seen.popitem(last=False)
         op_id = next(self._op_ids)
         reply_to = message.reply_to
         self._ledger[op_id] = _Pending(
@@ -655,7 +1097,13 @@ class Gateway:
             lb_id=lb_id,
             msg_id=reply_to.msg_id if reply_to else None,
             reply_q=reply_to.reply_q if reply_to else None,
+            op_id=op_id,
+            shard=shard,
+            epoch=epoch,
+            unique_id=unique_id,
         )
+        if shard >= 0:
+            self._shards.started(shard, epoch, op_id)
         self._ledger_lbs[lb_id] = self._ledger_lbs.get(lb_id, 0) + 1
         self._unsettled += 1
         await self.sink.submit(
@@ -665,6 +1113,7 @@ class Gateway:
                 args=args,
                 lb_id=lb_id,
                 is_call=reply_to is not None,
+                key=key if key != lb_id else "",
             )
         )
 
@@ -799,6 +1248,11 @@ class Gateway:
             self.counters.reassertions_dropped += entries
             log.debug("re-assertion dropped: an operation is in flight", lb_id=lb_id)
             return
+        if self.settings.cluster and self.shard_of_lb(lb_id) not in set(self._shards.held()):
+            # its shard moved on: the new owner may have run a newer operation
+            self.counters.reassertions_dropped += entries
+            log.debug("re-assertion dropped: its shard is not held here", lb_id=lb_id)
+            return
         confirmation = await channel.publish(
             self.settings.exchange,
             self.settings.driver_topic,
@@ -847,12 +1301,18 @@ class Gateway:
             if not done:
                 # Not treated as done: the broker redelivers it and the operation runs again.
                 self.counters.republished += 1
+                if pending.unique_id is not None:
+                    self._seen.pop(pending.unique_id, None)
                 await pending.channel.nack(pending.delivery.delivery_tag, requeue=True)
             elif item.reject is not None:
                 await self._reject(pending.channel, pending.delivery, item.reject)
             else:
                 self.counters.completed += 1
                 await pending.channel.ack(pending.delivery.delivery_tag)
+            if pending.shard >= 0:
+                self._shards.finished(pending.shard, pending.epoch, pending.op_id)
+                self._shard_progress.set()
+                self._shard_progress = trio.Event()
             self._unsettled -= 1
             if not self._unsettled:
                 self._all_settled.set()

@@ -7,6 +7,11 @@ entries (never an empty one), and the changes as one ``update_loadbalancer_statu
 ``{id, operating_status}`` entries. Every ``sync_every`` rounds, ask the driver for its ACTIVE
 load balancers (``get_active_loadbalancers``) and report those nobody here owns as OFFLINE.
 
+In cluster mode (an :class:`Ownership` is given, docs/cluster.md §6) a daemon reports the
+statistics and operating statuses of the load balancers of the shards it holds only, and
+reports OFFLINE only a load balancer whose shard it held *settled* (same consumer epoch)
+from before the workers were asked until the OFFLINE cast: never one of another daemon's.
+
 Rounds never pile up: the next one starts ``interval`` after the previous one *started*, or at
 once if it overran (missed ticks are skipped, not queued).
 """
@@ -49,7 +54,27 @@ class RoundReport(msgspec.Struct, kw_only=True):
 
 
 class StatisticsSource(Protocol):
-    async def collect_round(self, answer_within: float, *, with_owned_ids: bool) -> RoundReport: ...
+    async def collect_round(
+        self,
+        answer_within: float,
+        *,
+        with_owned_ids: bool,
+        held_shards: list[int] | None = None,
+        shards: int = 0,
+    ) -> RoundReport: ...
+
+
+class Ownership(Protocol):
+    """Cluster mode: which shards this daemon holds (the gateway)."""
+
+    @property
+    def cluster_shards(self) -> int: ...
+
+    def held_shards(self) -> list[int]: ...
+
+    def settled_shards(self) -> dict[int, int]: ...
+
+    def shard_of_lb(self, lb_id: str) -> int | None: ...
 
 
 class DriverLink(Protocol):
@@ -103,12 +128,30 @@ def status_args(update: StatusUpdate) -> bytes:
     return b'{"status":' + _encoder.encode(update) + b"}"
 
 
+def owned_throughout(before: dict[int, int], after: dict[int, int]) -> set[int]:
+    """Shards settled here in both snapshots with the same consumer epoch: held throughout."""
+    return {shard for shard, epoch in before.items() if after.get(shard) == epoch}
+
+
 async def run_round(
-    settings: StatisticsSettings, source: StatisticsSource, driver: DriverLink, round_number: int
+    settings: StatisticsSettings,
+    source: StatisticsSource,
+    driver: DriverLink,
+    round_number: int,
+    ownership: Ownership | None = None,
 ) -> int:
     """One collection round; returns the number of messages published."""
     sync = settings.sync_every > 0 and round_number % settings.sync_every == 0
-    report = await source.collect_round(settings.worker_timeout, with_owned_ids=sync)
+    settled_before = ownership.settled_shards() if ownership is not None else {}
+    if ownership is None:
+        report = await source.collect_round(settings.worker_timeout, with_owned_ids=sync)
+    else:
+        report = await source.collect_round(
+            settings.worker_timeout,
+            with_owned_ids=sync,
+            held_shards=ownership.held_shards(),
+            shards=ownership.cluster_shards,
+        )
     if report.skipped_workers:
         log.warning("workers skipped in statistics round", workers=report.skipped_workers, round=round_number)
     messages = 0
@@ -120,11 +163,19 @@ async def run_round(
         await driver.publish_cast("update_loadbalancer_status", status_args(changes))
         messages += 1
     if sync and report.owned_lb_ids is not None:
-        messages += await _sync_with_driver(settings, driver, report.owned_lb_ids)
+        messages += await _sync_with_driver(
+            settings, driver, report.owned_lb_ids, ownership, settled_before
+        )
     return messages
 
 
-async def _sync_with_driver(settings: StatisticsSettings, driver: DriverLink, owned: set[str]) -> int:
+async def _sync_with_driver(
+    settings: StatisticsSettings,
+    driver: DriverLink,
+    owned: set[str],
+    ownership: Ownership | None = None,
+    settled_before: dict[int, int] | None = None,
+) -> int:
     try:
         with trio.fail_after(settings.sync_timeout):
             active = await driver.call_driver("get_active_loadbalancers", b"{}", settings.sync_timeout)
@@ -137,8 +188,12 @@ async def _sync_with_driver(settings: StatisticsSettings, driver: DriverLink, ow
     if not isinstance(active, list) or not all(isinstance(i, str) for i in active):
         log.warning("get_active_loadbalancers returned something else than a list of ids")
         return 0
+    if ownership is not None:
+        # only load balancers of shards held settled since before the workers were asked
+        held = owned_throughout(settled_before or {}, ownership.settled_shards())
+        active = [lb_id for lb_id in active if ownership.shard_of_lb(lb_id) in held]
     update, extra = offline_status(active, owned)
-    if extra:
+    if extra and ownership is None:
         log.info("load balancers owned here that Octavia does not list as ACTIVE", count=extra)
     if update is None:
         return 0
@@ -155,9 +210,11 @@ async def serve_statistics(
     source: StatisticsSource,
     driver: DriverLink,
     *,
+    ownership: Ownership | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run rounds every ``settings.interval`` seconds until cancelled."""
+    """Run rounds every ``settings.interval`` seconds until cancelled (``ownership``: cluster
+    mode, see the module docstring)."""
     task_status.started()
     if settings.interval <= 0:
         return
@@ -167,7 +224,7 @@ async def serve_statistics(
         await trio.sleep_until(next_start)
         round_number += 1
         started = trio.current_time()
-        messages = await run_round(settings, source, driver, round_number)
+        messages = await run_round(settings, source, driver, round_number, ownership)
         log.debug("statistics round", round=round_number, messages=messages,
                   duration_s=round(trio.current_time() - started, 3))
         next_start += settings.interval

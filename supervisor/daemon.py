@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 import trio
 
+from lbactors.backends import load_backend
+from lbactors.backends.base import Backend
 from lbactors.config import Config
-from lbactors.gateway import Gateway, GatewaySettings, GatewaySetupError, serve_gateway
+from lbactors.gateway import Affinity, Gateway, GatewaySettings, GatewaySetupError
 from lbactors.logs import configure_logging
 from lbactors.messages import Outbound
 from lbactors.statistics import StatisticsSettings, serve_statistics
@@ -50,7 +54,38 @@ def gateway_settings(config: Config) -> GatewaySettings:
         reconnect_initial=amqp.reconnect_initial,
         reconnect_max=amqp.reconnect_max,
         ca_file=amqp.ca_file,
+        cluster=config.cluster.enabled,
+        shards=config.cluster.shards,
+        balance_interval=config.cluster.balance_interval,
+        shard_prefetch=config.cluster.shard_prefetch,
+        takeover_delay=config.cluster.takeover_delay,
+        dedup_window=config.cluster.dedup_window,
     )
+
+
+class ClusterConfigError(Exception):
+    """``[cluster]`` cannot run with this configuration (the message names the key)."""
+
+
+def backend_affinity(config: Config) -> tuple[Affinity | None, Callable[[str], str | None] | None]:
+    """The backend's owner key functions, when it has them: ``affinity_key(request)`` and
+    ``lb_affinity_key(lb_id)`` (None, None: keyed by the load balancer id).
+
+    Built here, in the supervisor, on an instance that is never started (constructors do no
+    I/O: the affinity contract in ``lbactors/backends/base.py``). Raises
+    :class:`ClusterConfigError` for a backend that cannot fail over in cluster mode.
+    """
+    backend = load_backend(config.backend)
+    cls = type(backend)
+    if config.cluster.enabled and not getattr(cls, "failover", True):
+        raise ClusterConfigError(
+            f"cluster.enabled = true cannot run with backend.name = {config.backend.name!r}: "
+            "its data plane is local to this host, so another daemon could not take its load "
+            "balancers over (README, 'Several controllers')"
+        )
+    if cls.affinity_key is Backend.affinity_key:
+        return None, None
+    return backend.affinity_key, getattr(backend, "lb_affinity_key", None)
 
 
 def statistics_settings(config: Config) -> StatisticsSettings:
@@ -93,18 +128,36 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
     outcomes_send, outcomes_receive = trio.open_memory_channel[Outbound](
         max(config.amqp.prefetch * 4, 64)
     )
+    affinity, lb_affinity = backend_affinity(config)
+    if config.cluster.enabled and not (config.amqp.quorum_queues or config.amqp.ha_queues):
+        log.warning(
+            "cluster mode without amqp.quorum_queues: the topic and driver queues live on one "
+            "broker node and are lost with it (set it on every daemon and in Octavia's "
+            "[oslo_messaging_rabbit] rabbit_quorum_queue)"
+        )
     router = Router(config, outcomes_send)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(router.serve)
-            gateway: Gateway = await nursery.start(
-                serve_gateway, gateway_settings(config), router, outcomes_receive
+            gateway = Gateway(
+                gateway_settings(config),
+                router,
+                outcomes_receive,
+                affinity=affinity,
+                lb_affinity=lb_affinity,
             )
+            await nursery.start(gateway.serve)
             with trio.CancelScope() as helpers:
                 async with trio.open_nursery() as helper_nursery:
                     if config.stats.interval > 0:
                         helper_nursery.start_soon(
-                            serve_statistics, statistics_settings(config), router, gateway
+                            partial(
+                                serve_statistics,
+                                statistics_settings(config),
+                                router,
+                                gateway,
+                                ownership=gateway if config.cluster.enabled else None,
+                            )
                         )
                     helper_nursery.start_soon(_watchdog, router, gateway)
                     await notify("READY=1", _status_line(router, gateway))
@@ -158,5 +211,8 @@ def run(config: Config) -> int:
         code = 1
     except* GatewaySetupError as group:
         log.critical("cannot set up the broker topology", error=str(group.exceptions[0]))
+        code = 1
+    except* ClusterConfigError as group:
+        log.critical("invalid configuration", error=str(group.exceptions[0]))
         code = 1
     return code
