@@ -1,6 +1,8 @@
-"""The router and its worker processes: load balancer id -> worker, with an in-flight ledger.
+"""The router and its worker processes: owner key -> worker, with an in-flight ledger.
 
-Every operation goes to worker ``shard(lb_id, W)`` and is recorded in that worker's ledger
+Every operation goes to worker ``shard(op.owner_key, W)`` (its key, ``Backend.affinity_key``,
+or else its load balancer id: operations that share a key share a worker, whose actors then
+serialize them) and is recorded in that worker's ledger
 until its outcome comes back. When a worker dies (any signal, any exit) it is restarted with
 backoff and every operation still in its ledger is replayed to the new process in its original
 order, so nothing is lost and each load balancer's operations still run in order. A restart
@@ -181,7 +183,7 @@ class Router:
         system call per operation was the supervisor's largest cost). Waits while
         ``OUTBOX_LIMIT`` operations are queued for the worker (backpressure).
         """
-        worker = self.workers[shard(op.lb_id, len(self.workers))]
+        worker = self.workers[shard(op.owner_key, len(self.workers))]
         while len(worker.outbox) >= OUTBOX_LIMIT and worker.frames is not None:
             await worker.outbox_taken.wait()
         worker.ledger[op.op_id] = op

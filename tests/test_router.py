@@ -398,6 +398,32 @@ async def test_batches_and_replays_keep_submission_order_across_load_balancers(
             assert ids(first[1].received) == share(1, submitted)
 
 
+async def test_the_worker_is_picked_by_the_owner_key_not_the_load_balancer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Operations of load balancers that share a key go to the key's worker (whose actors
+    serialize them), wherever their ids alone would shard; without a key, the id picks."""
+    workers = 4
+    key = "router-1"
+    home = shard(key, workers)
+    # load balancers whose ids shard to every other worker
+    strangers = [lbs_of(index, workers, 1)[0] for index in range(workers) if index != home]
+    with trio.fail_after(60):
+        async with open_router(workers=workers) as (router, fakes, _):
+            spawned = [await fakes.incarnation(index, 1) for index in range(workers)]
+            keyed = [
+                Operation(op_id=next(_op_ids), method="member_create", args=b"{}", lb_id=lb, key=key)
+                for lb in strangers
+            ]
+            plain = [make_op(lb) for lb in strangers]
+            for op in keyed + plain:
+                await router.submit(op)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(spawned[home].received) == ids(keyed)
+            for lb, op in zip(strangers, plain, strict=True):
+                assert spawned[shard(lb, workers)].received == [op]
+
+
 # --------------------------------------------------------------------------- restarts
 
 
