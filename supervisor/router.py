@@ -30,6 +30,12 @@ Never stuck:
   once as before; only a repeated one pays for the isolation;
 - every frame to a worker (operations, pings, statistics requests) is written by that
   worker's sender task: nobody else ever blocks on a worker's socket.
+
+Fencing (cluster mode, docs/cluster.md): when the broker connection is lost, another daemon
+may already own this daemon's shards, and the broker returns every unacked delivery to it.
+:meth:`Router.abandon` then kills every worker at once, forgets every operation in flight
+(no replay here, and none of their outcomes is passed on any more) and starts fresh workers,
+without charging the restart budget.
 """
 
 from __future__ import annotations
@@ -134,6 +140,13 @@ class WorkerHandle:
     killing: str | None = None
     #: the suspects (operations in flight on a death) go to the worker one at a time
     isolating: bool = False
+    #: the current incarnation was abandoned (Router.abandon): its outcomes are dropped and
+    #: its death is not charged
+    abandoned: bool = False
+    #: cancels the current incarnation's tasks (its reader, sender and liveness watch)
+    scope: trio.CancelScope | None = None
+    #: set once the current incarnation is ready; a fresh one for each incarnation
+    serving: trio.Event = field(default_factory=trio.Event)
 
     @property
     def alive(self) -> bool:
@@ -173,6 +186,12 @@ class Router:
         self._kill_now = False
         #: workers killed because they stopped answering, since start
         self.unresponsive_kills = 0
+        #: set (and replaced) whenever an incarnation becomes ready
+        self._serving_changed = trio.Event()
+        #: outcomes being passed on outside of an incarnation (poison), cancelled by abandon
+        self._abandonable: set[trio.CancelScope] = set()
+        #: operations forgotten by abandon(), since start
+        self.abandoned_operations = 0
 
     # ------------------------------------------------------------------ sink
 
@@ -307,6 +326,9 @@ class Router:
             code = await self._run_once(worker)
             if self._stopping:
                 return
+            if worker.abandoned:
+                delay = 0.0  # fenced on purpose (abandon): no budget, no poison, no backoff
+                continue
             lived = trio.current_time() - started_at
             await self._give_up_on_poison(worker)
             self._charge_restart(worker, code)
@@ -355,7 +377,12 @@ class Router:
             )
             outcome.dead_letter = f"PoisonOperation: {reason}"
             worker.forget(op.op_id)
-            await self.outcomes.send(outcome)
+            with trio.CancelScope() as scope:  # abandon() cancels it: the op is forgotten
+                self._abandonable.add(scope)
+                try:
+                    await self.outcomes.send(outcome)
+                finally:
+                    self._abandonable.discard(scope)
 
     def _charge_restart(self, worker: WorkerHandle, code: int | None) -> None:
         now = trio.current_time()
@@ -383,6 +410,7 @@ class Router:
     async def _run_once(self, worker: WorkerHandle) -> int | None:
         """Start one incarnation of ``worker``, replay its ledger, serve it until it dies."""
         worker.incarnation += 1
+        worker.abandoned = False
         process, stream = await self._spawn()
         worker.pid = process.pid
         worker.process = process
@@ -392,6 +420,10 @@ class Router:
         frames = ipc.FrameStream(stream)
         try:
             async with trio.open_nursery() as nursery:
+                worker.scope = nursery.cancel_scope
+                if worker.abandoned:  # abandoned while it was being spawned
+                    self._kill(worker, process, "abandoned while starting")
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._watch_liveness, worker, process)
                 await self._serve_incarnation(worker, frames, process, nursery)
                 nursery.cancel_scope.cancel()
@@ -403,6 +435,8 @@ class Router:
             )
         finally:
             worker.frames = None
+            worker.scope = None
+            worker.serving = trio.Event()
             worker.control.clear()
             for waiter in worker.stats_replies.values():
                 waiter.close()  # the round stops waiting for this worker
@@ -435,6 +469,8 @@ class Router:
         )
         async for frame in frames:
             worker.last_heard = trio.current_time()
+            if worker.abandoned and isinstance(frame, (ipc.Done, ipc.Reassert, ipc.Ready)):
+                continue  # read before its kill took effect: nobody waits for it any more
             if isinstance(frame, ipc.Done):
                 outcome = frame.outcome
                 worker.forget(outcome.op_id)
@@ -485,6 +521,9 @@ class Router:
                     worker.frames = frames
                 nursery.start_soon(self._send_outbox, worker, frames, suspects)
                 worker.ready.set()
+                worker.serving.set()
+                changed, self._serving_changed = self._serving_changed, trio.Event()
+                changed.set()
             elif isinstance(frame, ipc.StatsReport):
                 reply = worker.stats_replies.pop(frame.round, None)
                 if reply is not None:
@@ -503,6 +542,59 @@ class Router:
             finally:
                 worker.reader_blocked = False
                 worker.last_heard = trio.current_time()
+
+    async def abandon(self, within: float = 30.0) -> int:
+        """Fence this daemon's workers (the broker connection was lost, so another daemon may
+        own their operations now): SIGKILL every worker process, forget every operation in
+        flight or queued (nothing is replayed: the broker returns those deliveries to the
+        next owner), and never pass on an outcome of one of them, even one already read; then
+        start fresh workers at once, without charging the restart budget, nor counting the
+        deaths against the forgotten operations (poison). Returns once every worker is ready
+        again, or after ``within`` seconds; the number of operations forgotten.
+
+        Operations submitted from the call on are kept, and go to the fresh workers.
+        """
+        forgotten = 0
+        killed: dict[int, int] = {}
+        for worker in self.workers:
+            forgotten += len(worker.ledger)
+            worker.ledger.clear()
+            worker.sent_to.clear()
+            worker.deaths.clear()
+            worker.isolating = False
+            worker.outbox.clear()
+            taken, worker.outbox_taken = worker.outbox_taken, trio.Event()
+            taken.set()
+            if worker.incarnation == 0:
+                continue  # not spawned yet
+            # the current incarnation: running, starting, or dead (its successor will be new)
+            worker.abandoned = True
+            killed[worker.index] = worker.incarnation
+            if worker.process is not None:
+                self._kill(worker, worker.process, "abandoned: the broker connection was lost")
+            if worker.scope is not None:
+                worker.scope.cancel()  # an outcome being passed on is dropped with it
+        for scope in self._abandonable:
+            scope.cancel()
+        self.abandoned_operations += forgotten
+        log.warning(
+            "abandoned every worker and the operations in flight",
+            forgotten=forgotten,
+            workers=len(killed),
+        )
+        if self._stopping:
+            return forgotten
+
+        def serving_again() -> bool:
+            return all(
+                w.serving.is_set() and w.incarnation > killed.get(w.index, 0)
+                for w in self.workers
+            )
+
+        with trio.move_on_after(within):
+            while not serving_again():
+                await self._serving_changed.wait()
+        return forgotten
 
     async def stop(self, within: float = 10.0) -> None:
         """Tell every worker that nothing more comes (end of stream): each finishes what it
