@@ -15,6 +15,7 @@ Never touches AMQP (DESIGN.md, layers).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import signal
@@ -166,13 +167,43 @@ async def serve_worker(
     log.info("worker stopped")
 
 
+#: prctl(2) option: the signal this process gets when its parent (thread) dies
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_supervisor(supervisor_pid: int | None) -> None:
+    """Ask for SIGKILL when the supervisor dies (Linux: ``prctl(PR_SET_PDEATHSIG)``; nothing
+    elsewhere), so that a worker never outlives a supervisor killed with SIGKILL (in cluster
+    mode it would go on running operations that another daemon now owns). The signal is tied
+    to the *thread* that forked us (the supervisor forks from its trio thread, see
+    ``supervisor.router.ChildProcess``). Then, as the supervisor may have died before the
+    request: exit at once if our parent is no longer ``supervisor_pid``.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if supervisor_pid is not None and os.getppid() != supervisor_pid:
+        print(
+            f"lbactors worker: supervisor {supervisor_pid} is gone (parent is {os.getppid()})",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lbactors.worker",
         description="lbactors worker process (started by `lbactors serve`, not by hand).",
     )
     parser.add_argument("--fd", type=int, required=True, help="socket file descriptor to the supervisor")
+    parser.add_argument(
+        "--supervisor-pid", type=int, help="exit at once unless this is still our parent"
+    )
     args = parser.parse_args(argv)
+    die_with_supervisor(args.supervisor_pid)
     # The supervisor decides when a worker stops (it closes the stream after draining); a
     # Ctrl-C on the terminal or systemd's SIGTERM to the whole group must not cut it short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

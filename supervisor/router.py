@@ -72,7 +72,7 @@ class RestartBudgetExceeded(Exception):
 
 
 class WorkerProcess(Protocol):
-    """What the router uses of a worker's process (a :class:`trio.Process`)."""
+    """What the router uses of a worker's process (a :class:`ChildProcess`)."""
 
     @property
     def pid(self) -> int: ...
@@ -89,12 +89,67 @@ class WorkerProcess(Protocol):
 SpawnWorker = Callable[[], Awaitable[tuple[WorkerProcess, trio.abc.Stream]]]
 
 
-async def spawn_worker_process() -> tuple[trio.Process, trio.abc.Stream]:
-    """``python -m lbactors.worker`` on one end of a socket pair; the other end for us."""
+class ChildProcess:
+    """A worker process forked by the trio thread itself (:func:`spawn_worker_process`).
+
+    Not :func:`trio.lowlevel.open_process`: it forks from one of trio's worker threads, and
+    a worker's parent-death signal (``PR_SET_PDEATHSIG``, lbactors/worker.py) fires when the
+    *thread* that forked it ends, which an idle trio thread does after 10 s: every worker
+    would be killed 10 s after its start. Waiting uses a pidfd where there is one (Linux),
+    else polls.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            pass  # not Linux, or an old kernel
+        self._wait_lock = trio.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+
+    async def wait(self) -> int:
+        async with self._wait_lock:
+            while self._popen.poll() is None:
+                if self._pidfd is not None:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                else:
+                    await trio.sleep(0.05)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            return self._popen.wait()
+
+
+async def spawn_worker_process() -> tuple[ChildProcess, trio.abc.Stream]:
+    """``python -m lbactors.worker`` on one end of a socket pair; the other end for us.
+
+    Forked by the calling (trio) thread, as :class:`ChildProcess` explains; the worker is
+    told our pid, so that it exits at once if we died before it could ask for its
+    parent-death signal.
+    """
     parent_sock, child_sock = socket.socketpair()
+    await trio.lowlevel.checkpoint()
     try:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "lbactors.worker", "--fd", str(child_sock.fileno())],
+        # in this thread on purpose (ChildProcess): a fork and exec, a few milliseconds
+        popen = subprocess.Popen(  # noqa: ASYNC220
+            [
+                sys.executable, "-m", "lbactors.worker",
+                "--fd", str(child_sock.fileno()),
+                "--supervisor-pid", str(os.getpid()),
+            ],
             pass_fds=(child_sock.fileno(),),
             env=child_environment(os.environ),
             stdin=subprocess.DEVNULL,
@@ -104,7 +159,7 @@ async def spawn_worker_process() -> tuple[trio.Process, trio.abc.Stream]:
         raise
     finally:
         child_sock.close()
-    return process, trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
+    return ChildProcess(popen), trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
 
 
 @dataclass(eq=False)
