@@ -54,7 +54,7 @@ import functools
 import heapq
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -275,6 +275,14 @@ class ActorSystem:
         else its id); ``None`` when none ran since this process started (or it was deleted)."""
         return self._keys.get(lb_id)
 
+    def owner_key(self, lb_id: str) -> str | None:
+        """The owner key of ``lb_id``: that of its last operation here, else what the
+        backend knows from the id alone (``Backend.lb_affinity_key``); ``None``: unknown."""
+        key = self._keys.get(lb_id)
+        if key is not None:
+            return key
+        return self._backend.lb_affinity_key(lb_id)
+
     def known_lb_ids(self) -> list[str]:
         """The load balancers that have a live tree here (an actor now or when next used)."""
         return list(self._owned)
@@ -388,15 +396,25 @@ class ActorSystem:
         outcome.abandoned = True
         await self._outcomes.send(outcome)
 
-    async def collect_statistics(self) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
+    async def collect_statistics(
+        self, *, only: Callable[[str], bool] | None = None
+    ) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
         """Listener counters of every known load balancer, and the operating statuses that
         changed since the previous call (``{id, operating_status}`` entries, at most one
         :class:`StatusUpdate`). A load balancer whose backend read fails is skipped this
         round (logged) and keeps its previous operating statuses.
+
+        ``only`` (cluster mode: the load balancers of the shards held now): the others are
+        not read, and their operating statuses are forgotten, so a change of theirs is never
+        reported here (their owner reports its own); should one be reported here again
+        later, all of its statuses count as changed then.
         """
         listeners: list[ListenerStatistics] = []
         current: dict[tuple[str, str], str] = {}
-        for reading in await self._backend.read_many(self.known_lb_ids()):
+        lb_ids = self.known_lb_ids()
+        if only is not None:
+            lb_ids = [lb_id for lb_id in lb_ids if only(lb_id)]
+        for reading in await self._backend.read_many(lb_ids):
             lb_id = reading.lb_id
             if reading.error is not None:
                 exc = reading.error

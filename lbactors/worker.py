@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -31,7 +32,7 @@ from lbactors.backends import load_backend
 from lbactors.config import decode_config
 from lbactors.logs import configure_logging
 from lbactors.messages import Operation, Outbound, Outcome
-from lbactors.routing import shard
+from lbactors.routing import shard, shard_of
 
 log = structlog.get_logger("lbactors.worker")
 
@@ -77,6 +78,21 @@ class _Statistics:
         self.within = within
         self.running = False
 
+    def _reported(self, request: ipc.CollectStats) -> Callable[[str], bool] | None:
+        """Which load balancers the round reports (cluster mode: those whose owner key is in
+        a held shard; one whose key is unknown is not); ``None``: all."""
+        if request.held_shards is None:
+            return None
+        held = set(request.held_shards)
+        shards = request.shards
+        owner_key = self.system.owner_key
+
+        def reported(lb_id: str) -> bool:
+            key = owner_key(lb_id)
+            return key is not None and shards > 0 and shard_of(key, shards) in held
+
+        return reported
+
     async def answer(self, request: ipc.CollectStats) -> None:
         if self.running:  # the previous round's read still runs: this round goes without us
             await self.frames.send(ipc.StatsReport(round=request.round, listeners=[],
@@ -86,7 +102,9 @@ class _Statistics:
         try:
             owned = sorted(self.system.known_lb_ids()) if request.with_owned_ids else None
             with trio.move_on_after(self.within) as scope:
-                listeners, changes = await self.system.collect_statistics()
+                listeners, changes = await self.system.collect_statistics(
+                    only=self._reported(request)
+                )
             if scope.cancelled_caught:
                 log.warning("statistics read exceeded its deadline", deadline_s=self.within)
                 report = ipc.StatsReport(round=request.round, listeners=[], status_changes=[],
@@ -134,11 +152,13 @@ async def serve_worker(
                 reassert_after=config.status.reassert_after,
             ) as system:
                 # what the backend still holds from before (adopted HAProxy processes, say):
-                # this worker's share of it, as the router shards load balancers
+                # this worker's share of it, as the router shards load balancers (by owner
+                # key; by id when the backend cannot tell the key from the id)
                 resident = [
                     lb_id
                     for lb_id in await backend.resident_lb_ids()
-                    if shard(lb_id, spawn.worker_count) == spawn.worker_index
+                    if shard(backend.lb_affinity_key(lb_id) or lb_id, spawn.worker_count)
+                    == spawn.worker_index
                 ]
                 system.adopt(resident)
                 if resident:

@@ -683,17 +683,35 @@ class Router:
 
     # ------------------------------------------------------------------ statistics
 
-    async def collect_round(self, answer_within: float, *, with_owned_ids: bool) -> RoundReport:
+    async def collect_round(
+        self,
+        answer_within: float,
+        *,
+        with_owned_ids: bool,
+        held_shards: list[int] | None = None,
+        shards: int = 0,
+    ) -> RoundReport:
         """One statistics round over every live worker; workers that do not answer within
         ``answer_within`` seconds, or answer that they could not read their backend in time,
         are skipped. Never blocks on a worker's socket (the request goes through its
-        sender), so a hung worker costs a round at most ``answer_within`` seconds."""
+        sender), so a hung worker costs a round at most ``answer_within`` seconds.
+
+        Cluster mode: with ``held_shards`` (of ``shards``), workers report statistics and
+        operating-status changes only of the load balancers of those shards; a change of
+        another one is dropped, not kept for later (its owner reports its own; should its
+        shard be held here again, its statuses are all reported afresh). The owned ids
+        (``with_owned_ids``) are not filtered."""
         self._stats_round += 1
         round_id = self._stats_round
         send, receive = trio.open_memory_channel[tuple[int, ipc.StatsReport]](len(self.workers))
         asked: list[WorkerHandle] = []
         for worker in self.workers:
-            request = ipc.CollectStats(round=round_id, with_owned_ids=with_owned_ids)
+            request = ipc.CollectStats(
+                round=round_id,
+                with_owned_ids=with_owned_ids,
+                held_shards=held_shards,
+                shards=shards,
+            )
             if self._send_control(worker, request):
                 worker.stats_replies[round_id] = send.clone()
                 asked.append(worker)

@@ -498,6 +498,24 @@ async def test_statistics_round_over_workers_that_all_answer(
             assert report.owned_lb_ids is None and len(report.listeners) == 3
 
 
+async def test_a_statistics_round_asks_workers_for_the_held_shards_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=2) as (router, fakes, _):
+            spawned = [await fakes.incarnation(index, 1) for index in range(2)]
+            await router.collect_round(5, with_owned_ids=True, held_shards=[1, 7], shards=12)
+            await router.collect_round(5, with_owned_ids=False)
+            for fake in spawned:
+                filtered, unfiltered = fake.stats_requests
+                assert (filtered.held_shards, filtered.shards, filtered.with_owned_ids) == (
+                    [1, 7],
+                    12,
+                    True,
+                )
+                assert (unfiltered.held_shards, unfiltered.shards) == (None, 0)
+
+
 @pytest.mark.parametrize("mode", ["incomplete", "silent", "down"])
 async def test_statistics_round_skips_a_worker_and_then_reports_no_owned_ids(
     autojump_clock: trio.abc.Clock, mode: str
