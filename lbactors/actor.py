@@ -9,7 +9,11 @@ Guarantees:
 
 - operations of one load balancer run one at a time, in submission order, and their
   :class:`~lbactors.messages.Outcome` objects are sent to ``outcomes`` in that order, one per
-  operation; operations of different load balancers run concurrently;
+  operation; operations of different load balancers run concurrently, except that those
+  of a key (``op.key``, ``Backend.affinity_key``, when it is not the load balancer id): each
+  backend call of such an operation holds its key's lock (:class:`KeyedLocks`, FIFO), so
+  the backend calls of load balancers that share a key never overlap (docs/cluster.md §3).
+  Each load balancer's key (that of its last operation) is remembered (:meth:`key_of`);
 - queries (``op.lb_id == ""``: flavor / availability-zone calls, and messages too broken to
   name a load balancer) need no actor: each runs as its own task;
 - nothing escapes an actor: decode errors, backend exceptions and our own bugs all become
@@ -46,10 +50,11 @@ Layer: actors and backends (model, trio); never AMQP or the supervisor.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -72,7 +77,7 @@ from lbactors.messages import (
 from lbactors.model import PLURAL
 from lbactors.status import ParentsOnFailure
 
-__all__ = ["ActorSystem", "open_actor_system"]
+__all__ = ["ActorSystem", "KeyedLocks", "open_actor_system"]
 
 log = structlog.get_logger("lbactors.actor")
 
@@ -85,6 +90,42 @@ REASSERT_QUIET = 0.5
 _PLURAL_KEYS = tuple(PLURAL.values())
 #: ``<kind>_create`` -> the status key of the created object's own entry
 _CREATED_KEY = {f"{kind}_create": key for kind, key in PLURAL.items()}
+
+
+class _KeyLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        #: tasks holding or waiting for the lock
+        self.users = 0
+
+
+class KeyedLocks:
+    """One :class:`trio.Lock` per key (FIFO: waiters get it in the order they asked),
+    created on first use and dropped once nobody holds or waits for it, so memory follows
+    the keys in use, not the history."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, _KeyLock] = {}
+
+    def __len__(self) -> int:
+        """How many keys are held or waited for now."""
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _KeyLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if not entry.users:
+                del self._locks[key]
 
 
 class _Mailbox:
@@ -158,6 +199,10 @@ class ActorSystem:
         self._cancel_grace = cancel_grace
         #: every operation running now (actors' and queries')
         self._running: set[CallWatch] = set()
+        #: the locks of the keys shared by several load balancers
+        self.key_locks = KeyedLocks()
+        #: load balancer id -> the owner key of its last operation (until it is deleted)
+        self._keys: dict[str, str] = {}
         #: operations given up on because their backend call ignored cancellation
         self.abandoned = 0
         self._closed = False
@@ -224,6 +269,19 @@ class ActorSystem:
     def adopt(self, lb_ids: Iterable[str]) -> None:
         """Count ``lb_ids`` as held here (their backend state survived a restart)."""
         self._owned.update(lb_ids)
+
+    def key_of(self, lb_id: str) -> str | None:
+        """The owner key of ``lb_id``'s last operation here (``op.owner_key``: its key, or
+        else its id); ``None`` when none ran since this process started (or it was deleted)."""
+        return self._keys.get(lb_id)
+
+    def owner_key(self, lb_id: str) -> str | None:
+        """The owner key of ``lb_id``: that of its last operation here, else what the
+        backend knows from the id alone (``Backend.lb_affinity_key``); ``None``: unknown."""
+        key = self._keys.get(lb_id)
+        if key is not None:
+            return key
+        return self._backend.lb_affinity_key(lb_id)
 
     def known_lb_ids(self) -> list[str]:
         """The load balancers that have a live tree here (an actor now or when next used)."""
@@ -338,15 +396,25 @@ class ActorSystem:
         outcome.abandoned = True
         await self._outcomes.send(outcome)
 
-    async def collect_statistics(self) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
+    async def collect_statistics(
+        self, *, only: Callable[[str], bool] | None = None
+    ) -> tuple[list[ListenerStatistics], list[StatusUpdate]]:
         """Listener counters of every known load balancer, and the operating statuses that
         changed since the previous call (``{id, operating_status}`` entries, at most one
         :class:`StatusUpdate`). A load balancer whose backend read fails is skipped this
         round (logged) and keeps its previous operating statuses.
+
+        ``only`` (cluster mode: the load balancers of the shards held now): the others are
+        not read, and their operating statuses are forgotten, so a change of theirs is never
+        reported here (their owner reports its own); should one be reported here again
+        later, all of its statuses count as changed then.
         """
         listeners: list[ListenerStatistics] = []
         current: dict[tuple[str, str], str] = {}
-        for reading in await self._backend.read_many(self.known_lb_ids()):
+        lb_ids = self.known_lb_ids()
+        if only is not None:
+            lb_ids = [lb_id for lb_id in lb_ids if only(lb_id)]
+        for reading in await self._backend.read_many(lb_ids):
             lb_id = reading.lb_id
             if reading.error is not None:
                 exc = reading.error
@@ -392,6 +460,9 @@ class ActorSystem:
     async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
         watch.op = op
         watch.abandoned = False
+        key = op.key
+        shared = bool(key) and key != op.lb_id
+        watch.hold = functools.partial(self.key_locks.hold, key) if shared else None
         self._running.add(watch)
         try:
             return await run_operation(
@@ -438,6 +509,7 @@ class ActorSystem:
                     break
                 mailbox.busy = True
                 self._owned.add(lb_id)
+                self._keys[lb_id] = op.owner_key
                 outcome = await self._run_one(op, mailbox.watch, actor_log)
                 if mailbox.watch.abandoned:
                     # its outcome went out already: the late result of a call that ignored
@@ -471,6 +543,7 @@ class ActorSystem:
                     if self._actors.get(lb_id) is mailbox:
                         del self._actors[lb_id]
                     self._owned.discard(lb_id)
+                    self._keys.pop(lb_id, None)
                     receive.close()
                     actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
                 try:

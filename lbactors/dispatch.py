@@ -21,15 +21,19 @@ queries). It never raises (except cancellation): every problem becomes part of t
 Every backend call runs under its deadline (:class:`~lbactors.backends.base.Deadlines`):
 on expiry it is cancelled and counts as a failure (:class:`DeadlineExceeded`). While a call
 runs, its :class:`CallWatch` says until when; the actor system uses that to find a call that
-ignores its cancellation (:func:`failed_outcome` then answers for it).
+ignores its cancellation (:func:`failed_outcome` then answers for it). When the watch has a
+``hold`` (the lock of the operation's key, :class:`lbactors.actor.KeyedLocks`), each backend
+call runs holding it; the wait for it is not part of the call's deadline.
 
 Layer: actors and backends (model, trio, structlog); never AMQP.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 import structlog
@@ -119,17 +123,32 @@ class CallWatch:
     """One running operation, as the actor system watches it: ``deadline`` is when its
     current backend call must be over (trio clock; ``inf`` between calls)."""
 
-    __slots__ = ("abandoned", "deadline", "op")
+    __slots__ = ("abandoned", "deadline", "hold", "op")
 
     def __init__(self, op: Operation | None = None) -> None:
         self.op = op
         self.deadline = math.inf
         #: given up on: the call ignored its cancellation and its outcome was sent for it
         self.abandoned = False
+        #: held around each backend call of the operation (its key's lock), if any
+        self.hold: Callable[[], AbstractAsyncContextManager[None]] | None = None
 
 
 async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
-    """Await one backend call, cancelled after ``seconds`` (then :class:`DeadlineExceeded`)."""
+    """Await one backend call, cancelled after ``seconds`` (then :class:`DeadlineExceeded`),
+    holding ``watch.hold`` when there is one (waiting for it is not part of the deadline)."""
+    hold = watch.hold if watch is not None else None
+    if hold is None:
+        return await _within(call, seconds, watch)
+    try:
+        async with hold():
+            return await _within(call, seconds, watch)
+    finally:
+        if inspect.iscoroutine(call):
+            call.close()  # never awaited when cancelled while waiting: no warning; else a no-op
+
+
+async def _within(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
     with trio.move_on_after(seconds) as scope:
         if watch is not None:
             watch.deadline = scope.deadline

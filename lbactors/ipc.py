@@ -81,8 +81,15 @@ class Reassert(msgspec.Struct, tag=True, kw_only=True):
 
 class CollectStats(msgspec.Struct, tag=True, kw_only=True):
     round: int
-    #: also report the ids of every load balancer the worker holds (out-of-sync repair)
+    #: also report the ids of every load balancer the worker holds (out-of-sync repair);
+    #: never filtered by ``held_shards``
     with_owned_ids: bool = False
+    #: cluster mode: report statistics and operating-status changes only of the load
+    #: balancers whose owner key is in one of these shards (``routing.shard_of(key,
+    #: shards)``); ``None``: of every load balancer (docs/cluster.md §6)
+    held_shards: list[int] | None = None
+    #: the number of cluster shards ``held_shards`` counts in
+    shards: int = 0
 
 
 class StatsReport(msgspec.Struct, tag=True, kw_only=True):

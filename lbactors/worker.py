@@ -15,11 +15,13 @@ Never touches AMQP (DESIGN.md, layers).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 
 import structlog
 import trio
@@ -30,7 +32,7 @@ from lbactors.backends import load_backend
 from lbactors.config import decode_config
 from lbactors.logs import configure_logging
 from lbactors.messages import Operation, Outbound, Outcome
-from lbactors.routing import shard
+from lbactors.routing import shard, shard_of
 
 log = structlog.get_logger("lbactors.worker")
 
@@ -76,6 +78,21 @@ class _Statistics:
         self.within = within
         self.running = False
 
+    def _reported(self, request: ipc.CollectStats) -> Callable[[str], bool] | None:
+        """Which load balancers the round reports (cluster mode: those whose owner key is in
+        a held shard; one whose key is unknown is not); ``None``: all."""
+        if request.held_shards is None:
+            return None
+        held = set(request.held_shards)
+        shards = request.shards
+        owner_key = self.system.owner_key
+
+        def reported(lb_id: str) -> bool:
+            key = owner_key(lb_id)
+            return key is not None and shards > 0 and shard_of(key, shards) in held
+
+        return reported
+
     async def answer(self, request: ipc.CollectStats) -> None:
         if self.running:  # the previous round's read still runs: this round goes without us
             await self.frames.send(ipc.StatsReport(round=request.round, listeners=[],
@@ -85,7 +102,9 @@ class _Statistics:
         try:
             owned = sorted(self.system.known_lb_ids()) if request.with_owned_ids else None
             with trio.move_on_after(self.within) as scope:
-                listeners, changes = await self.system.collect_statistics()
+                listeners, changes = await self.system.collect_statistics(
+                    only=self._reported(request)
+                )
             if scope.cancelled_caught:
                 log.warning("statistics read exceeded its deadline", deadline_s=self.within)
                 report = ipc.StatsReport(round=request.round, listeners=[], status_changes=[],
@@ -133,11 +152,13 @@ async def serve_worker(
                 reassert_after=config.status.reassert_after,
             ) as system:
                 # what the backend still holds from before (adopted HAProxy processes, say):
-                # this worker's share of it, as the router shards load balancers
+                # this worker's share of it, as the router shards load balancers (by owner
+                # key; by id when the backend cannot tell the key from the id)
                 resident = [
                     lb_id
                     for lb_id in await backend.resident_lb_ids()
-                    if shard(lb_id, spawn.worker_count) == spawn.worker_index
+                    if shard(backend.lb_affinity_key(lb_id) or lb_id, spawn.worker_count)
+                    == spawn.worker_index
                 ]
                 system.adopt(resident)
                 if resident:
@@ -166,13 +187,43 @@ async def serve_worker(
     log.info("worker stopped")
 
 
+#: prctl(2) option: the signal this process gets when its parent (thread) dies
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_supervisor(supervisor_pid: int | None) -> None:
+    """Ask for SIGKILL when the supervisor dies (Linux: ``prctl(PR_SET_PDEATHSIG)``; nothing
+    elsewhere), so that a worker never outlives a supervisor killed with SIGKILL (in cluster
+    mode it would go on running operations that another daemon now owns). The signal is tied
+    to the *thread* that forked us (the supervisor forks from its trio thread, see
+    ``supervisor.router.ChildProcess``). Then, as the supervisor may have died before the
+    request: exit at once if our parent is no longer ``supervisor_pid``.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if supervisor_pid is not None and os.getppid() != supervisor_pid:
+        print(
+            f"lbactors worker: supervisor {supervisor_pid} is gone (parent is {os.getppid()})",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lbactors.worker",
         description="lbactors worker process (started by `lbactors serve`, not by hand).",
     )
     parser.add_argument("--fd", type=int, required=True, help="socket file descriptor to the supervisor")
+    parser.add_argument(
+        "--supervisor-pid", type=int, help="exit at once unless this is still our parent"
+    )
     args = parser.parse_args(argv)
+    die_with_supervisor(args.supervisor_pid)
     # The supervisor decides when a worker stops (it closes the stream after draining); a
     # Ctrl-C on the terminal or systemd's SIGTERM to the whole group must not cut it short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,6 +1,8 @@
-"""The router and its worker processes: load balancer id -> worker, with an in-flight ledger.
+"""The router and its worker processes: owner key -> worker, with an in-flight ledger.
 
-Every operation goes to worker ``shard(lb_id, W)`` and is recorded in that worker's ledger
+Every operation goes to worker ``shard(op.owner_key, W)`` (its key, ``Backend.affinity_key``,
+or else its load balancer id: operations that share a key share a worker, whose actors then
+serialize them) and is recorded in that worker's ledger
 until its outcome comes back. When a worker dies (any signal, any exit) it is restarted with
 backoff and every operation still in its ledger is replayed to the new process in its original
 order, so nothing is lost and each load balancer's operations still run in order. A restart
@@ -28,6 +30,12 @@ Never stuck:
   once as before; only a repeated one pays for the isolation;
 - every frame to a worker (operations, pings, statistics requests) is written by that
   worker's sender task: nobody else ever blocks on a worker's socket.
+
+Fencing (cluster mode, docs/cluster.md): when the broker connection is lost, another daemon
+may already own this daemon's shards, and the broker returns every unacked delivery to it.
+:meth:`Router.abandon` then kills every worker at once, forgets every operation in flight
+(no replay here, and none of their outcomes is passed on any more) and starts fresh workers,
+without charging the restart budget.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ class RestartBudgetExceeded(Exception):
 
 
 class WorkerProcess(Protocol):
-    """What the router uses of a worker's process (a :class:`trio.Process`)."""
+    """What the router uses of a worker's process (a :class:`ChildProcess`)."""
 
     @property
     def pid(self) -> int: ...
@@ -81,12 +89,67 @@ class WorkerProcess(Protocol):
 SpawnWorker = Callable[[], Awaitable[tuple[WorkerProcess, trio.abc.Stream]]]
 
 
-async def spawn_worker_process() -> tuple[trio.Process, trio.abc.Stream]:
-    """``python -m lbactors.worker`` on one end of a socket pair; the other end for us."""
+class ChildProcess:
+    """A worker process forked by the trio thread itself (:func:`spawn_worker_process`).
+
+    Not :func:`trio.lowlevel.open_process`: it forks from one of trio's worker threads, and
+    a worker's parent-death signal (``PR_SET_PDEATHSIG``, lbactors/worker.py) fires when the
+    *thread* that forked it ends, which an idle trio thread does after 10 s: every worker
+    would be killed 10 s after its start. Waiting uses a pidfd where there is one (Linux),
+    else polls.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self._pidfd: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):
+            pass  # not Linux, or an old kernel
+        self._wait_lock = trio.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+
+    async def wait(self) -> int:
+        async with self._wait_lock:
+            while self._popen.poll() is None:
+                if self._pidfd is not None:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                else:
+                    await trio.sleep(0.05)
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            return self._popen.wait()
+
+
+async def spawn_worker_process() -> tuple[ChildProcess, trio.abc.Stream]:
+    """``python -m lbactors.worker`` on one end of a socket pair; the other end for us.
+
+    Forked by the calling (trio) thread, as :class:`ChildProcess` explains; the worker is
+    told our pid, so that it exits at once if we died before it could ask for its
+    parent-death signal.
+    """
     parent_sock, child_sock = socket.socketpair()
+    await trio.lowlevel.checkpoint()
     try:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "lbactors.worker", "--fd", str(child_sock.fileno())],
+        # in this thread on purpose (ChildProcess): a fork and exec, a few milliseconds
+        popen = subprocess.Popen(  # noqa: ASYNC220
+            [
+                sys.executable, "-m", "lbactors.worker",
+                "--fd", str(child_sock.fileno()),
+                "--supervisor-pid", str(os.getpid()),
+            ],
             pass_fds=(child_sock.fileno(),),
             env=child_environment(os.environ),
             stdin=subprocess.DEVNULL,
@@ -96,7 +159,7 @@ async def spawn_worker_process() -> tuple[trio.Process, trio.abc.Stream]:
         raise
     finally:
         child_sock.close()
-    return process, trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
+    return ChildProcess(popen), trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
 
 
 @dataclass(eq=False)
@@ -132,6 +195,13 @@ class WorkerHandle:
     killing: str | None = None
     #: the suspects (operations in flight on a death) go to the worker one at a time
     isolating: bool = False
+    #: the current incarnation was abandoned (Router.abandon): its outcomes are dropped and
+    #: its death is not charged
+    abandoned: bool = False
+    #: cancels the current incarnation's tasks (its reader, sender and liveness watch)
+    scope: trio.CancelScope | None = None
+    #: set once the current incarnation is ready; a fresh one for each incarnation
+    serving: trio.Event = field(default_factory=trio.Event)
 
     @property
     def alive(self) -> bool:
@@ -171,6 +241,12 @@ class Router:
         self._kill_now = False
         #: workers killed because they stopped answering, since start
         self.unresponsive_kills = 0
+        #: set (and replaced) whenever an incarnation becomes ready
+        self._serving_changed = trio.Event()
+        #: outcomes being passed on outside of an incarnation (poison), cancelled by abandon
+        self._abandonable: set[trio.CancelScope] = set()
+        #: operations forgotten by abandon(), since start
+        self.abandoned_operations = 0
 
     # ------------------------------------------------------------------ sink
 
@@ -181,7 +257,7 @@ class Router:
         system call per operation was the supervisor's largest cost). Waits while
         ``OUTBOX_LIMIT`` operations are queued for the worker (backpressure).
         """
-        worker = self.workers[shard(op.lb_id, len(self.workers))]
+        worker = self.workers[shard(op.owner_key, len(self.workers))]
         while len(worker.outbox) >= OUTBOX_LIMIT and worker.frames is not None:
             await worker.outbox_taken.wait()
         worker.ledger[op.op_id] = op
@@ -305,6 +381,9 @@ class Router:
             code = await self._run_once(worker)
             if self._stopping:
                 return
+            if worker.abandoned:
+                delay = 0.0  # fenced on purpose (abandon): no budget, no poison, no backoff
+                continue
             lived = trio.current_time() - started_at
             await self._give_up_on_poison(worker)
             self._charge_restart(worker, code)
@@ -353,7 +432,12 @@ class Router:
             )
             outcome.dead_letter = f"PoisonOperation: {reason}"
             worker.forget(op.op_id)
-            await self.outcomes.send(outcome)
+            with trio.CancelScope() as scope:  # abandon() cancels it: the op is forgotten
+                self._abandonable.add(scope)
+                try:
+                    await self.outcomes.send(outcome)
+                finally:
+                    self._abandonable.discard(scope)
 
     def _charge_restart(self, worker: WorkerHandle, code: int | None) -> None:
         now = trio.current_time()
@@ -381,6 +465,7 @@ class Router:
     async def _run_once(self, worker: WorkerHandle) -> int | None:
         """Start one incarnation of ``worker``, replay its ledger, serve it until it dies."""
         worker.incarnation += 1
+        worker.abandoned = False
         process, stream = await self._spawn()
         worker.pid = process.pid
         worker.process = process
@@ -390,6 +475,10 @@ class Router:
         frames = ipc.FrameStream(stream)
         try:
             async with trio.open_nursery() as nursery:
+                worker.scope = nursery.cancel_scope
+                if worker.abandoned:  # abandoned while it was being spawned
+                    self._kill(worker, process, "abandoned while starting")
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._watch_liveness, worker, process)
                 await self._serve_incarnation(worker, frames, process, nursery)
                 nursery.cancel_scope.cancel()
@@ -401,6 +490,8 @@ class Router:
             )
         finally:
             worker.frames = None
+            worker.scope = None
+            worker.serving = trio.Event()
             worker.control.clear()
             for waiter in worker.stats_replies.values():
                 waiter.close()  # the round stops waiting for this worker
@@ -433,6 +524,8 @@ class Router:
         )
         async for frame in frames:
             worker.last_heard = trio.current_time()
+            if worker.abandoned and isinstance(frame, (ipc.Done, ipc.Reassert, ipc.Ready)):
+                continue  # read before its kill took effect: nobody waits for it any more
             if isinstance(frame, ipc.Done):
                 outcome = frame.outcome
                 worker.forget(outcome.op_id)
@@ -483,6 +576,9 @@ class Router:
                     worker.frames = frames
                 nursery.start_soon(self._send_outbox, worker, frames, suspects)
                 worker.ready.set()
+                worker.serving.set()
+                changed, self._serving_changed = self._serving_changed, trio.Event()
+                changed.set()
             elif isinstance(frame, ipc.StatsReport):
                 reply = worker.stats_replies.pop(frame.round, None)
                 if reply is not None:
@@ -501,6 +597,59 @@ class Router:
             finally:
                 worker.reader_blocked = False
                 worker.last_heard = trio.current_time()
+
+    async def abandon(self, within: float = 30.0) -> int:
+        """Fence this daemon's workers (the broker connection was lost, so another daemon may
+        own their operations now): SIGKILL every worker process, forget every operation in
+        flight or queued (nothing is replayed: the broker returns those deliveries to the
+        next owner), and never pass on an outcome of one of them, even one already read; then
+        start fresh workers at once, without charging the restart budget, nor counting the
+        deaths against the forgotten operations (poison). Returns once every worker is ready
+        again, or after ``within`` seconds; the number of operations forgotten.
+
+        Operations submitted from the call on are kept, and go to the fresh workers.
+        """
+        forgotten = 0
+        killed: dict[int, int] = {}
+        for worker in self.workers:
+            forgotten += len(worker.ledger)
+            worker.ledger.clear()
+            worker.sent_to.clear()
+            worker.deaths.clear()
+            worker.isolating = False
+            worker.outbox.clear()
+            taken, worker.outbox_taken = worker.outbox_taken, trio.Event()
+            taken.set()
+            if worker.incarnation == 0:
+                continue  # not spawned yet
+            # the current incarnation: running, starting, or dead (its successor will be new)
+            worker.abandoned = True
+            killed[worker.index] = worker.incarnation
+            if worker.process is not None:
+                self._kill(worker, worker.process, "abandoned: the broker connection was lost")
+            if worker.scope is not None:
+                worker.scope.cancel()  # an outcome being passed on is dropped with it
+        for scope in self._abandonable:
+            scope.cancel()
+        self.abandoned_operations += forgotten
+        log.warning(
+            "abandoned every worker and the operations in flight",
+            forgotten=forgotten,
+            workers=len(killed),
+        )
+        if self._stopping:
+            return forgotten
+
+        def serving_again() -> bool:
+            return all(
+                w.serving.is_set() and w.incarnation > killed.get(w.index, 0)
+                for w in self.workers
+            )
+
+        with trio.move_on_after(within):
+            while not serving_again():
+                await self._serving_changed.wait()
+        return forgotten
 
     async def stop(self, within: float = 10.0) -> None:
         """Tell every worker that nothing more comes (end of stream): each finishes what it
@@ -534,17 +683,35 @@ class Router:
 
     # ------------------------------------------------------------------ statistics
 
-    async def collect_round(self, answer_within: float, *, with_owned_ids: bool) -> RoundReport:
+    async def collect_round(
+        self,
+        answer_within: float,
+        *,
+        with_owned_ids: bool,
+        held_shards: list[int] | None = None,
+        shards: int = 0,
+    ) -> RoundReport:
         """One statistics round over every live worker; workers that do not answer within
         ``answer_within`` seconds, or answer that they could not read their backend in time,
         are skipped. Never blocks on a worker's socket (the request goes through its
-        sender), so a hung worker costs a round at most ``answer_within`` seconds."""
+        sender), so a hung worker costs a round at most ``answer_within`` seconds.
+
+        Cluster mode: with ``held_shards`` (of ``shards``), workers report statistics and
+        operating-status changes only of the load balancers of those shards; a change of
+        another one is dropped, not kept for later (its owner reports its own; should its
+        shard be held here again, its statuses are all reported afresh). The owned ids
+        (``with_owned_ids``) are not filtered."""
         self._stats_round += 1
         round_id = self._stats_round
         send, receive = trio.open_memory_channel[tuple[int, ipc.StatsReport]](len(self.workers))
         asked: list[WorkerHandle] = []
         for worker in self.workers:
-            request = ipc.CollectStats(round=round_id, with_owned_ids=with_owned_ids)
+            request = ipc.CollectStats(
+                round=round_id,
+                with_owned_ids=with_owned_ids,
+                held_shards=held_shards,
+                shards=shards,
+            )
             if self._send_control(worker, request):
                 worker.stats_replies[round_id] = send.clone()
                 asked.append(worker)

@@ -122,6 +122,85 @@ async def test_one_lb_runs_one_operation_at_a_time_different_lbs_overlap(
         assert trio.current_time() == pytest.approx(4.0)  # 2 x 4 ops of 1 s each, in 4 s
 
 
+def tree_of(args: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """``args`` for another load balancer: every id of the tree ends in ``suffix``."""
+    raw = msgspec.json.encode(args)
+    for object_id in (LB, LISTENER, POOL, MEMBER):
+        raw = raw.replace(object_id.encode(), object_id[:-4].encode() + suffix.encode())
+    result: dict[str, Any] = msgspec.json.decode(raw)
+    return result
+
+
+async def test_load_balancers_sharing_a_key_never_overlap_others_do(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Two load balancers of key k1 run their backend calls one at a time (each in its own
+    order); a third one, of key k2, runs beside them. The locks go once nobody uses them."""
+    methods = ["loadbalancer_create", "listener_create", "pool_create"]
+    keys = {"1111": "k1", "2222": "k1", "3333": "k2"}
+    lb_ids = {suffix: LB[:-4] + suffix for suffix in keys}
+    with trio.fail_after(600):
+        backend = InstrumentedBackend(duration=1.0)
+        async with running(backend) as h:
+            op_id = 0
+            for method in methods:
+                for suffix, key in keys.items():
+                    args = tree_of(P.args(method), suffix)
+                    op = make_op(op_id, method, lb_id=lb_ids[suffix], args=args)
+                    await h.system.submit(msgspec.structs.replace(op, key=key))
+                    op_id += 1
+            await h.wait_for(9)
+            assert [o.failure for o in h.outcomes] == [None] * 9
+            assert len(h.system.key_locks) == 0
+            assert h.system.key_of(lb_ids["1111"]) == "k1"
+            assert h.system.key_of(lb_ids["3333"]) == "k2"
+            assert h.system.key_of(LB) is None
+
+        spans = {lb_id: [(a, b) for lb, m, a, b in backend.spans if lb == lb_id] for lb_id in lb_ids.values()}
+        names = {lb_id: [m for lb, m, _, _ in backend.spans if lb == lb_id] for lb_id in lb_ids.values()}
+        for lb_id in lb_ids.values():
+            assert names[lb_id] == methods  # each load balancer in its own order
+
+        def overlapping(one: str, other: str) -> list[Any]:
+            return [
+                (a, b) for a in spans[one] for b in spans[other] if a[0] < b[1] and b[0] < a[1]
+            ]
+
+        assert overlapping(lb_ids["1111"], lb_ids["2222"]) == []
+        assert overlapping(lb_ids["1111"], lb_ids["3333"])
+        assert overlapping(lb_ids["2222"], lb_ids["3333"])
+        # k1's six calls of 1 s one after the other; k2's three beside them
+        assert trio.current_time() == pytest.approx(6.0)
+
+
+async def test_a_key_lock_goes_once_its_holder_and_waiters_are_gone(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Waiters get the lock in the order they asked; one cancelled while waiting leaves no
+    trace; the lock is dropped once the last user is gone."""
+    locks = lbactors.actor.KeyedLocks()
+    order: list[str] = []
+
+    async def use(name: str, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with locks.hold("k"):
+                order.append(name)
+                await trio.sleep(1)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for name in ("a", "b", "c", "d"):
+                scope = await nursery.start(use, name)
+                await trio.testing.wait_all_tasks_blocked()
+                if name == "c":
+                    cancelled = scope
+            assert len(locks) == 1
+            cancelled.cancel()
+        assert order == ["a", "b", "d"]
+        assert len(locks) == 0
+
+
 async def test_outcomes_of_one_lb_come_in_submission_order() -> None:
     with trio.fail_after(10):
         methods = ["loadbalancer_create", "listener_create", "pool_create", "member_create",

@@ -247,3 +247,32 @@ def test_register_backend_with_a_factory(monkeypatch: pytest.MonkeyPatch) -> Non
     register_backend("test-factory", factory)
     assert isinstance(load_backend("test-factory", {"seed": 9}), NoopBackend)
     assert made == [{"seed": 9}]
+
+
+# --------------------------------------------------------------------------- affinity, failover
+
+
+def test_lb_affinity_key_is_the_id_unless_the_class_overrides_affinity_key() -> None:
+    """A backend that keys by load balancer (the default ``affinity_key``) knows a resident
+    load balancer's key: its id. One with its own ``affinity_key`` cannot tell from an id
+    alone unless it says so: unknown."""
+
+    class ById(Backend):
+        pass
+
+    class ByRouter(ById):
+        def affinity_key(self, request: Any) -> str | None:
+            return "router-1"
+
+    for cls in (ById, ByRouter):
+        cls.__abstractmethods__ = frozenset()  # only the affinity side is exercised
+    assert ById().lb_affinity_key(LB) == LB
+    assert ByRouter().lb_affinity_key(LB) is None
+
+
+def test_only_backends_whose_state_is_off_this_host_fail_over() -> None:
+    from lbactors.backends.haproxy import HaproxyBackend
+
+    assert Backend.failover is True
+    assert NoopBackend.failover is True
+    assert HaproxyBackend.failover is False

@@ -150,3 +150,13 @@ async def test_concurrent_senders_never_interleave() -> None:
         assert [type(f) for f in received] == [ipc.Submit, ipc.CollectStats] * 80
         rounds = sorted(f.round for f in received if isinstance(f, ipc.CollectStats))
         assert rounds == sorted(t * 100 + i for t in range(4) for i in range(20))
+
+
+def test_a_collect_stats_frame_without_the_cluster_fields_decodes_as_unfiltered() -> None:
+    """A frame from before the cluster fields (or from a supervisor not in cluster mode):
+    no shard filter."""
+    old = msgspec.msgpack.encode({"type": "CollectStats", "round": 7, "with_owned_ids": True})
+    frame = msgspec.msgpack.decode(old, type=ipc.Frame)
+    assert frame == ipc.CollectStats(round=7, with_owned_ids=True)
+    assert isinstance(frame, ipc.CollectStats)
+    assert frame.held_shards is None and frame.shards == 0

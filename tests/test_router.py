@@ -398,6 +398,32 @@ async def test_batches_and_replays_keep_submission_order_across_load_balancers(
             assert ids(first[1].received) == share(1, submitted)
 
 
+async def test_the_worker_is_picked_by_the_owner_key_not_the_load_balancer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Operations of load balancers that share a key go to the key's worker (whose actors
+    serialize them), wherever their ids alone would shard; without a key, the id picks."""
+    workers = 4
+    key = "router-1"
+    home = shard(key, workers)
+    # load balancers whose ids shard to every other worker
+    strangers = [lbs_of(index, workers, 1)[0] for index in range(workers) if index != home]
+    with trio.fail_after(60):
+        async with open_router(workers=workers) as (router, fakes, _):
+            spawned = [await fakes.incarnation(index, 1) for index in range(workers)]
+            keyed = [
+                Operation(op_id=next(_op_ids), method="member_create", args=b"{}", lb_id=lb, key=key)
+                for lb in strangers
+            ]
+            plain = [make_op(lb) for lb in strangers]
+            for op in keyed + plain:
+                await router.submit(op)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ids(spawned[home].received) == ids(keyed)
+            for lb, op in zip(strangers, plain, strict=True):
+                assert spawned[shard(lb, workers)].received == [op]
+
+
 # --------------------------------------------------------------------------- restarts
 
 
@@ -470,6 +496,24 @@ async def test_statistics_round_over_workers_that_all_answer(
             ]
             report = await router.collect_round(5, with_owned_ids=False)
             assert report.owned_lb_ids is None and len(report.listeners) == 3
+
+
+async def test_a_statistics_round_asks_workers_for_the_held_shards_only(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=2) as (router, fakes, _):
+            spawned = [await fakes.incarnation(index, 1) for index in range(2)]
+            await router.collect_round(5, with_owned_ids=True, held_shards=[1, 7], shards=12)
+            await router.collect_round(5, with_owned_ids=False)
+            for fake in spawned:
+                filtered, unfiltered = fake.stats_requests
+                assert (filtered.held_shards, filtered.shards, filtered.with_owned_ids) == (
+                    [1, 7],
+                    12,
+                    True,
+                )
+                assert (unfiltered.held_shards, unfiltered.shards) == (None, 0)
 
 
 @pytest.mark.parametrize("mode", ["incomplete", "silent", "down"])
@@ -712,3 +756,112 @@ async def test_suspects_of_repeated_deaths_are_replayed_one_at_a_time(
             assert ids(third.received) == ids([*suspects, later])
             assert received_outcomes(outcomes) == ids(suspects)
             assert router.poisoned == 0
+
+
+# --------------------------------------------------------------------------- abandon (fencing)
+
+
+async def test_abandon_kills_every_worker_forgets_its_ledger_and_drops_late_outcomes(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The broker connection is lost: every worker is killed and replaced at once, nothing
+    is replayed, no outcome of an abandoned operation is passed on (not the one waiting to
+    be, not those read or unread behind it), and neither the restart budget nor the poison
+    count is charged; the fresh workers serve what comes next."""
+    workers = 2
+    with trio.fail_after(60):
+        async with open_router(
+            workers=workers, outcome_buffer=0, restart_limit=0, poison_after=1
+        ) as (router, fakes, outcomes):
+            first = [await fakes.incarnation(index, 1) for index in range(workers)]
+            ops = [[make_op(lb) for lb in lbs_of(0, workers, 3)], [make_op(lbs_of(1, workers, 1)[0])]]
+            for share in ops:
+                for op in share:
+                    await router.submit(op)
+            for index in range(workers):
+                await fakes.received(first[index], len(ops[index]))
+            # nobody takes outcomes: the first waits to be passed on, the others behind it
+            await first[0].complete(ops[0])
+            await trio.testing.wait_all_tasks_blocked()
+            assert router.workers[0].reader_blocked
+
+            # the one waiting to be passed on has left the ledger already
+            assert await router.abandon(within=30) == 3
+            assert [f.returncode for f in first] == [-signal.SIGKILL] * workers
+            second = [fakes.live(index) for index in range(workers)]
+            assert [f.incarnation if f else None for f in second] == [2] * workers
+            assert all(w.alive for w in router.workers)  # ready when abandon returned
+            await trio.testing.wait_all_tasks_blocked()
+            assert received_outcomes(outcomes) == []
+            assert [f.received if f else None for f in second] == [[], []]
+            assert router.in_flight == 0 and router.poisoned == 0
+            assert router.abandoned_operations == 3
+
+            fresh = make_op(lbs_of(0, workers, 1)[0])
+            await router.submit(fresh)
+            assert second[0] is not None
+            await fakes.received(second[0], 1)
+            assert ids(second[0].received) == [fresh.op_id]
+            await second[0].complete([fresh])
+            passed_on = await outcomes.receive()
+            assert isinstance(passed_on, Outcome) and passed_on.op_id == fresh.op_id
+
+
+async def test_abandon_returns_within_its_bound_when_a_worker_is_slow_to_start(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=1) as (router, fakes, _):
+            first = await fakes.incarnation(0, 1)
+            await router.submit(make_op("lb-a"))
+            await fakes.received(first, 1)
+            fakes.hold_ready = trio.Event()
+            started = trio.current_time()
+            assert await router.abandon(within=7) == 1
+            assert trio.current_time() - started == pytest.approx(7)
+            assert not router.workers[0].alive
+            fakes.hold_ready.set()
+            second = await fakes.incarnation(0, 2)
+            await fakes.wait_for(lambda: router.workers[0].alive)
+            assert second.received == []
+
+
+async def test_outcomes_that_arrive_as_abandon_begins_are_dropped(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Outcomes already on their way when abandon() is called (read by the router in the
+    same step, before the kill): none of them is passed on."""
+    with trio.fail_after(60):
+        async with open_router(workers=1) as (router, fakes, outcomes):
+            first = await fakes.incarnation(0, 1)
+            ops = [make_op("lb-a") for _ in range(3)]
+            for op in ops:
+                await router.submit(op)
+            await fakes.received(first, len(ops))
+            await trio.testing.wait_all_tasks_blocked()
+            await first.complete(ops)  # the router's reader is woken with them ...
+            await router.abandon(within=30)  # ... and runs only after this began
+            await trio.testing.wait_all_tasks_blocked()
+            assert received_outcomes(outcomes) == []
+            assert router.in_flight == 0
+
+
+async def test_a_poison_outcome_not_yet_passed_on_is_dropped_by_abandon(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.fail_after(60):
+        async with open_router(workers=1, poison_after=1, outcome_buffer=0) as (
+            router,
+            fakes,
+            outcomes,
+        ):
+            first = await fakes.incarnation(0, 1)
+            await router.submit(make_op("lb-a"))
+            await fakes.received(first, 1)
+            first.die()
+            await trio.testing.wait_all_tasks_blocked()  # its ERROR outcome waits for room
+            assert router.poisoned == 1
+            await router.abandon(within=30)
+            await trio.testing.wait_all_tasks_blocked()
+            assert received_outcomes(outcomes) == []
+            assert router.workers[0].alive

@@ -39,7 +39,7 @@ import abc
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
 import trio
@@ -181,6 +181,9 @@ class Backend(abc.ABC):
     name: str = ""
     #: how long each call may take (a backend sets its own from its options)
     deadlines: Deadlines = Deadlines()
+    #: whether the backend's state lives outside this host, so another daemon can take over
+    #: its load balancers (cluster mode refuses a backend that says False; docs/cluster.md §8)
+    failover: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ load balancer
 
@@ -318,7 +321,27 @@ class Backend(abc.ABC):
         ``None`` (the default) means the load balancer id: only one load balancer's
         operations are serialized. A backend that shares objects between load balancers
         (DESIGN.md, "Affinity beyond one load balancer") returns e.g. the router id.
+
+        The contract (docs/cluster.md §8): pure, cheap and synchronous (no I/O); computed in
+        the supervisor process on an instance built with ``from_options`` and never started
+        (so a constructor does no I/O either); and the same value for every operation of one
+        load balancer for its whole life, since the key picks the worker and the cluster
+        shard that own it. A key that could change (a router found by a lookup, say) breaks
+        ownership: such a backend returns ``None``. A backend that overrides this should also
+        override :meth:`lb_affinity_key`.
         """
+        return None
+
+    def lb_affinity_key(self, lb_id: str) -> str | None:
+        """The owner key of a load balancer known only by its id (a resident one that no
+        operation named yet): the value :meth:`affinity_key` gives (or its id when that is
+        ``None``) for its operations. ``None``: unknown (it is then never reported as owned).
+
+        The default: ``lb_id`` when the class does not override :meth:`affinity_key`, else
+        ``None``. The contract of :meth:`affinity_key` applies.
+        """
+        if type(self).affinity_key is Backend.affinity_key:
+            return lb_id
         return None
 
     async def resident_lb_ids(self) -> list[str]:

@@ -237,6 +237,9 @@ class HaproxyBackend(Backend):
     """One HAProxy process per load balancer; see the module docstring."""
 
     name = "haproxy"
+    #: the data plane is this host (its HAProxy processes, files and VIPs): another daemon
+    #: cannot take its load balancers over (docs/cluster.md §8)
+    failover = False
 
     def __init__(self, options: HaproxyOptions | None = None, **kwargs: Any) -> None:
         opts = options or HaproxyOptions(**kwargs)

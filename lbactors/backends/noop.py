@@ -21,6 +21,26 @@ Options (``[backend.options]`` in the configuration, or keyword arguments):
   ``name`` matches it ends the process at once (exit code 70), as a crashing client library
   would: the supervisor replays it, and gives up on it as a poison operation;
 - the deadlines of :class:`~lbactors.backends.base.Deadlines` (30 / 10 / 5 s here).
+
+Options for the cluster tests (docs/cluster.md §9):
+
+- ``affinity_prefix``: n >= 0; when n > 0 the owner key of a load balancer is the first n
+  characters of its id (:meth:`NoopBackend.affinity_key`, :meth:`NoopBackend.lb_affinity_key`),
+  so that load balancers share keys; 0: the id itself (the default behaviour);
+- ``trace_file``: a path; every create / update / delete call appends a line when it starts
+  and one when it ends (also when it raises or is cancelled; a process that dies in it
+  writes none): ``"<start|end> <pid> <method> <lb_id> <key> <time.monotonic_ns()>"`` (``-``
+  for an empty id).
+  Each line is one ``write`` to a file opened with ``O_APPEND`` (atomic across processes
+  below ``PIPE_BUF`` bytes), and ``CLOCK_MONOTONIC`` is comparable across processes of one
+  host, so the lines of several daemons tell whether calls of one key ever overlapped
+  (``tests/backend_trace.py``). Reads (statistics) are not traced: they may overlap;
+- ``state_dir``: a directory (shared mode): each load balancer created also gets an empty
+  file ``<state_dir>/<lb_id>``, removed when it is deleted, and :meth:`resident_lb_ids`
+  lists those files, so that daemons sharing the directory share the set of load balancers,
+  as with a backend whose state lives in a shared external system (NSX, say).
+
+The file work of the last two is synchronous (test options, small writes).
 """
 
 from __future__ import annotations
@@ -28,8 +48,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 import trio
@@ -43,7 +66,7 @@ from lbactors.backends.base import (
     Seconds,
     check_flavor_integers,
 )
-from lbactors.messages import ListenerStatistics
+from lbactors.messages import ListenerStatistics, Request
 from lbactors.model import (
     Certificate,
     HealthMonitor,
@@ -55,6 +78,7 @@ from lbactors.model import (
     OctaviaObject,
     Pool,
 )
+from lbactors.routing import owner_of
 from lbactors.status import parents_of
 
 #: load balancers read between two checkpoints in a statistics round
@@ -94,6 +118,9 @@ class NoopOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
     hang_pattern: str | None = None
     ignore_cancel: bool = False
     crash_pattern: str | None = None
+    affinity_prefix: Annotated[int, msgspec.Meta(ge=0)] = 0
+    trace_file: str = ""
+    state_dir: str = ""
     operation_deadline: Seconds = 30.0
     plan_step_deadline: Seconds = 10.0
     query_deadline: Seconds = 5.0
@@ -130,10 +157,20 @@ class NoopBackend(Backend):
         hang_pattern: str | None = None,
         ignore_cancel: bool = False,
         crash_pattern: str | None = None,
+        affinity_prefix: int = 0,
+        trace_file: str = "",
+        state_dir: str = "",
         deadlines: Deadlines | None = None,
     ) -> None:
         if latency < 0:
             raise ValueError(f"latency must be >= 0, not {latency}")
+        if affinity_prefix < 0:
+            raise ValueError(f"affinity_prefix must be >= 0, not {affinity_prefix}")
+        self.affinity_prefix = affinity_prefix
+        self.trace_file = trace_file
+        #: the trace file, opened on the first traced call (a constructor does no I/O)
+        self._trace_fd: int | None = None
+        self.state_dir = Path(state_dir) if state_dir else None
         self.latency = latency
         self.fail_pattern = re.compile(fail_pattern) if fail_pattern else None
         self.hang_pattern = re.compile(hang_pattern) if hang_pattern else None
@@ -160,8 +197,73 @@ class NoopBackend(Backend):
             hang_pattern=opts.hang_pattern,
             ignore_cancel=opts.ignore_cancel,
             crash_pattern=opts.crash_pattern,
+            affinity_prefix=opts.affinity_prefix,
+            trace_file=opts.trace_file,
+            state_dir=opts.state_dir,
             deadlines=opts,
         )
+
+    # ------------------------------------------------------------------ affinity, shared mode
+
+    def affinity_key(self, request: Request) -> str | None:
+        """With ``affinity_prefix`` n > 0: the first n characters of the request's load
+        balancer id (found as :func:`~lbactors.routing.owner_of` finds it); else ``None``
+        (the load balancer id), as for a request that names no load balancer."""
+        if not self.affinity_prefix:
+            return None
+        lb_id, found = owner_of(request)
+        if not lb_id or not found:
+            return None
+        return lb_id[: self.affinity_prefix]
+
+    def lb_affinity_key(self, lb_id: str) -> str | None:
+        return lb_id[: self.affinity_prefix] if self.affinity_prefix else lb_id
+
+    async def resident_lb_ids(self) -> list[str]:
+        """In shared mode (``state_dir``), every load balancer of the directory, whichever
+        daemon created it; else none."""
+        if self.state_dir is None:
+            return []
+        try:
+            names = os.listdir(self.state_dir)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if not name.startswith("."))
+
+    def _lb_file(self, lb_id: str) -> Path | None:
+        if self.state_dir is None:
+            return None
+        if not lb_id or "/" in lb_id or lb_id.startswith("."):
+            raise BackendError(f"noop: load balancer id {lb_id!r} cannot name a file")
+        return self.state_dir / lb_id
+
+    async def aclose(self) -> None:
+        if self._trace_fd is not None:
+            os.close(self._trace_fd)
+            self._trace_fd = None
+
+    # ------------------------------------------------------------------ trace
+
+    def _trace_line(self, event: str, method: str, lb_id: str, key: str) -> None:
+        if self._trace_fd is None:
+            self._trace_fd = os.open(
+                self.trace_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        line = f"{event} {os.getpid()} {method} {lb_id or '-'} {key or '-'} {time.monotonic_ns()}\n"
+        os.write(self._trace_fd, line.encode())
+
+    @contextmanager
+    def _traced(self, method: str, lb_id: str) -> Iterator[None]:
+        """A start line, and an end line however the call ends (``trace_file``)."""
+        if not self.trace_file:
+            yield
+            return
+        key = self.lb_affinity_key(lb_id) or lb_id
+        self._trace_line("start", method, lb_id, key)
+        try:
+            yield
+        finally:
+            self._trace_line("end", method, lb_id, key)
 
     # ------------------------------------------------------------------ inspection
 
@@ -208,6 +310,12 @@ class NoopBackend(Backend):
     async def _put(
         self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None = None
     ) -> None:
+        with self._traced(f"{kind}_{action}", self._owner_of(kind, obj, old)):
+            await self._put_traced(kind, action, obj, old)
+
+    async def _put_traced(
+        self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None
+    ) -> None:
         await self._pause()
         await self._hang_if_asked(obj)
         self._check(kind, action, obj)
@@ -222,8 +330,16 @@ class NoopBackend(Backend):
         self._trees.setdefault(lb_id, set()).add(key)
         if kind == "listener" and obj.id not in self._counters:
             self._counters[obj.id] = self._new_counters(obj.id)
+        if kind == "loadbalancer":
+            path = self._lb_file(obj.id)
+            if path is not None:
+                path.touch()
 
     async def _remove(self, kind: str, obj: OctaviaObject) -> None:
+        with self._traced(f"{kind}_delete", self._owner_of(kind, obj, None)):
+            await self._remove_traced(kind, obj)
+
+    async def _remove_traced(self, kind: str, obj: OctaviaObject) -> None:
         await self._pause()
         await self._hang_if_asked(obj)
         self._check(kind, "delete", obj)
@@ -233,6 +349,9 @@ class NoopBackend(Backend):
             for key in self._trees.pop(obj.id, set()):
                 self._forget(key)
             self._forget((kind, obj.id))
+            path = self._lb_file(obj.id)
+            if path is not None:
+                path.unlink(missing_ok=True)
             return
         key = (kind, obj.id)
         lb_id = self._owner.get(key)
