@@ -77,12 +77,79 @@ def without_consecutive_duplicates(items: Iterable[Subject]) -> list[Subject]:
     return kept
 
 
-def _lb_of(status: Mapping[str, Any], lb_of_object: Mapping[str, str]) -> str | None:
-    for item in status.get("loadbalancers") or ():
-        if isinstance(item, dict) and PROVISIONING in item:
-            return str(item.get("id"))
-    subject = status_subject(status)
-    return None if subject is None else lb_of_object.get(subject[1])
+def _entries(status: Mapping[str, Any]) -> list[Subject]:
+    """Every (key, id, provisioning status) of a status update that has a provisioning status."""
+    return [
+        (key, str(item.get("id")), str(item[PROVISIONING]))
+        for key, items in status.items()
+        if key in DEPTH and isinstance(items, list)
+        for item in items
+        if isinstance(item, dict) and PROVISIONING in item
+    ]
+
+
+def _lb_of(entries: list[Subject], lb_of_object: Mapping[str, str]) -> str | None:
+    for key, oid, _ in entries:
+        if key == "loadbalancers":
+            return oid
+    for _, oid, _ in entries:
+        if oid in lb_of_object:
+            return lb_of_object[oid]
+    return None
+
+
+class _LoadBalancerWalk:
+    """One load balancer's status updates, walked in arrival order against its operations."""
+
+    def __init__(self, lb_id: str, operations: list[SentOperation]) -> None:
+        self.lb_id = lb_id
+        self.want = without_consecutive_duplicates(op.subject for op in operations)
+        self.created = {op.subject for op in operations if op.method.endswith("_create")}
+        #: how many of ``want`` have arrived (the last one may arrive again: a duplicate)
+        self.matched = 0
+        self.deleted: set[str] = set()
+        self.reassertions = 0
+        self.problem: str | None = None
+
+    def receive(self, index: int, entries: list[Subject], subject: Subject | None) -> None:
+        if self.problem is not None:
+            return
+        if subject is not None and self.matched and subject == self.want[self.matched - 1]:
+            pass  # a consecutive duplicate
+        elif (
+            subject is not None
+            and self.matched < len(self.want)
+            and (subject == self.want[self.matched])
+        ):
+            self.matched += 1
+        elif self._is_reassertion(entries):
+            self.reassertions += 1
+        else:
+            self.problem = (
+                f"load balancer {self.lb_id}: status update {index} about {subject} (entries"
+                f" {entries}) out of operation order after {self.matched} of {len(self.want)}"
+                f" operations' statuses {self.want[: self.matched]}"
+            )
+            return
+        self.deleted.update(oid for _, oid, status in entries if status == "DELETED")
+
+    def _is_reassertion(self, entries: list[Subject]) -> bool:
+        """lbactors re-sends a created object's own entry later (README, Octavia's commit race;
+        lbactors/actor.py): ACTIVE, of an object whose create status has arrived, never of one
+        since deleted. Re-assertions due together arrive as one update; the load balancer's
+        own entry only ever alone (every later operation's status names it, which drops its
+        re-assertion), while every operation status of a child names it too: so an update with
+        the load balancer's entry and another is an operation's, never a re-assertion."""
+        if len(entries) > 1 and any(key == "loadbalancers" for key, _, _ in entries):
+            return False
+        arrived = set(self.want[: self.matched])
+        return all(
+            entry[2] == "ACTIVE"
+            and entry in self.created
+            and entry in arrived
+            and entry[1] not in self.deleted
+            for entry in entries
+        )
 
 
 def status_order_problems(
@@ -91,52 +158,42 @@ def status_order_problems(
     *,
     require_all: bool = True,
 ) -> list[str]:
-    """Per load balancer, compare the subjects of the status updates received (consecutive
-    duplicates removed) with those of its operations (the same): one problem per load
-    balancer whose updates are not a prefix of its operations' (out of operation order: a
-    status arrived after a later operation's, or one of no operation of it; the driver casts
-    an operation only after the previous one's status, and stops a load balancer at its first
-    missing status, so what is missing is at the end), or, with ``require_all``, miss some. Updates without a provisioning status are skipped;
-    one that is ambiguous or belongs to no load balancer that was sent is a problem."""
+    """Per load balancer, walk the status updates received against its operations: one
+    problem per load balancer whose updates, consecutive duplicates removed, are not its
+    operations' in cast order (a status arrived after a later operation's, or is of no
+    operation of it), or, with ``require_all``, miss some (the driver casts an operation only
+    after the previous one's status and stops a load balancer at its first missing status, so
+    what is missing is at the end).
+
+    A re-assertion (an update of only created objects' own ``ACTIVE`` entries, each of a
+    create whose status arrived before and not deleted since) is allowed anywhere after that
+    (:attr:`_LoadBalancerWalk.reassertions` counts them). Updates without a provisioning
+    status (operating status only) are skipped; one that belongs to no load balancer sent is
+    a problem.
+    """
     problems: list[str] = []
     lb_of_object = {op.subject[1]: op.lb_id for op in sent}
-    expected: dict[str, list[Subject]] = {}
+    operations: dict[str, list[SentOperation]] = {}
     for op in sent:
-        expected.setdefault(op.lb_id, []).append(op.subject)
-    got: dict[str, list[Subject]] = {lb_id: [] for lb_id in expected}
+        operations.setdefault(op.lb_id, []).append(op)
+    walks = {lb_id: _LoadBalancerWalk(lb_id, ops) for lb_id, ops in operations.items()}
     for index, status in enumerate(received):
-        has_provisioning = any(
-            isinstance(item, dict) and PROVISIONING in item
-            for key, items in status.items()
-            if key in DEPTH and isinstance(items, list)
-            for item in items
-        )
-        if not has_provisioning:
+        entries = _entries(status)
+        if not entries:
             continue
-        subject = status_subject(status)
-        lb_id = _lb_of(status, lb_of_object)
-        if subject is None:
-            problems.append(f"status update {index}: no single object it is about: {status}")
-        elif lb_id not in got:
-            problems.append(f"status update {index}: of no load balancer sent: {subject}")
-        else:
-            got[lb_id].append(subject)
-    for lb_id, want in expected.items():
-        want = without_consecutive_duplicates(want)
-        have = without_consecutive_duplicates(got[lb_id])
-        position = next(
-            (i for i, (h, w) in enumerate(zip(have, want, strict=False)) if h != w),
-            None if len(have) <= len(want) else len(want),
-        )
-        if position is not None:
+        lb_id = _lb_of(entries, lb_of_object)
+        if lb_id not in walks:
+            problems.append(f"status update {index}: of no load balancer sent: {entries}")
+            continue
+        walks[lb_id].receive(index, entries, status_subject(status))
+    for walk in walks.values():
+        if walk.problem is not None:
+            problems.append(walk.problem)
+        elif require_all and walk.matched < len(walk.want):
             problems.append(
-                f"load balancer {lb_id}: status {position} {have[position]} out of operation"
-                f" order; received {have}, operations {want}"
-            )
-        elif require_all and have != want:
-            problems.append(
-                f"load balancer {lb_id}: {len(want) - len(have)} operation statuses missing;"
-                f" received {have}, operations {want}"
+                f"load balancer {walk.lb_id}: {len(walk.want) - walk.matched} operation"
+                f" statuses missing; received {walk.want[: walk.matched]}, operations"
+                f" {walk.want}"
             )
     return problems
 

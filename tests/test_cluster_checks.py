@@ -103,7 +103,7 @@ def test_a_swapped_pair_fails(two) -> None:
     sent, (first, second) = two
     swapped = [first[0], first[2], first[1], *first[3:]]
     problems = status_order_problems(sent, [*swapped, *second])
-    assert len(problems) == 1 and "status 1 ('pools'" in problems[0]
+    assert len(problems) == 1 and "status update 1 about ('pools'" in problems[0]
     assert "out of operation order" in problems[0]
 
 
@@ -120,6 +120,29 @@ def test_a_status_of_an_unknown_load_balancer_fails(two) -> None:
     stranger = status_of(plan_operations(3)[0])
     problems = status_order_problems(sent, [*first, stranger, *second])
     assert len(problems) == 1 and "of no load balancer sent" in problems[0]
+
+
+def test_reassertions_of_live_created_objects_pass(two) -> None:
+    sent, (first, second) = two
+    member = {"members": [first[3]["members"][0]]}
+    together = {"members": [first[4]["members"][0]], "healthmonitors": first[5]["healthmonitors"]}
+    lb_alone = {"loadbalancers": [first[0]["loadbalancers"][0]]}
+    received = [*first[:6], member, together, *first[6:8], lb_alone, together, *first[8:], *second]
+    assert status_order_problems(sent, received) == []
+
+
+def test_a_reassertion_after_the_delete_fails(two) -> None:
+    sent, (first, second) = two
+    member = {"members": [first[3]["members"][0]]}
+    problems = status_order_problems(sent, [*first, member, *second])
+    assert len(problems) == 1 and "out of operation order after 16 of 16" in problems[0]
+
+
+def test_a_reassertion_before_its_create_status_fails(two) -> None:
+    sent, (first, second) = two
+    monitor = {"healthmonitors": first[5]["healthmonitors"]}  # its create is the 6th operation
+    problems = status_order_problems(sent, [*first[:4], monitor, *first[4:], *second])
+    assert len(problems) == 1 and "out of operation order after 4 of 16" in problems[0]
 
 
 # what `rabbitmqctl list_consumers queue_name channel_pid active` printed here (3.10.8) for a
