@@ -1,7 +1,9 @@
 """Checks of the cluster tests (docs/cluster.md §11), pure: no I/O, no trio.
 
 - :func:`status_order_problems`: per load balancer, the status updates received, after removing
-  consecutive duplicates, are those of its operations in the order they were sent. The record
+  consecutive duplicates, are those of its operations in the order they were sent, apart from
+  lbactors' re-assertions of created objects (allowed anywhere after the create's status,
+  never after the object's delete: seen from 3 daemons without cluster mode). The record
   is what ``tests/cluster_daemons.py``'s ``record_driver`` takes from the bench driver: every
   operation cast (:class:`SentOperation`, in cast order) and every ``update_loadbalancer_status``
   payload received (in arrival order). The driver's own result counts missing and wrong
