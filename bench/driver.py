@@ -97,6 +97,10 @@ class DriverConfig(msgspec.Struct, kw_only=True):
     #: ``amqp_durable_queues = true`` (the target must be set the same way:
     #: ``LBACTORS_AMQP_DURABLE_QUEUES=true``, else the broker refuses the second declaration)
     durable: bool = False
+    #: declare the driver topic's queues as quorum queues (durable), as oslo.messaging does with
+    #: ``rabbit_quorum_queue = true`` (the target with ``LBACTORS_AMQP_QUORUM_QUEUES=true``
+    #: declares the driver topic so, and the broker refuses a declaration without it)
+    quorum: bool = False
 
 
 class StatisticsArrival(msgspec.Struct, array_like=True):
@@ -141,11 +145,14 @@ class Driver:
         """Declare and consume the driver topic's queues exactly as oslo's RPC server does."""
         cfg = self.config
         d = cfg.driver_topic
-        await channel.exchange_declare(cfg.exchange, "topic", durable=cfg.durable,
+        durable = cfg.durable or cfg.quorum
+        await channel.exchange_declare(cfg.exchange, "topic", durable=durable,
                                        auto_delete=False)
+        arguments = {"x-queue-type": "quorum"} if cfg.quorum else None
         consumers = []
         for name in (d, f"{d}.{cfg.host}"):
-            await channel.queue_declare(name, durable=cfg.durable, auto_delete=False)
+            await channel.queue_declare(name, durable=durable, auto_delete=False,
+                                        arguments=arguments)
             await channel.queue_bind(name, cfg.exchange, name)
             self.queues.append(name)
             consumers.append(await channel.basic_consume(name, no_ack=True))
@@ -423,8 +430,8 @@ async def open_driver(config: DriverConfig, *, delete_queues_on_exit: bool = Tru
     """Connect, declare and consume the driver topic, and wait for the target to consume."""
     async with open_connection(config.amqp_url, heartbeat=60, client_name="lbactors-bench") as conn:
         casts = await conn.open_channel()
-        await casts.exchange_declare(config.exchange, "topic", durable=config.durable,
-                                     auto_delete=False)
+        await casts.exchange_declare(config.exchange, "topic",
+                                     durable=config.durable or config.quorum, auto_delete=False)
         if config.confirm:
             await casts.confirm_select()
         receive = await conn.open_channel()
