@@ -206,22 +206,33 @@ class ShardTable:
 
 
 class Presence:
-    """The daemons heard from recently (their hellos on the presence fanout), this one too."""
+    """The daemons heard from recently (their hellos on the presence fanout, each with the
+    number of shards it holds), this one too."""
 
     def __init__(self, me: str, horizon: float) -> None:
         self.me = me
         self.horizon = horizon
-        self._last: dict[str, float] = {}
+        self._last: dict[str, tuple[float, int]] = {}
 
-    def heard(self, daemon: str, now: float) -> None:
-        self._last[daemon] = now
+    def heard(self, daemon: str, now: float, held: int = 0) -> None:
+        self._last[daemon] = (now, held)
+
+    def _expire(self, now: float) -> None:
+        cutoff = now - self.horizon
+        for daemon in [d for d, (t, _) in self._last.items() if t < cutoff]:
+            del self._last[daemon]
 
     def count(self, now: float) -> int:
         """How many daemons are up: this one and those heard within ``horizon``."""
-        cutoff = now - self.horizon
-        for daemon in [d for d, t in self._last.items() if t < cutoff]:
-            del self._last[daemon]
+        self._expire(now)
         return len(set(self._last) | {self.me})
+
+    def someone_below(self, fair: int, now: float) -> bool:
+        """Whether another daemon said it holds fewer than ``fair`` shards: only then is a
+        release worth it. (A daemon just killed still counts for ``horizon``; without this
+        its peers would pass shards back and forth until it is forgotten.)"""
+        self._expire(now)
+        return any(held < fair for d, (_, held) in self._last.items() if d != self.me)
 
     def members(self) -> Iterable[str]:
         return sorted(set(self._last) | {self.me})

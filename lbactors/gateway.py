@@ -55,7 +55,7 @@ from lbactors.amqp.errors import (
     PublishNacked,
     PublishReturned,
 )
-from lbactors.cluster import Presence, ShardTable
+from lbactors.cluster import Presence, ShardTable, fair_share
 from lbactors.messages import (
     Failure,
     InvalidOperation,
@@ -416,6 +416,9 @@ class Gateway:
         #: oslo ``_unique_id`` of the last ``dedup_window`` shard deliveries handed on here
         #: (forgotten again when one is requeued or its connection lost: it comes back)
         self._seen: OrderedDict[str, None] = OrderedDict()
+        #: load balancer -> (shard, consumer epoch) of its last operation handed on here: a
+        #: re-assertion goes out only while that consumer still holds the shard (bounded)
+        self._lb_epochs: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     # ------------------------------------------------------------------ public
 
@@ -451,6 +454,15 @@ class Gateway:
             elif self._lb_affinity is not None:
                 key = self._lb_affinity(lb_id)
         return None if not key else shard_of(key, self.settings.shards)
+
+    def _held_since_last_operation(self, lb_id: str) -> bool:
+        """Whether the shard consumer that handed on ``lb_id``'s last operation here still
+        holds its shard (the same epoch: not lost and taken back in between)."""
+        last = self._lb_epochs.get(lb_id)
+        if last is None:
+            return False
+        shard, epoch = last
+        return self._shards.shards[shard].epoch == epoch and shard in self._shards.held()
 
     def cluster_view(self) -> dict[str, Any]:
         """For logs and status: shard states, daemons seen, counts."""
@@ -921,20 +933,23 @@ class Gateway:
                 await trio.sleep(s.balance_interval * random.uniform(0.8, 1.2))
 
     async def _hear(self, hellos: Any) -> None:
+        """Hellos: ``<daemon id> <shards held>``; anything else is ignored."""
         async for delivery in hellos:
             try:
-                daemon = delivery.body.decode()
-            except UnicodeDecodeError:
+                daemon, held = delivery.body.decode().split(" ")
+                count = int(held)
+            except ValueError:  # UnicodeDecodeError is one
                 continue
             if daemon and len(daemon) < 256:
-                self._presence.heard(daemon, trio.current_time())
+                self._presence.heard(daemon, trio.current_time(), count)
 
     async def _balance_tick(
         self, connection: Connection, channel: Channel, nursery: trio.Nursery
     ) -> None:
         s = self.settings
         await self._check_shard_count(connection)
-        await channel.publish(f"{s.topic}.cluster", "", self.daemon_id.encode())
+        hello = f"{self.daemon_id} {len(self._shards.held())}"
+        await channel.publish(f"{s.topic}.cluster", "", hello.encode())
         for index in range(s.shards):
             if not self._shards.wants_probe(index):
                 continue
@@ -946,7 +961,10 @@ class Gateway:
                 b"",
                 properties=oslo.with_headers(oslo.CAST_PROPERTIES, {PROBE_HEADER: probe_id}),
             )
-        daemons = self._presence.count(trio.current_time())
+        now = trio.current_time()
+        daemons = self._presence.count(now)
+        if not self._presence.someone_below(fair_share(s.shards, daemons), now):
+            return
         for index in self._shards.to_release(daemons):
             self._shards.releasing(index)
             nursery.start_soon(self._release, index, daemons)
@@ -1104,6 +1122,10 @@ class Gateway:
         )
         if shard >= 0:
             self._shards.started(shard, epoch, op_id)
+            self._lb_epochs[lb_id] = (shard, epoch)
+            self._lb_epochs.move_to_end(lb_id)
+            if len(self._lb_epochs) > _LB_KEYS_KEPT:
+                self._lb_epochs.popitem(last=False)
         self._ledger_lbs[lb_id] = self._ledger_lbs.get(lb_id, 0) + 1
         self._unsettled += 1
         await self.sink.submit(
@@ -1248,8 +1270,9 @@ class Gateway:
             self.counters.reassertions_dropped += entries
             log.debug("re-assertion dropped: an operation is in flight", lb_id=lb_id)
             return
-        if self.settings.cluster and self.shard_of_lb(lb_id) not in set(self._shards.held()):
-            # its shard moved on: the new owner may have run a newer operation
+        if self.settings.cluster and not self._held_since_last_operation(lb_id):
+            # its shard moved on (perhaps and back): another daemon may have run a newer
+            # operation of it
             self.counters.reassertions_dropped += entries
             log.debug("re-assertion dropped: its shard is not held here", lb_id=lb_id)
             return

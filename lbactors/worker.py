@@ -29,6 +29,7 @@ import trio
 from lbactors import ipc
 from lbactors.actor import ActorSystem, open_actor_system
 from lbactors.backends import load_backend
+from lbactors.backends.base import Backend
 from lbactors.config import decode_config
 from lbactors.logs import configure_logging
 from lbactors.messages import Operation, Outbound, Outcome
@@ -72,11 +73,29 @@ async def _feed(system: ActorSystem, intake: trio.MemoryReceiveChannel[Operation
 class _Statistics:
     """Answers ``CollectStats``: one collection at a time, each bounded in time."""
 
-    def __init__(self, system: ActorSystem, frames: ipc.FrameStream, within: float) -> None:
+    def __init__(
+        self,
+        system: ActorSystem,
+        frames: ipc.FrameStream,
+        within: float,
+        backend: Backend | None = None,
+    ) -> None:
         self.system = system
         self.frames = frames
         self.within = within
         self.running = False
+        self.backend = backend
+
+    async def _owned(self, request: ipc.CollectStats) -> list[str] | None:
+        """The load balancers held here, for the out-of-sync repair. In cluster mode the
+        backend is asked again: a shared one (NSX-like) holds those another daemon created
+        since this worker started, which this daemon may own now (docs/cluster.md §6)."""
+        if not request.with_owned_ids:
+            return None
+        owned = set(self.system.known_lb_ids())
+        if request.held_shards is not None and self.backend is not None:
+            owned.update(await self.backend.resident_lb_ids())
+        return sorted(owned)
 
     def _reported(self, request: ipc.CollectStats) -> Callable[[str], bool] | None:
         """Which load balancers the round reports (cluster mode: those whose owner key is in
@@ -100,8 +119,9 @@ class _Statistics:
             return
         self.running = True
         try:
-            owned = sorted(self.system.known_lb_ids()) if request.with_owned_ids else None
+            owned: list[str] | None = None
             with trio.move_on_after(self.within) as scope:
+                owned = await self._owned(request)
                 listeners, changes = await self.system.collect_statistics(
                     only=self._reported(request)
                 )
@@ -163,7 +183,7 @@ async def serve_worker(
                 system.adopt(resident)
                 if resident:
                     log.info("resident load balancers adopted", count=len(resident))
-                statistics = _Statistics(system, frames, config.stats.worker_timeout)
+                statistics = _Statistics(system, frames, config.stats.worker_timeout, backend)
                 nursery.start_soon(_forward_outcomes, outcomes_receive, frames)
                 async with trio.open_nursery() as intake_nursery:
                     intake_nursery.start_soon(_feed, system, intake_receive)

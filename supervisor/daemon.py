@@ -102,13 +102,27 @@ def statistics_settings(config: Config) -> StatisticsSettings:
 def _status_line(router: Router, gateway: Gateway) -> str:
     alive = sum(worker.alive for worker in router.workers)
     counters = gateway.counters
+    shards = (
+        f", shards {len(gateway.held_shards())}/{gateway.cluster_shards}"
+        if gateway.cluster_shards
+        else ""
+    )
     return (
         f"STATUS=workers {alive}/{len(router.workers)}, "
-        f"broker {'connected' if gateway.connected else 'DISCONNECTED'}, "
+        f"broker {'connected' if gateway.connected else 'DISCONNECTED'}{shards}, "
         f"in flight {gateway.in_flight}, completed {counters.completed}, "
         f"rejected {counters.rejected}, reconnects {counters.reconnects}, "
         f"reasserted {counters.reasserted}"
     )
+
+
+async def _fence(router: Router, config: Config) -> None:
+    """Cluster mode, the broker connection lost: our shards went to the next daemons in line,
+    so nothing of theirs may keep running here (docs/cluster.md §7). The workers are killed
+    and started afresh; their deliveries come back from the broker to the new owners."""
+    forgotten = await router.abandon(within=config.daemon.stop_timeout + config.daemon.cancel_grace)
+    log.warning("fenced: workers replaced after the broker connection was lost",
+                abandoned_operations=forgotten)
 
 
 async def _watchdog(router: Router, gateway: Gateway) -> None:
@@ -145,6 +159,7 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                 outcomes_receive,
                 affinity=affinity,
                 lb_affinity=lb_affinity,
+                on_fence=partial(_fence, router, config),
             )
             await nursery.start(gateway.serve)
             with trio.CancelScope() as helpers:

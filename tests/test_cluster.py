@@ -7,20 +7,24 @@ tests/cluster_checks.py's.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
 
 from lbactors.amqp.broker_url import parse_url
 from lbactors.config import load_config
-from tests.cluster_checks import status_order_problems
+from tests.backend_trace import overlaps_by_key, read_trace
+from tests.cluster_checks import shard_owners, status_order_problems
 from tests.cluster_daemons import (
     ClusterDaemons,
+    list_consumers,
     open_cluster_daemons,
     open_recording_driver,
 )
@@ -117,3 +121,189 @@ async def test_harness_smoke(cluster: RabbitCluster, tmp_path: Path) -> None:
 
             await drive(daemons, lbs=20)
     print(f"test_harness_smoke: {time.monotonic() - started:.1f} s without the cluster's start")
+
+
+# --------------------------------------------------------------------------- cluster mode
+
+#: systemd's watchdog period (half of WATCHDOG_USEC): a STATUS= line every second
+WATCHDOG_ENV = {"WATCHDOG_USEC": "2000000"}
+SHARES_TIMEOUT = 45.0
+
+
+def held_shards(daemons: ClusterDaemons, index: int) -> int | None:
+    """Shards daemon ``index`` holds, from its last ``STATUS=`` line (None: none yet)."""
+    for message in reversed(daemons.process(index).notify.messages):
+        found = re.search(r"shards (\d+)/\d+", message)
+        if found:
+            return int(found.group(1))
+    return None
+
+
+async def wait_for_shares(daemons: ClusterDaemons, live: list[int], share: int) -> float:
+    """Until every daemon in ``live`` holds ``share`` shards; the seconds it took."""
+    started = trio.current_time()
+    with trio.fail_after(SHARES_TIMEOUT):
+        while [held_shards(daemons, i) for i in live] != [share] * len(live):
+            await trio.sleep(0.2)
+    return trio.current_time() - started
+
+
+def shard_consumers(cluster: RabbitCluster, daemons: ClusterDaemons) -> dict[str, int]:
+    """Shard queue -> its active consumers, as the broker lists them."""
+    owners = shard_owners(list_consumers(cluster, 0))
+    return {queue: n for queue, n in owners.items() if queue.startswith(f"{daemons.topic}.shard.")}
+
+
+def check_load(result: dict[str, Any], record: Any, *, max_latency_ms: float) -> None:
+    """The issue's checks: 0 errors, 0 missing, per load balancer in order, and every
+    operation's status within ``max_latency_ms`` of its cast (a dead owner's load balancers
+    served again by another in time)."""
+    summary = {k: v for k, v in result.items() if k != "per_op_latency_ms"}
+    assert result["errors"] == 0 and result["missing_status_updates"] == 0, summary
+    problems = status_order_problems(record.sent, record.statuses)
+    assert problems == [], "\n".join(problems[:5])
+    assert result["latency_ms"]["max"] < max_latency_ms, summary
+
+
+def check_no_overlap(daemons: ClusterDaemons, killed: dict[int, float]) -> int:
+    """No two backend calls of one key ran at the same time, across every process; returns
+    the number of calls traced."""
+    calls = [call for path in daemons.trace_files if path.exists() for call in read_trace(path)]
+    assert calls, "nothing traced"
+    overlaps = overlaps_by_key(calls, killed)
+    assert overlaps == [], overlaps[:3]
+    return len(calls)
+
+
+async def load_with(daemons: ClusterDaemons, during: Any, *, lbs: int, **options: Any
+                    ) -> tuple[dict[str, Any], Any]:
+    """Run the driver's load and, once a third of its load balancers have had a status,
+    ``await during()``; the driver's result and record."""
+    async with open_recording_driver(
+        daemons, lbs=lbs, members=2, concurrency=20, timeout=90, drain=1.0, **options
+    ) as (driver, record):
+        async with trio.open_nursery() as nursery:
+            results: list[dict[str, Any]] = []
+
+            async def run() -> None:
+                results.append(await driver.run_workload())
+
+            nursery.start_soon(run)
+            with trio.fail_after(60):
+                while len({s["loadbalancers"][0]["id"] for s in record.statuses
+                           if s.get("loadbalancers")}) < lbs // 3:
+                    await trio.sleep(0.05)
+            await during()
+    return results[0], record
+
+
+async def test_a_killed_daemons_load_balancers_are_served_by_the_others(
+    cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    """kill -9 one of 3 daemons mid-load, then start it again: nothing lost, nothing out of
+    order, no key run twice at once, shares even again after the restart."""
+    with trio.fail_after(300):
+        async with open_cluster_daemons(cluster, tmp_path, 3, extra_env=WATCHDOG_ENV) as daemons:
+            balanced = await wait_for_shares(daemons, [0, 1, 2], 4)
+            killed: dict[int, float] = {}
+
+            async def kill_one() -> None:
+                workers = daemons.process(1).worker_pids()
+                await daemons.kill(1)
+                killed.update(dict.fromkeys(workers, time.monotonic_ns()))
+
+            result, record = await load_with(daemons, kill_one, lbs=60)
+            check_load(result, record, max_latency_ms=5000)
+            await wait_for_shares(daemons, [0, 2], 6)
+            assert set(shard_consumers(cluster, daemons).values()) == {1}
+
+            await daemons.start(1)
+            result, record = await load_with(daemons, trio.lowlevel.checkpoint, lbs=30)
+            check_load(result, record, max_latency_ms=5000)
+            rebalanced = await wait_for_shares(daemons, [0, 1, 2], 4)
+            traced = check_no_overlap(daemons, killed)
+    print(f"balanced in {balanced:.1f} s; rebalanced {rebalanced:.1f} s after the load; "
+          f"{traced} calls traced; latency {result['latency_ms']}")
+
+
+async def test_a_stopped_broker_node_loses_nothing(cluster: RabbitCluster, tmp_path: Path) -> None:
+    """Stop the node daemon 2 is connected to, mid-load; start it again."""
+    with trio.fail_after(300):
+        async with open_cluster_daemons(cluster, tmp_path, 3, extra_env=WATCHDOG_ENV) as daemons:
+            await wait_for_shares(daemons, [0, 1, 2], 4)
+
+            async def stop_node() -> None:
+                await trio.to_thread.run_sync(cluster.stop_node, 2)
+
+            try:
+                result, record = await load_with(daemons, stop_node, lbs=60)
+                check_load(result, record, max_latency_ms=30000)
+                nodes = await trio.to_thread.run_sync(connection_nodes, cluster, daemons)
+                assert cluster.node_names[2] not in set().union(*nodes.values())
+                assert all(nodes.values()), nodes  # every daemon connected again
+            finally:
+                await trio.to_thread.run_sync(cluster.start_node, 2)
+            check_no_overlap(daemons, {})
+
+
+async def test_two_daemons_never_report_each_others_load_balancers_offline(
+    cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    """Statistics and the out-of-sync repair every second, two daemons, noop in shared mode
+    (its state in one directory, as an NSX-like backend): no OFFLINE, across a kill and a
+    restart of one of them."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = WATCHDOG_ENV | {
+        "LBACTORS_STATS_INTERVAL": "1",
+        "LBACTORS_STATS_SYNC_EVERY": "1",
+        "LBACTORS_BACKEND_NOOP_STATE_DIR": str(state),
+    }
+    with trio.fail_after(300):
+        async with open_cluster_daemons(cluster, tmp_path, 2, extra_env=env) as daemons:
+            await wait_for_shares(daemons, [0, 1], 6)
+
+            async def kill_and_restart() -> None:
+                await daemons.kill(1)
+                await trio.sleep(3)  # sync rounds with one daemon
+                await daemons.start(1)
+
+            result, record = await load_with(daemons, kill_and_restart, lbs=40, updates=False)
+            await wait_for_shares(daemons, [0, 1], 6)
+            await trio.sleep(3)  # sync rounds after the shares moved back
+            offline = [
+                entry
+                for status in record.statuses
+                for entry in status.get("loadbalancers", [])
+                if entry.get("operating_status") == "OFFLINE"
+            ]
+            assert offline == []
+            syncs = sum(daemons.process(i).log_path.read_text().count("get_active") for i in (0,))
+            check_load(result, record, max_latency_ms=5000)
+    print(f"sync mentions in daemon 0's log: {syncs}")
+
+
+async def test_load_balancers_sharing_an_affinity_key_never_overlap(
+    cluster: RabbitCluster, tmp_path: Path
+) -> None:
+    """noop keyed by the first character of the load balancer id (16 keys for 60 load
+    balancers): their backend calls never overlap, across daemons, across a kill."""
+    env = WATCHDOG_ENV | {"LBACTORS_BACKEND_NOOP_AFFINITY_PREFIX": "1",
+                          "LBACTORS_BACKEND_NOOP_LATENCY": "0.002"}
+    with trio.fail_after(300):
+        async with open_cluster_daemons(cluster, tmp_path, 3, extra_env=env) as daemons:
+            await wait_for_shares(daemons, [0, 1, 2], 4)
+            killed: dict[int, float] = {}
+
+            async def kill_one() -> None:
+                workers = daemons.process(0).worker_pids()
+                await daemons.kill(0)
+                killed.update(dict.fromkeys(workers, time.monotonic_ns()))
+
+            result, record = await load_with(daemons, kill_one, lbs=60)
+            check_load(result, record, max_latency_ms=10000)
+            calls = [c for p in daemons.trace_files if p.exists() for c in read_trace(p)]
+            assert len({c.key for c in calls}) <= 16
+            lb_ids = {c.lb_id for c in calls} - {"-"}  # "-": a call without one
+            assert lb_ids <= {op.lb_id for op in record.sent} and len(lb_ids) == 60
+            check_no_overlap(daemons, killed)

@@ -122,3 +122,16 @@ def test_owned_throughout_needs_the_same_epoch() -> None:
 def test_a_table_needs_a_shard() -> None:
     with pytest.raises(ValueError):
         ShardTable(0)
+
+
+def test_a_release_needs_a_daemon_below_its_share() -> None:
+    """After a kill the dead daemon counts for the horizon; its last hello said it held its
+    share, so the survivors (above the share) do not pass shards back and forth."""
+    presence = Presence("me", horizon=3.0)
+    presence.heard("survivor", 1.0, held=6)
+    presence.heard("dead", 1.0, held=4)
+    assert presence.count(1.5) == 3
+    assert not presence.someone_below(fair_share(12, 3), 1.5)
+    presence.heard("newcomer", 2.0, held=0)
+    assert presence.someone_below(fair_share(12, 4), 2.0)
+    assert not presence.someone_below(fair_share(12, 4), 5.5)  # forgotten
