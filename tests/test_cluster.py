@@ -7,8 +7,10 @@ tests/cluster_checks.py's.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +243,8 @@ async def test_a_stopped_broker_node_loses_nothing(cluster: RabbitCluster, tmp_p
                 nodes = await trio.to_thread.run_sync(connection_nodes, cluster, daemons)
                 assert cluster.node_names[2] not in set().union(*nodes.values())
                 assert all(nodes.values()), nodes  # every daemon connected again
+                # daemon 2 lost its connection: it fenced itself before registering again
+                assert "fenced: workers replaced" in daemons.process(2).log_path.read_text()
             finally:
                 await trio.to_thread.run_sync(cluster.start_node, 2)
             check_no_overlap(daemons, {})
@@ -307,3 +311,20 @@ async def test_load_balancers_sharing_an_affinity_key_never_overlap(
             lb_ids = {c.lb_id for c in calls} - {"-"}  # "-": a call without one
             assert lb_ids <= {op.lb_id for op in record.sent} and len(lb_ids) == 60
             check_no_overlap(daemons, killed)
+
+
+async def test_cluster_mode_refuses_a_backend_that_cannot_fail_over(tmp_path: Path) -> None:
+    """haproxy's data plane is this host: another daemon could not take its load balancers."""
+    env = dict(os.environ) | {
+        "LBACTORS_CLUSTER_ENABLED": "true",
+        "LBACTORS_BACKEND_NAME": "haproxy",
+        "LBACTORS_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+    }
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-m", "supervisor", "serve"], env=env, capture_stdout=True,
+            capture_stderr=True, check=False,
+        )
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 1, output
+    assert "cluster.enabled = true cannot run with backend.name = 'haproxy'" in output
