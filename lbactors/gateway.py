@@ -755,7 +755,6 @@ class Gateway:
             unacked_deliveries=lost,
         )
 
-
     # ------------------------------------------------------------------ cluster
 
     def _owner(
@@ -766,18 +765,22 @@ class Gateway:
         if shard >= 0:
             headers = delivery.properties.headers or {}
             lb_id, key = headers.get(LB_HEADER), headers.get(KEY_HEADER)
-            if isinstance(lb_id, str) and isinstance(key, str) and lb_id and key:
-                return lb_id, key
-        if self._affinity is None:
-            lb_id = self._route(method, args)
-            return lb_id, lb_id
-        lb_id, key = route_key(method, args, self._affinity)
+            if not (isinstance(lb_id, str) and isinstance(key, str) and lb_id and key):
+                lb_id, key = self._key_from_payload(method, args)
+        else:
+            lb_id, key = self._key_from_payload(method, args)
         if key != lb_id:
             self._lb_keys[lb_id] = key
             self._lb_keys.move_to_end(lb_id)
             if len(self._lb_keys) > _LB_KEYS_KEPT:
                 self._lb_keys.popitem(last=False)
         return lb_id, key
+
+    def _key_from_payload(self, method: str, args: bytes) -> tuple[str, str]:
+        if self._affinity is None:
+            lb_id = self._route(method, args)
+            return lb_id, lb_id
+        return route_key(method, args, self._affinity)
 
     async def _declare_shards(self, connection: Connection) -> None:
         """The shard exchange and queues (docs/cluster.md §2), after checking that no daemon

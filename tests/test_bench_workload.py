@@ -326,3 +326,15 @@ def test_the_driver_plays_three_load_balancers_against_the_daemon_without_an_err
     assert (result["ops_planned"], result["ops_completed"], result["ops_ok"]) == (54, 54, 54)
     assert result["errors"] == result["missing_status_updates"] == 0
     assert result["unmatched_status_updates"] == 0
+
+
+def test_the_driver_tells_a_reassertion_by_its_context() -> None:
+    """The bench driver leaves re-assertions out of matching (lbactors' agent skips them once
+    written); it finds them by the context entry the gateway puts in the envelope."""
+    from bench.driver import REASSERTION_MARK
+    from lbactors.gateway import encode_status_cast
+    from lbactors.messages import StatusEntry, StatusUpdate
+
+    status = StatusUpdate(members=[StatusEntry(id="m", provisioning_status="ACTIVE")])
+    assert REASSERTION_MARK in encode_status_cast(status, reassertion=True)
+    assert REASSERTION_MARK not in encode_status_cast(status)
