@@ -899,6 +899,11 @@ class Gateway:
     async def _on_shard_delivery(
         self, delivery: Delivery, channel: Channel, generation: int, index: int, epoch: int
     ) -> None:
+        if index in self._releases:
+            # its channel is closing (or closed): not a frame more on it, not even an ack
+            # (RabbitMQ closes the whole connection for a frame on a channel it has closed);
+            # what is left comes back to the next holder
+            return
         current, first = self._shards.delivered(index, epoch)
         if not current:
             return
@@ -910,6 +915,8 @@ class Gateway:
                 # backend calls may still be landing (docs/cluster.md §7, W1)
                 await trio.sleep(self.settings.takeover_delay)
         if probe is not None:
+            if not self._shards.accepts(index, epoch):
+                return  # releasing: returned with the rest
             await channel.ack(delivery.delivery_tag)
             if isinstance(probe, str):
                 self._shards.probe_arrived(index, epoch, probe)

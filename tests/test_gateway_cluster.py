@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from lbactors.amqp import oslo
-from lbactors.amqp.connection import open_connection
-from lbactors.gateway import Gateway, GatewaySettings, GatewaySetupError
+from lbactors.amqp.connection import Delivery, open_connection
+from lbactors.gateway import PROBE_HEADER, Gateway, GatewaySettings, GatewaySetupError
 from lbactors.messages import Operation, Outbound, Outcome, StatusEntry, StatusUpdate
 from lbactors.routing import shard_queue
 from tests.octavia_side import LoadBalancerTree
@@ -380,3 +380,38 @@ async def test_a_daemon_with_fewer_shards_than_the_deployment_refuses_to_start(
             refused.extend(group.exceptions)  # type: ignore[arg-type]
         assert len(refused) == 1
         assert f"shard.{SHARDS - 1:03d} exists" in str(refused[0])
+
+
+class AckRecorder:
+    """A channel that records acks (nothing else may be called)."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    async def ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.acked.append(delivery_tag)
+
+
+def probe_delivery(tag: int) -> Delivery:
+    return Delivery(
+        body=b"", delivery_tag=tag, redelivered=False, exchange="x.shards", routing_key="000",
+        consumer_tag="c", properties=oslo.with_headers(oslo.CAST_PROPERTIES,
+                                                       {PROBE_HEADER: "elsewhere/1"}),
+    )
+
+
+async def test_a_releasing_shard_sends_nothing_on_its_channel(amqp_url: str) -> None:
+    """No ack, not even of a probe, on a shard being released: once its channel.close is
+    sent, RabbitMQ closes the whole connection for any other frame that arrives after its
+    close-ok (504 CHANNEL_ERROR: a reconnect and a fence for nothing, seen in bench cluster)."""
+    gateway = Gateway(cluster_settings(amqp_url, "unused", "a"), None,  # type: ignore[arg-type]
+                      trio.open_memory_channel[Outbound](1)[1])
+    channel = AckRecorder()
+    epoch = gateway._shards.consuming(0)
+    await gateway._on_shard_delivery(probe_delivery(1), channel, 1, 0, epoch)  # type: ignore[arg-type]
+    assert channel.acked == [1]  # active: a probe is acked
+    gateway._shards.releasing(0)
+    await gateway._on_shard_delivery(probe_delivery(2), channel, 1, 0, epoch)  # type: ignore[arg-type]
+    gateway._releases.add(0)
+    await gateway._on_shard_delivery(probe_delivery(3), channel, 1, 0, epoch)  # type: ignore[arg-type]
+    assert channel.acked == [1]
