@@ -173,6 +173,8 @@ async def throughput_row(args: argparse.Namespace, cluster: Any, directory: Path
         "ops_completed": ops,
         "errors": result["errors"],
         "missing_status_updates": result["missing_status_updates"],
+        #: statuses matching no operation in flight: re-assertions (1 s after a create)
+        "unmatched_status_updates": result["unmatched_status_updates"],
         "ok": (ops == result["ops_planned"] and result["errors"] == 0
                and result["missing_status_updates"] == 0),
         "ops_per_s": result["ops_per_s"],
@@ -252,6 +254,8 @@ def analyse_kill(kill: Kill, by_key: dict[str, list[Any]]) -> Row:
         "shares_6_6_after_s": kill.shares_6_s,
         "restart_ready_s": kill.restart_s,
         "shares_4_4_4_after_s": kill.shares_4_s,
+        "kill_ns": kill.at_ns,
+        "victim_worker_pids": kill.workers,
     }
 
 
@@ -302,6 +306,23 @@ async def failover(args: argparse.Namespace, cluster: Any, directory: Path
     return kills, calls, results
 
 
+def daemon_log_events(directory: Path) -> dict[str, int]:
+    """Warnings and errors the daemons logged, by event (a fence shows here)."""
+    import json
+
+    counts: dict[str, int] = {}
+    for path in sorted(directory.glob("daemon*.log")):
+        for raw in path.read_text(errors="replace").splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if line.get("level") in ("warning", "error", "critical"):
+                key = f"{path.stem}: {str(line.get('event'))[:60]}"
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def failover_rows(kills: list[Kill], calls: list[Any]) -> list[Row]:
     by_key: dict[str, list[Any]] = {}
     for call in sorted(calls, key=lambda c: c.start):
@@ -325,7 +346,8 @@ def failover_summary(rows: list[Row]) -> Row:
 
 THROUGHPUT_COLUMNS = [
     ("target", "setup"), ("ops_completed", "ops"), ("errors", "errors"),
-    ("missing_status_updates", "missing"), ("ops_per_s", "ops/s"), ("p50_ms", "p50 ms"),
+    ("missing_status_updates", "missing"), ("unmatched_status_updates", "unmatched statuses"),
+    ("ops_per_s", "ops/s"), ("p50_ms", "p50 ms"),
     ("p95_ms", "p95 ms"), ("daemon_cpu_ms_per_op", "daemons CPU ms/op"),
     ("broker_cpu_ms_per_op", "broker CPU ms/op"), ("driver_cpu_ms_per_op", "driver CPU ms/op"),
     ("machine_busy_pct", "machine busy %"), ("shares", "shards held"),
@@ -402,6 +424,7 @@ def scenario_cluster(args: argparse.Namespace) -> int:
                     "load_errors": load_errors, "load_missing": load_missing,
                     "load_max_latency_ms": max((r["latency_ms"].get("max") or 0) for r in loads)
                     if loads else None}
+        summary["daemon_warnings"] = daemon_log_events(directory / "failover")
         writer.add(summary)
     write_markdown(args, writer, rows, summary, started, directory)
     ok = all(r["ok"] for r in rows if r["kind"] == "throughput")
@@ -428,7 +451,11 @@ def write_markdown(args: argparse.Namespace, writer: report.ResultsWriter, rows:
         f"{args.daemon_log_level}; cluster mode with 12 shards, balance every 1 s, rows "
         "measured once the shares were even. Daemons CPU: every daemon's process tree, "
         "summed; broker CPU: the machine's beam.smp (first row), the 3 nodes' beam.smp summed "
-        "(the others).",
+        "(the others). **unmatched statuses**: status casts matching no operation in flight, "
+        "the daemons' re-assertions (1 s after a create whose load balancer queues nothing, "
+        "`status.reassert_after`); when one names an object whose next operation is in flight "
+        "the driver takes it for that operation's status and counts a validation error "
+        "(parents not ACTIVE): the **errors** of a row whose round trips exceed 1 s.",
     ]
     if single and three:
         notes.append(
@@ -466,7 +493,10 @@ def write_markdown(args: argparse.Namespace, writer: report.ResultsWriter, rows:
             f"Load during the kills: {summary['load_runs']} runs of {args.failover_lbs} load "
             f"balancers at C={args.failover_concurrency}, {summary['load_ops']} operations, "
             f"{summary['load_errors']} errors, {summary['load_missing']} missing status "
-            f"updates, max latency {summary['load_max_latency_ms']} ms.",
+            f"updates, max latency {summary['load_max_latency_ms']} ms. Warnings and errors "
+            "the daemons logged: "
+            + (", ".join(f"{k} × {v}" for k, v in summary["daemon_warnings"].items())
+               or "none") + ".",
             "",
             "**gap**: per key (load balancer) whose last backend call before the kill ran on "
             "the killed daemon's worker, its first call on another daemon's worker - the end of "
