@@ -29,8 +29,9 @@ for 4/4/4. From the traces, per kill, for every key (load balancer) whose last b
 started before the kill ran on the victim's worker: **gap** = the first start of one of its
 calls on another process - the end of its last call on the victim (a call that never ended
 ends at the kill), and **kill -> elsewhere** = that first start - the kill. The takeover
-delay (``cluster.takeover_delay``, 1 s by default) is part of both: a surviving daemon waits
-that long after a shard's consumer is gone before it runs the shard's operations.
+delay (``cluster.takeover_delay``, 1 s by default) is part of both for a shard whose first
+delivery to the new owner is redelivered (the killed daemon had it in hand); a shard taken over
+with nothing in hand runs at once.
 
 Results: ``bench/results/cluster.md`` and ``bench/results/raw/cluster-*.jsonl``; the daemons'
 logs and traces stay in a ``mktemp -d`` directory printed at the start.
@@ -504,7 +505,11 @@ def write_markdown(args: argparse.Namespace, writer: report.ResultsWriter, rows:
             "includes the driver's round trip when the cut call had completed. **kill → first "
             "elsewhere**: the kill to the first such call of any of those keys. The takeover "
             "delay (`cluster.takeover_delay`, default 1 s, LBACTORS_CLUSTER_TAKEOVER_DELAY) is "
-            "part of both: a survivor waits that long once a shard's consumer is gone.",
+            "part of both when the new owner's first delivery of a shard is redelivered (the "
+            "killed daemon had it in hand): it waits that long before running it. A shard the "
+            "killed daemon held with nothing in hand runs at once (docs/cluster.md, takeover "
+            "delay): the kills with a first call elsewhere well under 1 s. The daemons' "
+            "`shard active here` lines say which (`redelivered`).",
             "",
             f"Daemon logs and traces of this run: `{directory}` (not kept in git).",
         ]) + "\n"
