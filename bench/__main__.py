@@ -22,6 +22,10 @@ Scenarios (``python -m bench <scenario> --help`` for the options):
                  agent): per create step, API call -> ACTIVE and lbactors' share of it, 1 and
                  50 load balancers at once, the commit race and the re-assertions
                  (``bench/octavia.py``)
+``cluster``      several daemons on a private 3-node RabbitMQ cluster: ops/s, latency, daemon
+                 and broker CPU per op for 1 daemon on the single broker and 1, 2, 3 daemons in
+                 cluster mode (and the re-publish hop's broker CPU); failover time over
+                 ``--kills`` kill -9 rounds from the backend traces (``bench/cluster.py``)
 
 Every row is printed as a JSON line and appended to ``bench/results/raw/``; each scenario
 rewrites its Markdown table and plots in ``bench/results/``. Exit status 0 when every planned
@@ -42,7 +46,7 @@ from typing import Any
 
 import trio
 
-from bench import faults, octavia, procs, report
+from bench import cluster, faults, octavia, procs, report
 from bench.driver import DEFAULT_AMQP_URL, DriverConfig, delete_queues, open_driver
 
 Row = dict[str, Any]
@@ -568,6 +572,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.set_defaults(members=2, timeout=60.0, max_duration=300.0, daemon_log_level="info")
     o = sub.add_parser("octavia", help="the real Octavia in the loop: API call -> ACTIVE")
     octavia.add_arguments(o)
+    cl = sub.add_parser("cluster", help="several daemons on a 3-node RabbitMQ cluster")
+    cluster.add_arguments(cl)
     return p.parse_args(argv)
 
 
@@ -580,6 +586,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
     "scale": scenario_scale,
     "faults": faults.scenario_faults,
     "octavia": octavia.scenario_octavia,
+    "cluster": cluster.scenario_cluster,
 }
 
 
