@@ -225,6 +225,10 @@ class ActorSystem:
         """Count ``lb_ids`` as held here (their backend state survived a restart)."""
         self._owned.update(lb_ids)
 
+    def resident_count(self) -> int:
+        """How many load balancers have a live tree here (:meth:`known_lb_ids`, counted)."""
+        return len(self._owned)
+
     def known_lb_ids(self) -> list[str]:
         """The load balancers that have a live tree here (an actor now or when next used)."""
         return list(self._owned)

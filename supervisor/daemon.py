@@ -10,8 +10,11 @@ Whatever did not finish stays unacked and the broker redelivers it to the next d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
+from functools import partial
 
 import structlog
 import trio
@@ -21,12 +24,18 @@ from lbactors.gateway import Gateway, GatewaySettings, GatewaySetupError, serve_
 from lbactors.logs import configure_logging
 from lbactors.messages import Outbound
 from lbactors.statistics import StatisticsSettings, serve_statistics
+from supervisor.metrics import DaemonMetrics, MetricsEndpoint
 from supervisor.router import RestartBudgetExceeded, Router
 from supervisor.sdnotify import notify, watchdog_period
+from supervisor.status import SOCKET_NAME, RoundLog, runtime_dir, serve_status, status_snapshot
 
 log = structlog.get_logger("lbactors.supervisor")
 
 MIGRATION_SUFFIX = "_migration"
+
+
+class MetricsSetupError(Exception):
+    """The metrics endpoint could not listen on its address."""
 
 
 def gateway_settings(config: Config) -> GatewaySettings:
@@ -94,19 +103,47 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
         max(config.amqp.prefetch * 4, 64)
     )
     router = Router(config, outcomes_send)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    started = time.time()
+    rounds = RoundLog()
+    metrics = DaemonMetrics() if config.metrics.enabled else None
+
+    def on_round(number: int, seconds: float, messages: int) -> None:
+        rounds.number, rounds.duration, rounds.messages = number, seconds, messages
+        rounds.ended = time.time()
+        if metrics is not None:
+            metrics.observe_round(seconds, messages, rounds.ended)
+
+    with contextlib.ExitStack() as closing, trio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT
+    ) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(router.serve)
             gateway: Gateway = await nursery.start(
                 serve_gateway, gateway_settings(config), router, outcomes_receive
             )
+            if metrics is not None:
+                gateway.on_settled = metrics.observe_settled
+                metrics.watch(router, gateway)
+                closing.callback(_open_endpoint(metrics, config).close)
             with trio.CancelScope() as helpers:
                 async with trio.open_nursery() as helper_nursery:
                     if config.stats.interval > 0:
                         helper_nursery.start_soon(
-                            serve_statistics, statistics_settings(config), router, gateway
+                            partial(
+                                serve_statistics,
+                                statistics_settings(config),
+                                router,
+                                gateway,
+                                on_round=on_round,
+                            )
                         )
                     helper_nursery.start_soon(_watchdog, router, gateway)
+                    snapshot = partial(
+                        status_snapshot, router, gateway, rounds, started=started, pid=os.getpid()
+                    )
+                    await helper_nursery.start(
+                        serve_status, runtime_dir(config) / SOCKET_NAME, snapshot
+                    )
                     await notify("READY=1", _status_line(router, gateway))
                     log.info(
                         "lbactors ready",
@@ -144,6 +181,17 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
     )
 
 
+def _open_endpoint(metrics: DaemonMetrics, config: Config) -> MetricsEndpoint:
+    try:
+        endpoint = MetricsEndpoint(metrics, config.metrics.address, config.metrics.port)
+    except OSError as exc:
+        raise MetricsSetupError(
+            f"metrics endpoint on {config.metrics.address}:{config.metrics.port}: {exc}"
+        ) from exc
+    log.info("metrics endpoint listening", address=endpoint.address[0], port=endpoint.address[1])
+    return endpoint
+
+
 def run(config: Config) -> int:
     """Entry point of ``lbactors serve``: the exit code."""
     configure_logging(config.log.level, config.log.format)
@@ -158,5 +206,8 @@ def run(config: Config) -> int:
         code = 1
     except* GatewaySetupError as group:
         log.critical("cannot set up the broker topology", error=str(group.exceptions[0]))
+        code = 1
+    except* MetricsSetupError as group:
+        log.critical("cannot open the metrics endpoint", error=str(group.exceptions[0]))
         code = 1
     return code
