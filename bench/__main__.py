@@ -132,14 +132,20 @@ def _run_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def start_daemon(args: argparse.Namespace, *, backend_latency_ms: float = 0.0,
-                 stats_interval: float = 0.0) -> procs.Daemon:
+                 stats_interval: float = 0.0, metrics: bool = False) -> procs.Daemon:
     tag = uuid.uuid4().hex[:8]
+    extra_env: dict[str, str] = {}
+    if metrics:
+        extra_env = {"LBACTORS_METRICS_ENABLED": "true",
+                     "LBACTORS_METRICS_PORT": str(procs.free_port())}
     daemon = procs.Daemon(
         topic=f"bench_{tag}__lb_listener", driver_topic=f"bench_{tag}__driver_listener",
         run_dir=_run_dir(args, "lbactors"), amqp_url=args.amqp_url, workers=args.workers,
         backend_latency_s=backend_latency_ms / 1000.0, stats_interval=stats_interval,
-        log_level=args.daemon_log_level,
+        log_level=args.daemon_log_level, extra_env=extra_env,
     )
+    if metrics:
+        daemon.name = "lbactors+metrics"
     return daemon.start()
 
 
@@ -172,6 +178,9 @@ def _starters(args: argparse.Namespace, *, backend_latency_ms: float = 0.0
     for name in args.targets.split(","):
         if name == "lbactors":
             out.append(lambda: start_daemon(args, backend_latency_ms=backend_latency_ms))
+        elif name == "lbactors+metrics":  # [metrics] on, scraped every --scrape-interval s
+            out.append(lambda: start_daemon(args, backend_latency_ms=backend_latency_ms,
+                                            metrics=True))
         elif name == "seed":
             if not procs.baseline_available(Path(args.baseline_dir)):
                 _log(f"no baseline at {args.baseline_dir}: skipping the original listener")
@@ -279,18 +288,27 @@ def scenario_latency(args: argparse.Namespace) -> int:
 
 
 def scenario_cpu(args: argparse.Namespace) -> int:
+    """Every target is started first and kept running; each repeat runs the workload once
+    against each of them in turn, so slow drifts of the machine hit all targets alike (with
+    ``--targets lbactors,lbactors+metrics``: the metrics' cost, in one run). A daemon with
+    metrics on is scraped every ``--scrape-interval`` seconds while it runs."""
     writer = report.ResultsWriter("cpu", Path(args.results))
     ok = True
-    for start in _starters(args):
-        target = start()
-        try:
-            for i in range(args.repeat):
-                row, _ = measure(config_for(args, target), target=target,
-                                 extra={"repeat": i + 1})
+    targets: list[procs.Target] = []
+    try:
+        for start in _starters(args):
+            targets.append(start())
+        for i in range(args.repeat):
+            for target in targets:
+                with procs.Scraper(_metrics_url(target), args.scrape_interval) as scraper:
+                    row, _ = measure(config_for(args, target), target=target,
+                                     extra={"repeat": i + 1})
+                row["scrapes"] = scraper.scrapes
                 writer.add(row)
                 ok &= row["ok"]
                 _log(_summary_line(row))
-        finally:
+    finally:
+        for target in targets:
             stop_target(args, target)
     for name in sorted({r["target"] for r in writer.rows}):
         per_op = [r["target_cpu_ms_per_op"] for r in writer.rows if r["target"] == name]
@@ -299,6 +317,15 @@ def scenario_cpu(args: argparse.Namespace) -> int:
     writer.write_table(title="Daemon CPU per operation (all processes, /proc)",
                        notes=[_conditions(args)])
     return 0 if ok else 2
+
+
+def _metrics_url(target: procs.Target) -> str | None:
+    if not isinstance(target, procs.Daemon):
+        return None
+    port = target.env.get("LBACTORS_METRICS_PORT")
+    if target.env.get("LBACTORS_METRICS_ENABLED") != "true" or not port:
+        return None
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 def scenario_compare(args: argparse.Namespace) -> int:
@@ -543,7 +570,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common(cp)
     cp.add_argument("--repeat", type=int, default=3)
     cp.add_argument("--targets", default="lbactors",
-                    help="comma-separated: lbactors, seed (the original listener)")
+                    help="comma-separated: lbactors, lbactors+metrics ([metrics] on, scraped), "
+                         "seed (the original listener)")
+    cp.add_argument("--scrape-interval", type=float, default=1.0,
+                    help="seconds between scrapes of lbactors+metrics (Prometheus' usual is 15)")
 
     cm = sub.add_parser("compare", help="lbactors serve against the original listener")
     common(cm)
