@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from bench import faults, octavia, procs, report
+from bench import dashboard, faults, octavia, procs, report
 from bench.driver import DEFAULT_AMQP_URL, DriverConfig, delete_queues, open_driver
 
 Row = dict[str, Any]
@@ -598,6 +598,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.set_defaults(members=2, timeout=60.0, max_duration=300.0, daemon_log_level="info")
     o = sub.add_parser("octavia", help="the real Octavia in the loop: API call -> ACTIVE")
     octavia.add_arguments(o)
+    db = sub.add_parser("dashboard", help="a compressed day's work, recorded by Prometheus, "
+                                         "drawn with contrib/grafana/lbactors.json's panels")
+    common(db, lbs=200)
+    db.add_argument("--prometheus", default="prometheus", help="the Prometheus binary")
+    db.add_argument("--scrape-interval", type=float, default=2.0)
+    db.add_argument("--stats-interval", type=float, default=5.0)
+    db.add_argument("--backend-latency", type=float, default=2.0, help="ms per backend call")
+    db.add_argument("--malformed", type=int, default=40)
+    db.add_argument("--pause", type=float, default=20.0, help="seconds of quiet between phases")
+    db.add_argument("--out", default=str(Path(__file__).resolve().parents[1]
+                                         / "contrib" / "grafana" / "lbactors.png"))
     return p.parse_args(argv)
 
 
@@ -610,6 +621,14 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
     "scale": scenario_scale,
     "faults": faults.scenario_faults,
     "octavia": octavia.scenario_octavia,
+    "dashboard": lambda args: dashboard.scenario_dashboard(
+        args,
+        start_daemon,
+        lambda target, lbs, concurrency, resident: measure(
+            config_for(args, target, lbs=lbs, concurrency=concurrency, resident=resident),
+            target=target, idle_seconds=0)[0],
+        lambda target: stop_target(args, target),
+    ),
 }
 
 

@@ -222,12 +222,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from supervisor.status import SOCKET_NAME, NoDaemon, read_status, render_status, runtime_dir
+    from supervisor.status import (
+        SOCKET_NAME,
+        NoDaemon,
+        read_status,
+        render_status,
+        runtime_dir_candidates,
+    )
 
     if args.socket:
         path = Path(args.socket)
     else:
-        path = runtime_dir(load_config(args.config)) / SOCKET_NAME
+        candidates = [d / SOCKET_NAME for d in runtime_dir_candidates(load_config(args.config))]
+        found = [candidate for candidate in candidates if candidate.exists()]
+        if not found:
+            tried = ", ".join(str(candidate) for candidate in candidates)
+            print(f"{PROG}: no lbactors daemon is running: no status socket ({tried})",
+                  file=sys.stderr)
+            return 1
+        path = found[0]
     try:
         answer = read_status(path)
     except NoDaemon as exc:

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,19 +34,36 @@ SOCKET_NAME = "status.sock"
 SLOWEST = 10
 
 
-def runtime_dir(config: Config, environ: dict[str, str] | None = None) -> Path:
-    """Where ``status.sock`` lives (see ``daemon.runtime_dir`` in contrib/lbactors.toml)."""
+SYSTEM_RUNTIME_DIR = Path("/run/lbactors")
+
+
+def runtime_dir_candidates(config: Config, environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where ``status.sock`` may live, most likely first (``daemon.runtime_dir`` in
+    contrib/lbactors.toml): the configured directory alone if there is one; else systemd's
+    $RUNTIME_DIRECTORY, /run/lbactors, $XDG_RUNTIME_DIR/lbactors, /tmp/lbactors-<uid>."""
     env = os.environ if environ is None else environ
     if config.daemon.runtime_dir:
-        return Path(config.daemon.runtime_dir)
+        return [Path(config.daemon.runtime_dir)]
+    out = []
     if env.get("RUNTIME_DIRECTORY"):
         # systemd's RuntimeDirectory=: several are separated by colons
-        return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/run/lbactors")
+        out.append(Path(env["RUNTIME_DIRECTORY"].split(":")[0]))
+    out.append(SYSTEM_RUNTIME_DIR)
     if env.get("XDG_RUNTIME_DIR"):
-        return Path(env["XDG_RUNTIME_DIR"]) / "lbactors"
-    return Path(f"/tmp/lbactors-{os.getuid()}")
+        out.append(Path(env["XDG_RUNTIME_DIR"]) / "lbactors")
+    out.append(Path(f"/tmp/lbactors-{os.getuid()}"))
+    return out
+
+
+def runtime_dir(config: Config, environ: Mapping[str, str] | None = None) -> Path:
+    """The directory the daemon puts ``status.sock`` in: the first candidate, skipping
+    /run/lbactors unless we are root or it exists and we may write there."""
+    for candidate in runtime_dir_candidates(config, environ):
+        if candidate == SYSTEM_RUNTIME_DIR and not config.daemon.runtime_dir:
+            if os.geteuid() != 0 and not os.access(candidate, os.W_OK | os.X_OK):
+                continue
+        return candidate
+    raise AssertionError("the last candidate is always usable")
 
 
 @dataclass

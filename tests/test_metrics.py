@@ -305,3 +305,21 @@ async def test_status_of_a_live_daemon(
         assert not path.exists()  # removed on the way out
     finally:
         await daemon.stop()
+
+
+def test_runtime_directory_follows_the_configuration_then_systemd() -> None:
+    from lbactors.config import load_config
+    from supervisor.status import runtime_dir, runtime_dir_candidates
+
+    configured = load_config(None, environ={}, overrides={"daemon.runtime_dir": "/srv/lb"})
+    assert runtime_dir_candidates(configured, {"RUNTIME_DIRECTORY": "/run/x"}) == [Path("/srv/lb")]
+    assert runtime_dir(configured, {}) == Path("/srv/lb")
+    default = load_config(None, environ={})
+    systemd = {"RUNTIME_DIRECTORY": "/run/lbactors-a:/run/other", "XDG_RUNTIME_DIR": "/run/user/7"}
+    assert runtime_dir(default, systemd) == Path("/run/lbactors-a")
+    assert runtime_dir_candidates(default, systemd) == [
+        Path("/run/lbactors-a"),
+        Path("/run/lbactors"),
+        Path("/run/user/7/lbactors"),
+        Path(f"/tmp/lbactors-{os.getuid()}"),
+    ]
