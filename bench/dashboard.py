@@ -100,6 +100,18 @@ class Prometheus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+async def _declare_status_sink(url: str, exchange: str, driver_topic: str) -> None:
+    """A queue on the driver topic for the whole run: the bench driver's own queues go with
+    each phase, and a statistics round whose cast has no route retries it until one exists."""
+    async with open_connection(url, client_name="lbactors-bench-dashboard") as conn:
+        channel = await conn.open_channel()
+        await channel.exchange_declare(exchange, "topic")
+        sink = f"{driver_topic}_dashboard_sink"
+        await channel.queue_declare(sink, arguments={"x-max-length": 1000})
+        await channel.queue_bind(sink, exchange, driver_topic)
+        await channel.close()
+
+
 async def _publish_malformed(url: str, exchange: str, topic: str, count: int) -> None:
     async with open_connection(url, client_name="lbactors-bench-dashboard",
                                frame_max=131072) as conn:
@@ -217,6 +229,7 @@ def scenario_dashboard(args: argparse.Namespace,
         daemon = start_daemon(args, metrics=True, stats_interval=args.stats_interval,
                               backend_latency_ms=args.backend_latency)
         port = daemon.env["LBACTORS_METRICS_PORT"]
+        trio.run(_declare_status_sink, args.amqp_url, "common", daemon.driver_topic)
         prometheus = Prometheus(binary, f"127.0.0.1:{port}", args.scrape_interval, run_dir)
         start = time.time()
         pause = args.pause

@@ -161,30 +161,31 @@ async def test_scrape_counts_exactly_the_operations_sent(
     driver: OsloDriver,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    daemon = DaemonProcess(metrics_env, notify_socket, tmp_path / "daemon.log")
-    await daemon.start()
-    try:
-        url = endpoint_of(daemon)
-        before = await scrape(url)
-        assert total(before, "lbactors_operations_total") == 0
-        assert total(before, "lbactors_broker_connected") == 1
-        assert total(before, "lbactors_worker_up") == 2
-        trees = [LoadBalancerTree(i, members=2) for i in range(10)]
-        with trio.fail_after(120):
-            run = await trio.to_thread.run_sync(GatedRun(driver, trees).run)
-        assert_clean(run)
-        sent = collections.Counter(method for tree in trees for method, _, _ in tree.lifecycle())
-        after = await settled_total(url, sum(sent.values()))
-        assert total(after, "lbactors_operations_total") == sum(sent.values())
-        assert total(after, "lbactors_operations_total", result="ok") == sum(sent.values())
-        for method, count in sent.items():
-            assert total(after, "lbactors_operations_total", method=method) == count, method
-            assert total(after, "lbactors_operation_duration_seconds_count", method=method) == count
-        assert total(after, "lbactors_deliveries_received_total") == sum(sent.values())
-        assert total(after, "lbactors_in_flight_operations") == 0
-        assert total(after, "lbactors_worker_restarts_total") == 0
-    finally:
-        await daemon.stop()
+    with trio.fail_after(180):
+        daemon = DaemonProcess(metrics_env, notify_socket, tmp_path / "daemon.log")
+        await daemon.start()
+        try:
+            url = endpoint_of(daemon)
+            before = await scrape(url)
+            assert total(before, "lbactors_operations_total") == 0
+            assert total(before, "lbactors_broker_connected") == 1
+            assert total(before, "lbactors_worker_up") == 2
+            trees = [LoadBalancerTree(i, members=2) for i in range(10)]
+            with trio.fail_after(120):
+                run = await trio.to_thread.run_sync(GatedRun(driver, trees).run)
+            assert_clean(run)
+            sent = collections.Counter(method for tree in trees for method, _, _ in tree.lifecycle())
+            after = await settled_total(url, sum(sent.values()))
+            assert total(after, "lbactors_operations_total") == sum(sent.values())
+            assert total(after, "lbactors_operations_total", result="ok") == sum(sent.values())
+            for method, count in sent.items():
+                assert total(after, "lbactors_operations_total", method=method) == count, method
+                assert total(after, "lbactors_operation_duration_seconds_count", method=method) == count
+            assert total(after, "lbactors_deliveries_received_total") == sum(sent.values())
+            assert total(after, "lbactors_in_flight_operations") == 0
+            assert total(after, "lbactors_worker_restarts_total") == 0
+        finally:
+            await daemon.stop()
 
 
 @pytest.mark.broker
@@ -266,45 +267,46 @@ async def test_status_of_a_live_daemon(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    env = metrics_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "3"}
-    daemon = DaemonProcess(env, notify_socket, tmp_path / "daemon.log")
-    await daemon.start()
-    try:
-        path = tmp_path / "run" / SOCKET_NAME
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        tree, younger = LoadBalancerTree(0, members=1), LoadBalancerTree(1, members=1)
-        method, kwargs, _ = tree.lifecycle()[0]
-        driver.cast(method, **kwargs)
-        await trio.sleep(0.3)
-        driver.cast(method, **younger.lifecycle()[0][1])
-        with trio.fail_after(10):
-            while True:
-                code, out, err = await trio.to_thread.run_sync(
-                    run_cli, ["status", "--socket", str(path), "--json"], capsys
-                )
-                assert code == 0, err
-                answer = json.loads(out)
-                if len(answer["slowest_in_flight"]) == 2 and answer["slowest_in_flight"][0]["age_s"] > 0.5:
-                    break
-                await trio.sleep(0.1)
-        assert answer["pid"] == daemon.pid
-        assert sorted(w["pid"] for w in answer["workers"]) == daemon.worker_pids()
-        assert all(w["up"] and w["restarts"] == 0 for w in answer["workers"])
-        assert answer["broker"]["connected"] is True
-        slow, young = answer["slowest_in_flight"]  # oldest first
-        assert slow["lb_id"] == tree.lb_id and slow["method"] == method
-        assert young["lb_id"] == younger.lb_id and young["age_s"] < slow["age_s"] - 0.2
-        assert sum(w["in_flight"] for w in answer["workers"]) == 2
-        # the text form, through the configuration's runtime directory
-        monkeypatch.setenv("LBACTORS_DAEMON_RUNTIME_DIR", str(tmp_path / "run"))
-        code, out, err = await trio.to_thread.run_sync(run_cli, ["status"], capsys)
-        assert code == 0, err
-        assert f"pid {daemon.pid}" in out and tree.lb_id in out and "broker     connected" in out
-        daemon.signal(signal.SIGTERM)
-        assert await daemon.wait(timeout=30) == 0
-        assert not path.exists()  # removed on the way out
-    finally:
-        await daemon.stop()
+    with trio.fail_after(120):
+        env = metrics_env | {"LBACTORS_BACKEND_NOOP_LATENCY": "3"}
+        daemon = DaemonProcess(env, notify_socket, tmp_path / "daemon.log")
+        await daemon.start()
+        try:
+            path = tmp_path / "run" / SOCKET_NAME
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+            tree, younger = LoadBalancerTree(0, members=1), LoadBalancerTree(1, members=1)
+            method, kwargs, _ = tree.lifecycle()[0]
+            driver.cast(method, **kwargs)
+            await trio.sleep(0.3)
+            driver.cast(method, **younger.lifecycle()[0][1])
+            with trio.fail_after(10):
+                while True:
+                    code, out, err = await trio.to_thread.run_sync(
+                        run_cli, ["status", "--socket", str(path), "--json"], capsys
+                    )
+                    assert code == 0, err
+                    answer = json.loads(out)
+                    if len(answer["slowest_in_flight"]) == 2 and answer["slowest_in_flight"][0]["age_s"] > 0.5:
+                        break
+                    await trio.sleep(0.1)
+            assert answer["pid"] == daemon.pid
+            assert sorted(w["pid"] for w in answer["workers"]) == daemon.worker_pids()
+            assert all(w["up"] and w["restarts"] == 0 for w in answer["workers"])
+            assert answer["broker"]["connected"] is True
+            slow, young = answer["slowest_in_flight"]  # oldest first
+            assert slow["lb_id"] == tree.lb_id and slow["method"] == method
+            assert young["lb_id"] == younger.lb_id and young["age_s"] < slow["age_s"] - 0.2
+            assert sum(w["in_flight"] for w in answer["workers"]) == 2
+            # the text form, through the configuration's runtime directory
+            monkeypatch.setenv("LBACTORS_DAEMON_RUNTIME_DIR", str(tmp_path / "run"))
+            code, out, err = await trio.to_thread.run_sync(run_cli, ["status"], capsys)
+            assert code == 0, err
+            assert f"pid {daemon.pid}" in out and tree.lb_id in out and "broker     connected" in out
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait(timeout=30) == 0
+            assert not path.exists()  # removed on the way out
+        finally:
+            await daemon.stop()
 
 
 def test_runtime_directory_follows_the_configuration_then_systemd() -> None:
