@@ -600,7 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     octavia.add_arguments(o)
     db = sub.add_parser("dashboard", help="a compressed day's work, recorded by Prometheus, "
                                          "drawn with contrib/grafana/lbactors.json's panels")
-    common(db, lbs=200)
+    common(db, lbs=600)
     db.add_argument("--prometheus", default="prometheus", help="the Prometheus binary")
     db.add_argument("--scrape-interval", type=float, default=2.0)
     db.add_argument("--stats-interval", type=float, default=5.0)

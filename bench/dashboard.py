@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -152,7 +153,7 @@ def render(prometheus: Prometheus, start: float, end: float, step: float, rate_i
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     plt.style.use("dark_background")
     fig = plt.figure(figsize=(24, rows * 0.62))
-    grid = fig.add_gridspec(rows, 24, hspace=1.4, wspace=1.2)
+    grid = fig.add_gridspec(rows, 24, hspace=1.4, wspace=1.2, top=0.95, bottom=0.02)
     for panel in panels:
         pos = panel["gridPos"]
         ax = fig.add_subplot(grid[pos["y"]:pos["y"] + pos["h"] - 1, pos["x"]:pos["x"] + pos["w"]])
@@ -182,13 +183,15 @@ def render(prometheus: Prometheus, start: float, end: float, step: float, rate_i
             ax.plot([_dt(x) for x in xs], [y * scale for y in ys], label=label, linewidth=1.2)
         for at, _what in marks:
             ax.axvline(_dt(at), color="#888888", linewidth=0.6, linestyle=":")
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+        ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=6))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.15)
         ax.set_ylabel({"ops": "ops/s", "s": "seconds", "percentunit": "% of a CPU"}.get(unit, ""),
                       fontsize=8)
-        if series and len(series) <= 12:
-            ax.legend(fontsize=7, loc="upper left", ncol=2 if len(series) > 4 else 1)
+        if series:
+            ax.legend(fontsize=6 if len(series) > 8 else 7, loc="upper left",
+                      ncol=3 if len(series) > 8 else 2 if len(series) > 4 else 1)
         elif not series:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     notes = "; ".join(f"{time.strftime('%H:%M:%S', time.localtime(at))} {what}" for at, what in marks)
@@ -259,6 +262,11 @@ def scenario_dashboard(args: argparse.Namespace,
             if victims:
                 marks.append((time.time(), f"worker pid {victims[0]} killed (-9)"))
                 os.kill(victims[0], signal.SIGKILL)
+                time.sleep(0.3)
+                status = subprocess.run([sys.executable, "-m", "supervisor", "status"],
+                                        capture_output=True, text=True, timeout=30, cwd=REPO)
+                _log(f"lbactors status 0.3 s after the kill (daemon pid {daemon.pid}):\n"
+                     f"{status.stdout}{status.stderr}")
 
         killer = threading.Timer(3.0, kill_a_worker)
         killer.start()

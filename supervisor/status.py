@@ -251,6 +251,8 @@ def read_status(path: Path, timeout: float = 5.0) -> dict[str, Any]:
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
         return f"{seconds:.1f}s"
     if seconds < 7200:

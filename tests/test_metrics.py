@@ -225,6 +225,9 @@ async def test_worker_killed_mid_load_no_counter_goes_backwards(
                 for key, value in earlier.items():
                     assert later.get(key, 0.0) >= value, f"{key} went from {value} to {later.get(key)}"
             assert total(final, "lbactors_worker_restarts_total") == 1
+            replays = [line["count"] for line in daemon.log_lines()
+                       if line.get("event") == "replaying in-flight operations"]
+            assert total(final, "lbactors_replayed_operations_total") == sum(replays)
             assert total(final, "lbactors_operations_total") == planned
             assert total(final, "lbactors_worker_up") == 2
         finally:
