@@ -328,3 +328,88 @@ def test_runtime_directory_follows_the_configuration_then_systemd() -> None:
         Path("/run/user/7/lbactors"),
         Path(f"/tmp/lbactors-{os.getuid()}"),
     ]
+
+
+@pytest.mark.broker
+async def test_failures_and_rejections_are_counted_by_result_and_reason(
+    metrics_env: dict[str, str],
+    notify_socket: NotifySocket,
+    driver: OsloDriver,  # noqa: F811
+    names: dict[str, str],
+    amqp_url: str,
+    tmp_path: Path,
+) -> None:
+    from lbactors.amqp import oslo
+    from lbactors.amqp.connection import open_connection
+
+    with trio.fail_after(120):
+        env = metrics_env | {"LBACTORS_BACKEND_NOOP_FAIL_PATTERN": "^lb-7$"}
+        daemon = DaemonProcess(env, notify_socket, tmp_path / "daemon.log")
+        await daemon.start()
+        try:
+            url = endpoint_of(daemon)
+            failing, fine = LoadBalancerTree(7, members=1), LoadBalancerTree(8, members=1)
+            for tree in (failing, fine):
+                method, kwargs, _ = tree.lifecycle()[0]
+                driver.cast(method, **kwargs)
+            driver.cast("frobnicate", widget={"id": "x"})  # no such method: dead-lettered
+            async with open_connection(amqp_url) as connection:
+                channel = await connection.open_channel()
+                await channel.publish(
+                    names["exchange"], names["topic"], b"not json", properties=oslo.CAST_PROPERTIES
+                )
+                await channel.close()
+            with trio.fail_after(20):
+                while True:
+                    samples = await scrape(url)
+                    settled = total(samples, "lbactors_operations_total")
+                    rejected = total(samples, "lbactors_deliveries_rejected_total")
+                    if settled >= 3 and rejected >= 2:
+                        break
+                    await trio.sleep(0.05)
+            await trio.sleep(0.5)
+            samples = await scrape(url)
+            create = "loadbalancer_create"
+            assert total(samples, "lbactors_operations_total", method=create, result="ok") == 1
+            assert total(samples, "lbactors_operations_total", method=create, result="error") == 1
+            assert total(
+                samples, "lbactors_operations_total", method="other", result="dead_lettered"
+            ) == 1
+            assert total(samples, "lbactors_operations_total") == 3  # the malformed one never ran
+            assert total(
+                samples, "lbactors_deliveries_rejected_total", reason="invalid_operation",
+                action="rejected",
+            ) == 1
+            assert total(
+                samples, "lbactors_deliveries_rejected_total", reason="malformed", action="rejected"
+            ) == 1
+            assert total(samples, "lbactors_deliveries_received_total") == 4
+        finally:
+            await daemon.stop()
+
+
+@pytest.mark.broker
+async def test_a_metrics_port_in_use_stops_the_daemon_with_a_clear_error(
+    metrics_env: dict[str, str], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = os.environ | metrics_env | {
+            "LBACTORS_METRICS_PORT": str(taken.getsockname()[1]),
+            "LBACTORS_LOG_FORMAT": "json",
+        }
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "supervisor", "serve"],
+                env=env,
+                capture_stdout=True,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+    assert done.returncode == 1
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith(b"{")]
+    assert any(e.get("event") == "cannot open the metrics endpoint" for e in events)
