@@ -14,7 +14,10 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -125,6 +128,14 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                 gateway.on_settled = metrics.observe_settled
                 metrics.watch(router, gateway)
                 closing.callback(_open_endpoint(metrics, config).close)
+            # `lbactors status` answers until the end, the drain included
+            status_scope = trio.CancelScope()
+            snapshot = partial(
+                status_snapshot, router, gateway, rounds, started=started, pid=os.getpid()
+            )
+            await nursery.start(
+                _serve_status_within, status_scope, runtime_dir(config) / SOCKET_NAME, snapshot
+            )
             with trio.CancelScope() as helpers:
                 async with trio.open_nursery() as helper_nursery:
                     if config.stats.interval > 0:
@@ -138,12 +149,6 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                             )
                         )
                     helper_nursery.start_soon(_watchdog, router, gateway)
-                    snapshot = partial(
-                        status_snapshot, router, gateway, rounds, started=started, pid=os.getpid()
-                    )
-                    await helper_nursery.start(
-                        serve_status, runtime_dir(config) / SOCKET_NAME, snapshot
-                    )
                     await notify("READY=1", _status_line(router, gateway))
                     log.info(
                         "lbactors ready",
@@ -170,6 +175,7 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
             await router.stop(within=config.daemon.stop_timeout)
             # orderly connection close: whatever is still unacked goes back to the queue
             gateway.stop()
+            status_scope.cancel()
     counters = gateway.counters
     log.info(
         "lbactors stopped",
@@ -179,6 +185,17 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
         reasserted=counters.reasserted,
         reassertions_dropped=counters.reassertions_dropped,
     )
+
+
+async def _serve_status_within(
+    scope: trio.CancelScope,
+    path: Path,
+    snapshot: Callable[[], dict[str, Any]],
+    *,
+    task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await serve_status(path, snapshot, task_status=task_status)
 
 
 def _open_endpoint(metrics: DaemonMetrics, config: Config) -> MetricsEndpoint:

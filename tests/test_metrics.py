@@ -306,6 +306,13 @@ async def test_status_of_a_live_daemon(
             assert code == 0, err
             assert f"pid {daemon.pid}" in out and tree.lb_id in out and "broker     connected" in out
             daemon.signal(signal.SIGTERM)
+            await trio.sleep(0.3)
+            # still answering while it drains: the two slow operations are still there
+            code, out, err = await trio.to_thread.run_sync(
+                run_cli, ["status", "--socket", str(path), "--json"], capsys
+            )
+            assert code == 0, err
+            assert len(json.loads(out)["slowest_in_flight"]) == 2
             assert await daemon.wait(timeout=30) == 0
             assert not path.exists()  # removed on the way out
         finally:
