@@ -420,3 +420,41 @@ async def test_a_metrics_port_in_use_stops_the_daemon_with_a_clear_error(
     assert done.returncode == 1
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith(b"{")]
     assert any(e.get("event") == "cannot open the metrics endpoint" for e in events)
+
+
+@pytest.mark.broker
+async def test_statistics_rounds_show_in_metrics_and_status(
+    metrics_env: dict[str, str],
+    notify_socket: NotifySocket,
+    driver: OsloDriver,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with trio.fail_after(120):
+        env = metrics_env | {"LBACTORS_STATS_INTERVAL": "0.3"}
+        daemon = DaemonProcess(env, notify_socket, tmp_path / "daemon.log")
+        await daemon.start()
+        try:
+            url = endpoint_of(daemon)
+            tree = LoadBalancerTree(0, members=1)
+            with trio.fail_after(60):
+                run = await trio.to_thread.run_sync(
+                    GatedRun(driver, [tree]).run
+                )  # the whole lifecycle, statistics rounds running meanwhile
+            assert_clean(run)
+            with trio.fail_after(20):
+                while total(await scrape(url), "lbactors_statistics_round_duration_seconds_count") < 3:
+                    await trio.sleep(0.1)
+            samples = await scrape(url)
+            rounds = total(samples, "lbactors_statistics_round_duration_seconds_count")
+            assert total(samples, "lbactors_statistics_last_round_timestamp_seconds") > 0
+            code, out, err = await trio.to_thread.run_sync(
+                run_cli, ["status", "--socket", str(tmp_path / "run" / SOCKET_NAME), "--json"],
+                capsys,
+            )
+            assert code == 0, err
+            statistics = json.loads(out)["statistics"]
+            assert statistics["rounds"] >= rounds
+            assert statistics["last_duration_s"] is not None and statistics["last_ended"]
+        finally:
+            await daemon.stop()
