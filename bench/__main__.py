@@ -46,7 +46,7 @@ from typing import Any
 
 import trio
 
-from bench import cluster, faults, octavia, procs, report
+from bench import cluster, dashboard, faults, octavia, procs, report
 from bench.driver import DEFAULT_AMQP_URL, DriverConfig, delete_queues, open_driver
 
 Row = dict[str, Any]
@@ -136,14 +136,20 @@ def _run_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def start_daemon(args: argparse.Namespace, *, backend_latency_ms: float = 0.0,
-                 stats_interval: float = 0.0) -> procs.Daemon:
+                 stats_interval: float = 0.0, metrics: bool = False) -> procs.Daemon:
     tag = uuid.uuid4().hex[:8]
+    extra_env: dict[str, str] = {}
+    if metrics:
+        extra_env = {"LBACTORS_METRICS_ENABLED": "true",
+                     "LBACTORS_METRICS_PORT": str(procs.free_port())}
     daemon = procs.Daemon(
         topic=f"bench_{tag}__lb_listener", driver_topic=f"bench_{tag}__driver_listener",
         run_dir=_run_dir(args, "lbactors"), amqp_url=args.amqp_url, workers=args.workers,
         backend_latency_s=backend_latency_ms / 1000.0, stats_interval=stats_interval,
-        log_level=args.daemon_log_level,
+        log_level=args.daemon_log_level, extra_env=extra_env,
     )
+    if metrics:
+        daemon.name = "lbactors+metrics"
     return daemon.start()
 
 
@@ -176,6 +182,9 @@ def _starters(args: argparse.Namespace, *, backend_latency_ms: float = 0.0
     for name in args.targets.split(","):
         if name == "lbactors":
             out.append(lambda: start_daemon(args, backend_latency_ms=backend_latency_ms))
+        elif name == "lbactors+metrics":  # [metrics] on, scraped every --scrape-interval s
+            out.append(lambda: start_daemon(args, backend_latency_ms=backend_latency_ms,
+                                            metrics=True))
         elif name == "seed":
             if not procs.baseline_available(Path(args.baseline_dir)):
                 _log(f"no baseline at {args.baseline_dir}: skipping the original listener")
@@ -283,18 +292,27 @@ def scenario_latency(args: argparse.Namespace) -> int:
 
 
 def scenario_cpu(args: argparse.Namespace) -> int:
+    """Every target is started first and kept running; each repeat runs the workload once
+    against each of them in turn, so slow drifts of the machine hit all targets alike (with
+    ``--targets lbactors,lbactors+metrics``: the metrics' cost, in one run). A daemon with
+    metrics on is scraped every ``--scrape-interval`` seconds while it runs."""
     writer = report.ResultsWriter("cpu", Path(args.results))
     ok = True
-    for start in _starters(args):
-        target = start()
-        try:
-            for i in range(args.repeat):
-                row, _ = measure(config_for(args, target), target=target,
-                                 extra={"repeat": i + 1})
+    targets: list[procs.Target] = []
+    try:
+        for start in _starters(args):
+            targets.append(start())
+        for i in range(args.repeat):
+            for target in targets:
+                with procs.Scraper(_metrics_url(target), args.scrape_interval) as scraper:
+                    row, _ = measure(config_for(args, target), target=target,
+                                     extra={"repeat": i + 1})
+                row["scrapes"] = scraper.scrapes
                 writer.add(row)
                 ok &= row["ok"]
                 _log(_summary_line(row))
-        finally:
+    finally:
+        for target in targets:
             stop_target(args, target)
     for name in sorted({r["target"] for r in writer.rows}):
         per_op = [r["target_cpu_ms_per_op"] for r in writer.rows if r["target"] == name]
@@ -303,6 +321,15 @@ def scenario_cpu(args: argparse.Namespace) -> int:
     writer.write_table(title="Daemon CPU per operation (all processes, /proc)",
                        notes=[_conditions(args)])
     return 0 if ok else 2
+
+
+def _metrics_url(target: procs.Target) -> str | None:
+    if not isinstance(target, procs.Daemon):
+        return None
+    port = target.env.get("LBACTORS_METRICS_PORT")
+    if target.env.get("LBACTORS_METRICS_ENABLED") != "true" or not port:
+        return None
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 def scenario_compare(args: argparse.Namespace) -> int:
@@ -547,7 +574,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common(cp)
     cp.add_argument("--repeat", type=int, default=3)
     cp.add_argument("--targets", default="lbactors",
-                    help="comma-separated: lbactors, seed (the original listener)")
+                    help="comma-separated: lbactors, lbactors+metrics ([metrics] on, scraped), "
+                         "seed (the original listener)")
+    cp.add_argument("--scrape-interval", type=float, default=1.0,
+                    help="seconds between scrapes of lbactors+metrics (Prometheus' usual is 15)")
 
     cm = sub.add_parser("compare", help="lbactors serve against the original listener")
     common(cm)
@@ -574,6 +604,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     octavia.add_arguments(o)
     cl = sub.add_parser("cluster", help="several daemons on a 3-node RabbitMQ cluster")
     cluster.add_arguments(cl)
+    db = sub.add_parser("dashboard", help="a compressed day's work, recorded by Prometheus, "
+                                         "drawn with contrib/grafana/lbactors.json's panels")
+    common(db, lbs=600)
+    db.add_argument("--prometheus", default="prometheus", help="the Prometheus binary")
+    db.add_argument("--scrape-interval", type=float, default=2.0)
+    db.add_argument("--stats-interval", type=float, default=5.0)
+    db.add_argument("--backend-latency", type=float, default=2.0, help="ms per backend call")
+    db.add_argument("--malformed", type=int, default=40)
+    db.add_argument("--pause", type=float, default=20.0, help="seconds of quiet between phases")
+    db.add_argument("--out", default=str(Path(__file__).resolve().parents[1]
+                                         / "contrib" / "grafana" / "lbactors.png"))
     return p.parse_args(argv)
 
 
@@ -587,6 +628,14 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
     "faults": faults.scenario_faults,
     "octavia": octavia.scenario_octavia,
     "cluster": cluster.scenario_cluster,
+    "dashboard": lambda args: dashboard.scenario_dashboard(
+        args,
+        start_daemon,
+        lambda target, lbs, concurrency, resident: measure(
+            config_for(args, target, lbs=lbs, concurrency=concurrency, resident=resident),
+            target=target, idle_seconds=0)[0],
+        lambda target: stop_target(args, target),
+    ),
 }
 
 

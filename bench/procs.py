@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -372,3 +374,44 @@ class SeedListener(Target):
             time.sleep(0.05)
         self.startup_s = time.monotonic() - t0
         return self
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Scraper:
+    """Scrapes ``url`` every ``interval`` seconds from a thread, as Prometheus would, while the
+    ``with`` block runs (``url`` None: does nothing). ``scrapes`` counts the successful ones."""
+
+    def __init__(self, url: str | None, interval: float) -> None:
+        self.url = url
+        self.interval = interval
+        self.scrapes = 0
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        assert self.url is not None
+        while not self._stop.wait(self.interval):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    self.bytes += len(response.read())
+                self.scrapes += 1
+            except OSError:
+                continue
+
+    def __enter__(self) -> Scraper:
+        if self.url is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

@@ -283,6 +283,10 @@ class ActorSystem:
             return key
         return self._backend.lb_affinity_key(lb_id)
 
+    def resident_count(self) -> int:
+        """How many load balancers have a live tree here (:meth:`known_lb_ids`, counted)."""
+        return len(self._owned)
+
     def known_lb_ids(self) -> list[str]:
         """The load balancers that have a live tree here (an actor now or when next used)."""
         return list(self._owned)

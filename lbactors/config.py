@@ -43,6 +43,7 @@ __all__ = [
     "ConfigError",
     "DaemonSection",
     "LogSection",
+    "MetricsSection",
     "StatsSection",
     "StatusSection",
     "config_keys",
@@ -116,6 +117,9 @@ class DaemonSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     poison_after: _PosInt = 2
     #: seconds workers get to exit once drained, at shutdown, before they are killed
     stop_timeout: _PosFloat = 5.0
+    #: where ``status.sock`` (``lbactors status``) is made; "": systemd's $RUNTIME_DIRECTORY,
+    #: else /run/lbactors as root, else $XDG_RUNTIME_DIR/lbactors, else /tmp/lbactors-<uid>
+    runtime_dir: str = ""
 
 
 class BackendSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -185,6 +189,16 @@ class ClusterSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     dedup_window: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 10000
 
 
+class MetricsSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``[metrics]``: the Prometheus endpoint (supervisor/metrics.py), off by default."""
+
+    enabled: bool = False
+    #: the address the HTTP endpoint listens on; never all interfaces unless asked
+    address: _NonEmpty = "127.0.0.1"
+    #: its TCP port (0: any free port, logged at start)
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9477
+
+
 class LogSection(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """``[log]``: structlog output on stdout."""
 
@@ -201,6 +215,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     status: StatusSection = msgspec.field(default_factory=StatusSection)
     stats: StatsSection = msgspec.field(default_factory=StatsSection)
     cluster: ClusterSection = msgspec.field(default_factory=ClusterSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
     log: LogSection = msgspec.field(default_factory=LogSection)
 
 
@@ -221,6 +236,7 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "status": StatusSection,
     "stats": StatsSection,
     "cluster": ClusterSection,
+    "metrics": MetricsSection,
     "log": LogSection,
 }
 assert list(SECTIONS) == [f.name for f in msgspec.structs.fields(Config)]

@@ -24,14 +24,16 @@ neither can see is an operation still in the broker: the residual window (README
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import random
 import ssl
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
@@ -139,6 +141,8 @@ class _Pending:
     epoch: int = 0
     #: cluster mode: its oslo ``_unique_id``, remembered against duplicates
     unique_id: str | None = None
+    #: trio time of the delivery (operation duration, age in ``lbactors status``)
+    received: float = 0.0
 
 
 @dataclass(slots=True)
@@ -151,6 +155,9 @@ class _Published:
     reject: str | None
     #: a re-assertion: its load balancer and how many entries it holds
     reassertion: tuple[str, int] | None = None
+    #: the operation's result once settled: "ok", "error" (its objects went ERROR) or
+    #: "dead_lettered"; "requeued" is decided at settling
+    result: str = "ok"
 
 
 @dataclass(slots=True)
@@ -193,6 +200,30 @@ class GatewayCounters:
     #: cluster mode: copies of an operation already run here, acked without running (an
     #: intake that died between its re-publish confirm and its ack: docs/cluster.md W2)
     duplicates: int = 0
+    #: (reason kind, "dead_lettered" or "rejected") -> deliveries (:func:`rejection_kind`)
+    rejections: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    #: wall-clock time the broker connection was last lost (0: never)
+    last_disconnect: float = 0.0
+
+
+def rejection_kind(reason: str) -> str:
+    """A bounded label for why a delivery left the queue unrun (metrics; never the text)."""
+    head = reason.partition(":")[0]
+    if head == "malformed":
+        return "malformed"
+    if head == "PoisonOperation":
+        return "poison"
+    if head == "internal error":
+        return "internal_error"
+    if head == "UnsupportedVersion":
+        return "unsupported_version"
+    if head in INVALID_FAILURES:
+        return "invalid_operation"
+    return "other"
+
+
+def _ignore_settled(method: str, result: str, seconds: float) -> None:
+    pass
 
 
 _status_encoder = msgspec.json.Encoder()
@@ -389,6 +420,9 @@ class Gateway:
         self._reply_queue = f"reply_{uuid.uuid4().hex}"
         self._reply_waiters: dict[str, trio.MemorySendChannel[tuple[Any, Any]]] = {}
         self.counters = GatewayCounters()
+        #: called once per settled delivery with (method, result, seconds since delivery);
+        #: the daemon sets it to its metrics' observer when ``[metrics]`` is on
+        self.on_settled: Callable[[str, str, float], None] = _ignore_settled
         self._unsettled = 0
         self._all_settled = trio.Event()
         self._draining = False
@@ -472,6 +506,17 @@ class Gateway:
             "states": self._shards.state_counts(),
             "daemons": self._presence.count(trio.current_time()),
         }
+
+    @property
+    def confirms_pending(self) -> int:
+        """Publishes (statuses, replies, re-assertions) the broker has not confirmed yet."""
+        channel = self._publish_channel
+        return channel.unconfirmed if channel is not None else 0
+
+    def received_at(self, op_id: int) -> float | None:
+        """Trio time operation ``op_id``'s delivery arrived; None once it is settled."""
+        pending = self._ledger.get(op_id)
+        return pending.received if pending is not None else None
 
     async def drain(self) -> None:
         """Stop handing on new deliveries and wait until every in-flight one is settled.
@@ -749,6 +794,7 @@ class Gateway:
         self._unsettled = 0
         self._all_settled.set()
         self.counters.reconnects += 1
+        self.counters.last_disconnect = time.time()
         log.warning(
             "broker connection lost",
             error=[repr(exc) for exc in group.exceptions],
@@ -1129,6 +1175,7 @@ class Gateway:
             shard=shard,
             epoch=epoch,
             unique_id=unique_id,
+            received=trio.current_time(),
         )
         if shard >= 0:
             self._shards.started(shard, epoch, op_id)
@@ -1173,6 +1220,7 @@ class Gateway:
         arguments either way, so oslo servers and lbactors declare them alike.
         """
         self.counters.rejected += 1
+        kind = rejection_kind(reason)
         exchange = self.settings.dead_letter_exchange
         publish_channel = self._publish_channel
         if exchange and publish_channel is not None:
@@ -1199,8 +1247,10 @@ class Gateway:
                     exchange=exchange,
                 )
             else:
+                self.counters.rejections[kind, "dead_lettered"] += 1
                 await channel.ack(delivery.delivery_tag)
                 return
+        self.counters.rejections[kind, "rejected"] += 1
         await channel.reject(delivery.delivery_tag, requeue=False)
 
     async def _reply_now(self, reply_to: oslo.ReplyAddress, failure: Failure) -> None:
@@ -1260,8 +1310,15 @@ class Gateway:
                 reject = outcome.dead_letter
                 if outcome.failure is not None and outcome.failure.exc_class in INVALID_FAILURES:
                     reject = f"{outcome.failure.exc_class}: {outcome.failure.message}"
+                result = (
+                    "dead_lettered"
+                    if reject is not None
+                    else "error" if outcome.reason is not None else "ok"
+                )
                 await published.send(
-                    _Published(pending, status_confirmation, reply_confirmation, reject)
+                    _Published(
+                        pending, status_confirmation, reply_confirmation, reject, result=result
+                    )
                 )
         finally:
             published.close()
@@ -1331,6 +1388,11 @@ class Gateway:
                 continue
             done = await self._confirmed(item.status, pending, what="status")
             await self._confirmed(item.reply, pending, what="reply")
+            self.on_settled(
+                pending.method,
+                item.result if done else "requeued",
+                trio.current_time() - pending.received,
+            )
             if not done:
                 # Not treated as done: the broker redelivers it and the operation runs again.
                 self.counters.republished += 1

@@ -105,8 +105,11 @@ class Ping(msgspec.Struct, tag=True):
     pass
 
 
-class Pong(msgspec.Struct, tag=True):
-    pass
+class Pong(msgspec.Struct, tag=True, kw_only=True):
+    #: the worker's actors and the load balancers it holds, when it answered (metrics,
+    #: ``lbactors status``)
+    actors: int = 0
+    resident: int = 0
 
 
 Frame = Spawn | Ready | Submit | Done | Reassert | CollectStats | StatsReport | Ping | Pong

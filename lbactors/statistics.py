@@ -18,7 +18,7 @@ once if it overran (missed ticks are skipped, not queued).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import msgspec
@@ -211,10 +211,12 @@ async def serve_statistics(
     driver: DriverLink,
     *,
     ownership: Ownership | None = None,
+    on_round: Callable[[int, float, int], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run rounds every ``settings.interval`` seconds until cancelled (``ownership``: cluster
-    mode, see the module docstring)."""
+    mode, see the module docstring); ``on_round`` is told each round's number, duration
+    (seconds) and messages published."""
     task_status.started()
     if settings.interval <= 0:
         return
@@ -225,6 +227,8 @@ async def serve_statistics(
         round_number += 1
         started = trio.current_time()
         messages = await run_round(settings, source, driver, round_number, ownership)
+        if on_round is not None:
+            on_round(round_number, trio.current_time() - started, messages)
         log.debug("statistics round", round=round_number, messages=messages,
                   duration_s=round(trio.current_time() - started, 3))
         next_start += settings.interval

@@ -195,7 +195,12 @@ async def serve_worker(
                             if isinstance(frame, ipc.Submit):
                                 intake_send.send_nowait(frame.op)
                             elif isinstance(frame, ipc.Ping):
-                                await frames.send(ipc.Pong())
+                                await frames.send(
+                                    ipc.Pong(
+                                        actors=system.actor_count(),
+                                        resident=system.resident_count(),
+                                    )
+                                )
                             elif isinstance(frame, ipc.CollectStats):
                                 nursery.start_soon(statistics.answer, frame)
                             else:

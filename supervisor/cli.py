@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -173,6 +174,32 @@ def _parser() -> argparse.ArgumentParser:
         help="print the effective configuration as JSON instead of TOML",
     )
     check.set_defaults(handler=_check_config)
+
+    status = commands.add_parser(
+        "status",
+        help="show what a running daemon is doing",
+        description=_wrap(
+            "Ask the running daemon, over status.sock in its runtime directory "
+            "(daemon.runtime_dir), for a one-screen summary: its workers (pid, uptime, "
+            "restarts, operations in flight, actors, resident load balancers), the broker "
+            "connection, the last statistics round, and the operations in flight longest. "
+            "Run it as the daemon's user (the socket is mode 0600) with the daemon's "
+            "configuration (for daemon.runtime_dir)."
+        ),
+        epilog="exit codes:\n  0  the daemon answered\n  1  no daemon answers\n"
+        "  2  usage or configuration error",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"the daemon's TOML configuration (default: ${CONFIG_ENV_VAR} if set)",
+    )
+    status.add_argument(
+        "--socket", metavar="PATH", help="the status socket (default: from the configuration)"
+    )
+    status.add_argument("--json", action="store_true", help="print the answer as JSON")
+    status.set_defaults(handler=_status)
     return parser
 
 
@@ -192,6 +219,38 @@ def _serve(args: argparse.Namespace) -> int:
     from supervisor.daemon import run  # lazily: --help and check-config never need it
 
     return run(config)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from supervisor.status import (
+        SOCKET_NAME,
+        NoDaemon,
+        read_status,
+        render_status,
+        runtime_dir_candidates,
+    )
+
+    if args.socket:
+        path = Path(args.socket)
+    else:
+        candidates = [d / SOCKET_NAME for d in runtime_dir_candidates(load_config(args.config))]
+        found = [candidate for candidate in candidates if candidate.exists()]
+        if not found:
+            tried = ", ".join(str(candidate) for candidate in candidates)
+            print(f"{PROG}: no lbactors daemon is running: no status socket ({tried})",
+                  file=sys.stderr)
+            return 1
+        path = found[0]
+    try:
+        answer = read_status(path)
+    except NoDaemon as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: no answer from the daemon on {path}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.json else render_status(answer))
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

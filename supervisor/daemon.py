@@ -10,10 +10,14 @@ Whatever did not finish stays unacked and the broker redelivers it to the next d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -25,12 +29,18 @@ from lbactors.gateway import Affinity, Gateway, GatewaySettings, GatewaySetupErr
 from lbactors.logs import configure_logging
 from lbactors.messages import Outbound
 from lbactors.statistics import StatisticsSettings, serve_statistics
+from supervisor.metrics import DaemonMetrics, MetricsEndpoint
 from supervisor.router import RestartBudgetExceeded, Router
 from supervisor.sdnotify import notify, watchdog_period
+from supervisor.status import SOCKET_NAME, RoundLog, runtime_dir, serve_status, status_snapshot
 
 log = structlog.get_logger("lbactors.supervisor")
 
 MIGRATION_SUFFIX = "_migration"
+
+
+class MetricsSetupError(Exception):
+    """The metrics endpoint could not listen on its address."""
 
 
 def gateway_settings(config: Config) -> GatewaySettings:
@@ -150,7 +160,19 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
             "[oslo_messaging_rabbit] rabbit_quorum_queue)"
         )
     router = Router(config, outcomes_send)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    started = time.time()
+    rounds = RoundLog()
+    metrics = DaemonMetrics() if config.metrics.enabled else None
+
+    def on_round(number: int, seconds: float, messages: int) -> None:
+        rounds.number, rounds.duration, rounds.messages = number, seconds, messages
+        rounds.ended = time.time()
+        if metrics is not None:
+            metrics.observe_round(seconds, messages, rounds.ended)
+
+    with contextlib.ExitStack() as closing, trio.open_signal_receiver(
+        signal.SIGTERM, signal.SIGINT
+    ) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(router.serve)
             gateway = Gateway(
@@ -162,6 +184,18 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                 on_fence=partial(_fence, router, config),
             )
             await nursery.start(gateway.serve)
+            if metrics is not None:
+                gateway.on_settled = metrics.observe_settled
+                metrics.watch(router, gateway)
+                closing.callback(_open_endpoint(metrics, config).close)
+            # `lbactors status` answers until the end, the drain included
+            status_scope = trio.CancelScope()
+            snapshot = partial(
+                status_snapshot, router, gateway, rounds, started=started, pid=os.getpid()
+            )
+            await nursery.start(
+                _serve_status_within, status_scope, runtime_dir(config) / SOCKET_NAME, snapshot
+            )
             with trio.CancelScope() as helpers:
                 async with trio.open_nursery() as helper_nursery:
                     if config.stats.interval > 0:
@@ -172,6 +206,7 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                                 router,
                                 gateway,
                                 ownership=gateway if config.cluster.enabled else None,
+                                on_round=on_round,
                             )
                         )
                     helper_nursery.start_soon(_watchdog, router, gateway)
@@ -201,6 +236,7 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
             await router.stop(within=config.daemon.stop_timeout)
             # orderly connection close: whatever is still unacked goes back to the queue
             gateway.stop()
+            status_scope.cancel()
     counters = gateway.counters
     log.info(
         "lbactors stopped",
@@ -210,6 +246,28 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
         reasserted=counters.reasserted,
         reassertions_dropped=counters.reassertions_dropped,
     )
+
+
+async def _serve_status_within(
+    scope: trio.CancelScope,
+    path: Path,
+    snapshot: Callable[[], dict[str, Any]],
+    *,
+    task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await serve_status(path, snapshot, task_status=task_status)
+
+
+def _open_endpoint(metrics: DaemonMetrics, config: Config) -> MetricsEndpoint:
+    try:
+        endpoint = MetricsEndpoint(metrics, config.metrics.address, config.metrics.port)
+    except OSError as exc:
+        raise MetricsSetupError(
+            f"metrics endpoint on {config.metrics.address}:{config.metrics.port}: {exc}"
+        ) from exc
+    log.info("metrics endpoint listening", address=endpoint.address[0], port=endpoint.address[1])
+    return endpoint
 
 
 def run(config: Config) -> int:
@@ -229,5 +287,8 @@ def run(config: Config) -> int:
         code = 1
     except* ClusterConfigError as group:
         log.critical("invalid configuration", error=str(group.exceptions[0]))
+        code = 1
+    except* MetricsSetupError as group:
+        log.critical("cannot open the metrics endpoint", error=str(group.exceptions[0]))
         code = 1
     return code

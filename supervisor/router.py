@@ -46,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -202,6 +203,11 @@ class WorkerHandle:
     scope: trio.CancelScope | None = None
     #: set once the current incarnation is ready; a fresh one for each incarnation
     serving: trio.Event = field(default_factory=trio.Event)
+    #: wall-clock start of the current incarnation; actors and resident load balancers as
+    #: its last Pong said (metrics, ``lbactors status``)
+    started_at: float = 0.0
+    actors: int = 0
+    resident: int = 0
 
     @property
     def alive(self) -> bool:
@@ -247,6 +253,8 @@ class Router:
         self._abandonable: set[trio.CancelScope] = set()
         #: operations forgotten by abandon(), since start
         self.abandoned_operations = 0
+        #: operations sent again to a new incarnation after a worker death, since start
+        self.replayed = 0
 
     # ------------------------------------------------------------------ sink
 
@@ -282,6 +290,7 @@ class Router:
                 if op.op_id not in worker.ledger:
                     continue
                 worker.sent_to[op.op_id] = incarnation
+                self.replayed += 1
                 async with worker.send_lock:
                     await frames.send(ipc.Submit(op=op))
                 while op.op_id in worker.ledger:
@@ -469,6 +478,8 @@ class Router:
         process, stream = await self._spawn()
         worker.pid = process.pid
         worker.process = process
+        worker.started_at = time.time()
+        worker.actors = worker.resident = 0
         worker.killing = None
         worker.last_heard = trio.current_time()
         worker.reader_blocked = False
@@ -538,7 +549,7 @@ class Router:
                 # in the worker's order: before any later outcome of its load balancer
                 await self._pass_on(worker, frame.reassertion)
             elif isinstance(frame, ipc.Pong):
-                pass
+                worker.actors, worker.resident = frame.actors, frame.resident
             elif isinstance(frame, ipc.Ready):
                 if self._stopping:
                     # ready after shutdown began: nothing more for it (its ledger stays
@@ -570,6 +581,7 @@ class Router:
                             worker=worker.index,
                             count=len(replay),
                         )
+                        self.replayed += len(replay)
                         for op in replay:
                             worker.sent_to[op.op_id] = worker.incarnation
                         await frames.send_many([ipc.Submit(op=op) for op in replay])

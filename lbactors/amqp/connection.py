@@ -256,6 +256,12 @@ class Channel:
     def is_open(self) -> bool:
         return self._error is None
 
+    @property
+    def unconfirmed(self) -> int:
+        """Publishes the broker has not confirmed yet (0 when not in confirm mode)."""
+        confirms = self._protocol.confirms
+        return len(confirms) if confirms is not None else 0
+
     # -- synchronous methods ------------------------------------------------------------------
 
     async def _rpc(self, method: Frame, on_reply: Callable[[Any], None] | None = None) -> Any:
