@@ -406,12 +406,13 @@ async def test_a_releasing_shard_sends_nothing_on_its_channel(amqp_url: str) -> 
     close-ok (504 CHANNEL_ERROR: a reconnect and a fence for nothing, seen in bench cluster)."""
     gateway = Gateway(cluster_settings(amqp_url, "unused", "a"), None,  # type: ignore[arg-type]
                       trio.open_memory_channel[Outbound](1)[1])
-    channel = AckRecorder()
-    epoch = gateway._shards.consuming(0)
-    await gateway._on_shard_delivery(probe_delivery(1), channel, 1, 0, epoch)  # type: ignore[arg-type]
-    assert channel.acked == [1]  # active: a probe is acked
-    gateway._shards.releasing(0)
-    await gateway._on_shard_delivery(probe_delivery(2), channel, 1, 0, epoch)  # type: ignore[arg-type]
-    gateway._releases.add(0)
-    await gateway._on_shard_delivery(probe_delivery(3), channel, 1, 0, epoch)  # type: ignore[arg-type]
-    assert channel.acked == [1]
+    with trio.fail_after(5):
+        channel = AckRecorder()
+        epoch = gateway._shards.consuming(0)
+        await gateway._on_shard_delivery(probe_delivery(1), channel, 1, 0, epoch)  # type: ignore[arg-type]
+        assert channel.acked == [1]  # active: a probe is acked
+        gateway._shards.releasing(0)
+        await gateway._on_shard_delivery(probe_delivery(2), channel, 1, 0, epoch)  # type: ignore[arg-type]
+        gateway._releases.add(0)
+        await gateway._on_shard_delivery(probe_delivery(3), channel, 1, 0, epoch)  # type: ignore[arg-type]
+        assert channel.acked == [1]
