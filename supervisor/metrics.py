@@ -256,6 +256,36 @@ class _StateCollector(Collector):
             "or not confirmed.",
             value=counters.reassertions_dropped,
         )
+        if gateway.cluster_shards:  # [cluster] enabled (docs/cluster.md)
+            yield GaugeMetricFamily(
+                "lbactors_cluster_shards_held",
+                "Cluster shard queues this daemon is the active consumer of.",
+                value=len(gateway.held_shards()),
+            )
+            yield GaugeMetricFamily(
+                "lbactors_cluster_shards", "Cluster shard queues of the deployment (S).",
+                value=gateway.cluster_shards,
+            )
+            yield CounterMetricFamily(
+                "lbactors_cluster_republished_operations",
+                "Topic-queue operations re-published into their shard queue and confirmed.",
+                value=counters.shard_published,
+            )
+            yield CounterMetricFamily(
+                "lbactors_cluster_republish_failures",
+                "Re-publishes nacked or returned by the broker (the original was requeued).",
+                value=counters.shard_publish_failed,
+            )
+            yield CounterMetricFamily(
+                "lbactors_cluster_shards_released",
+                "Shards given away by balance.",
+                value=counters.shards_released,
+            )
+            yield CounterMetricFamily(
+                "lbactors_cluster_duplicates_dropped",
+                "Second copies of an operation already run here, acked without running.",
+                value=counters.duplicates,
+            )
 
 
 class MetricsEndpoint:

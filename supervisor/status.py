@@ -132,6 +132,18 @@ def status_snapshot(
         },
         "replayed": router.replayed,
         "poisoned": router.poisoned,
+        "cluster": (
+            {
+                "shards": gateway.cluster_shards,
+                "held": gateway.held_shards(),
+                "settled": sorted(gateway.settled_shards()),
+                "republished": counters.shard_published,
+                "duplicates": counters.duplicates,
+                "released": counters.shards_released,
+            }
+            if gateway.cluster_shards
+            else None
+        ),
         "slowest_in_flight": in_flight[:SLOWEST],
     }
 
@@ -294,6 +306,14 @@ def render_status(status: dict[str, Any]) -> str:
         f"received {broker['received']}, completed {broker['completed']}, "
         f"rejected {broker['rejected']}, re-asserted {broker['reasserted']}",
     ]
+    cluster = status.get("cluster")
+    if cluster:
+        lines.append(
+            f"cluster    shards held {len(cluster['held'])}/{cluster['shards']} "
+            f"{cluster['held']} (settled {len(cluster['settled'])}), "
+            f"re-published {cluster['republished']}, released {cluster['released']}, "
+            f"duplicates dropped {cluster['duplicates']}"
+        )
     if stats["rounds"]:
         lines.append(
             f"statistics round {stats['rounds']}: {stats['last_duration_s']} s, "

@@ -33,6 +33,7 @@ from tests.cluster_daemons import (
 )
 from tests.daemon_process import _alive
 from tests.rabbit_cluster import RabbitCluster, rabbit_cluster
+from tests.test_metrics import endpoint_of, scrape, total
 
 pytestmark = pytest.mark.cluster
 
@@ -211,8 +212,11 @@ async def test_a_killed_daemons_load_balancers_are_served_by_the_others(
 ) -> None:
     """kill -9 one of 3 daemons mid-load, then start it again: nothing lost, nothing out of
     order, no key run twice at once, shares even again after the restart."""
+    metrics = {"LBACTORS_METRICS_ENABLED": "true", "LBACTORS_METRICS_PORT": "0"}
     with trio.fail_after(300):
-        async with open_cluster_daemons(cluster, tmp_path, 3, extra_env=WATCHDOG_ENV) as daemons:
+        async with open_cluster_daemons(
+            cluster, tmp_path, 3, extra_env=WATCHDOG_ENV | metrics
+        ) as daemons:
             balanced = await wait_for_shares(daemons, [0, 1, 2], 4)
             killed: dict[int, float] = {}
 
@@ -231,6 +235,16 @@ async def test_a_killed_daemons_load_balancers_are_served_by_the_others(
             check_load(result, record, max_latency_ms=5000)
             rebalanced = await wait_for_shares(daemons, [0, 1, 2], 4)
             traced = check_no_overlap(daemons, killed)
+            # what an operator's Prometheus sees of it
+            scraped = [await scrape(endpoint_of(daemons.process(i))) for i in (0, 2)]
+            for samples in scraped:
+                assert total(samples, "lbactors_cluster_shards_held") == 4
+                assert total(samples, "lbactors_cluster_shards") == 12
+                assert total(samples, "lbactors_cluster_republish_failures_total") == 0
+            republished = sum(
+                total(s, "lbactors_cluster_republished_operations_total") for s in scraped
+            )
+            assert republished > 0
     print(f"balanced in {balanced:.1f} s; rebalanced {rebalanced:.1f} s after the load; "
           f"{traced} calls traced; latency {result['latency_ms']}")
 

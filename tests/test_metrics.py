@@ -457,3 +457,19 @@ async def test_statistics_rounds_show_in_metrics_and_status(
             assert statistics["last_duration_s"] is not None and statistics["last_ended"]
         finally:
             await daemon.stop()
+
+
+def test_status_shows_the_cluster_shards_when_clustered() -> None:
+    base = {
+        "pid": 42, "uptime_s": 1.0, "workers": [],
+        "broker": {"connected": True, "reconnects": 0, "last_disconnect": None, "in_flight": 0,
+                   "confirms_pending": 0, "received": 0, "completed": 0, "rejected": 0,
+                   "reasserted": 0},
+        "statistics": {"rounds": 0, "last_duration_s": None, "last_messages": None,
+                       "last_ended": None},
+        "replayed": 0, "poisoned": 0, "slowest_in_flight": [], "cluster": None,
+    }
+    assert "cluster" not in render_status(base)
+    clustered = base | {"cluster": {"shards": 12, "held": [0, 5, 7, 9], "settled": [0, 5],
+                                    "republished": 80, "duplicates": 1, "released": 2}}
+    assert "shards held 4/12 [0, 5, 7, 9] (settled 2)" in render_status(clustered)
