@@ -335,9 +335,13 @@ async def test_load_balancers_sharing_an_affinity_key_never_overlap(
             result, record = await load_with(daemons, kill_one, lbs=60)
             check_load(result, record, max_latency_ms=10000)
             calls = [c for p in daemons.trace_files if p.exists() for c in read_trace(p)]
-            assert len({c.key for c in calls}) <= 16
-            lb_ids = {c.lb_id for c in calls} - {"-"}  # "-": a call without one
-            assert lb_ids <= {op.lb_id for op in record.sent} and len(lb_ids) == 60
+            sent = {op.lb_id for op in record.sent}
+            assert len(sent) == 60
+            # the keys are the ids' first characters; noop traces a child by its load
+            # balancer when its own model knows it, else by the child's id (a daemon that
+            # took the load balancer over has not seen its tree)
+            assert {c.key for c in calls} - {"-"} <= {lb_id[:1] for lb_id in sent}
+            assert sent <= {c.lb_id for c in calls}
             check_no_overlap(daemons, killed)
 
 
