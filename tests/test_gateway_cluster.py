@@ -38,6 +38,8 @@ class Run:
     method: str
     start: float
     end: float | None = None
+    #: which of the load balancer's operations (two member_create differ): :func:`op_name`
+    name: str = ""
 
 
 @dataclass
@@ -75,7 +77,8 @@ class RecordingSink:
 
     async def _actor(self, receive: trio.MemoryReceiveChannel[Operation]) -> None:
         async for op in receive:
-            run = Run(self.name, op.lb_id, op.method, trio.current_time())
+            run = Run(self.name, op.lb_id, op.method, trio.current_time(),
+                      name=op_name(op.method, op.args))
             self.recorder.runs.append(run)
             await trio.sleep(self.rng.uniform(0.001, 0.01))
             run.end = trio.current_time()
@@ -239,7 +242,7 @@ def check_order_and_exclusion(recorder: Recorder, trees: list[LoadBalancerTree],
         for run in runs:
             rerun = (
                 previous is not None
-                and previous.method == run.method
+                and previous.name == run.name
                 and previous.daemon in killed
                 and previous.daemon != run.daemon
             )
