@@ -34,7 +34,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -381,6 +381,46 @@ def _entry_count(status: StatusUpdate) -> int:
         for entries in msgspec.structs.astuple(status)
         if entries is not msgspec.UNSET
     )
+
+
+_T = TypeVar("_T")
+
+
+class _Drained(Generic[_T]):
+    """``async for item in _Drained(channel)``: the items of ``channel``, without a scheduling
+    round per item that is already there (trio's ``receive`` yields even then). A burst is
+    handled in one scheduler pass, so its publishes and acks reach the connection's writer
+    together and leave in one ``send`` (one system call, one wake-up of the broker) instead
+    of one each. Waits, and so yields, only when the channel is empty."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[_T]) -> None:
+        self._channel = channel
+
+    def __aiter__(self) -> _Drained[_T]:
+        return self
+
+    async def __anext__(self) -> _T:
+        try:
+            return self._channel.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        try:
+            return await self._channel.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+async def _send_soon(channel: trio.MemorySendChannel[_T], item: _T) -> None:
+    """``channel.send(item)`` without the scheduling round when there is room (see
+    :class:`_Drained`)."""
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:
+        await channel.send(item)
 
 
 class Gateway:
@@ -1279,7 +1319,7 @@ class Gateway:
         settings = self.settings
         ledger_lbs = self._ledger_lbs
         try:
-            async for outcome in self.outcomes:
+            async for outcome in _Drained(self.outcomes):
                 if isinstance(outcome, Reassertion):
                     await self._publish_reassertion(channel, outcome, published)
                     continue
@@ -1315,10 +1355,11 @@ class Gateway:
                     if reject is not None
                     else "error" if outcome.reason is not None else "ok"
                 )
-                await published.send(
+                await _send_soon(
+                    published,
                     _Published(
                         pending, status_confirmation, reply_confirmation, reject, result=result
-                    )
+                    ),
                 )
         finally:
             published.close()
@@ -1350,7 +1391,7 @@ class Gateway:
             properties=oslo.CAST_PROPERTIES,
             mandatory=True,
         )
-        await published.send(_Published(None, confirmation, None, None, (lb_id, entries)))
+        await _send_soon(published, _Published(None, confirmation, None, None, (lb_id, entries)))
 
     async def _publish_reply(
         self, channel: Channel, pending: _Pending, outcome: Outcome
@@ -1381,7 +1422,7 @@ class Gateway:
 
     async def _settle(self, published: trio.MemoryReceiveChannel[_Published]) -> None:
         """Ack (or reject) each delivery once its publishes are confirmed, in order."""
-        async for item in published:
+        async for item in _Drained(published):
             pending = item.pending
             if pending is None:
                 await self._reassertion_confirmed(item)
