@@ -34,7 +34,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -59,6 +59,7 @@ from lbactors.amqp.errors import (
 )
 from lbactors.cluster import Presence, ShardTable, fair_share
 from lbactors.messages import (
+    METHODS,
     Failure,
     InvalidOperation,
     Operation,
@@ -254,13 +255,216 @@ def _version_supported(version: str | None) -> bool:
 Affinity = Callable[[Request], "str | None"]
 
 
+# ---- routing from the ids alone ----------------------------------------------------------
+# The supervisor needs only the load balancer id of an operation; the worker decodes the whole
+# payload anyway. These Structs read just the fields that :func:`routing.owner_of` (through
+# ``status.parents_of``) takes the id from, with the model's names, nesting, id fallback
+# (``<kind>_id``) and id bound; msgspec skips the rest of the payload without building it.
+
+_IdRef = Annotated[str, msgspec.Meta(max_length=255)]
+
+
+class _LbIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.loadbalancer_id
+
+
+class _ListenerIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    listener_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.listener_id
+
+
+class _PoolIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    pool_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+    listener: _ListenerIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.pool_id
+
+
+class _MemberIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    member_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+    pool: _PoolIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.member_id
+
+
+class _HealthMonitorIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    healthmonitor_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+    pool: _PoolIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.healthmonitor_id
+
+
+class _L7PolicyIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    l7policy_id: _IdRef | None = None
+    listener: _ListenerIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.l7policy_id
+
+
+class _L7RuleIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    l7rule_id: _IdRef | None = None
+    policy: _L7PolicyIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.l7rule_id
+
+
+_IdsOf = (
+    _LbIds | _ListenerIds | _PoolIds | _MemberIds | _HealthMonitorIds | _L7PolicyIds | _L7RuleIds
+)
+_IDS_OF_KIND: dict[str, type[_IdsOf]] = {
+    "loadbalancer": _LbIds,
+    "listener": _ListenerIds,
+    "pool": _PoolIds,
+    "member": _MemberIds,
+    "healthmonitor": _HealthMonitorIds,
+    "l7policy": _L7PolicyIds,
+    "l7rule": _L7RuleIds,
+}
+
+
+def _first_id(*candidates: str | None) -> str | None:
+    for candidate in candidates:
+        if candidate:
+            return candidate
+    return None
+
+
+def _lb_of(obj: _IdsOf) -> str | None:
+    """The load balancer id in one object, as ``status._parents_in`` finds it."""
+    if isinstance(obj, _LbIds):
+        return None
+    if isinstance(obj, _ListenerIds):
+        return _first_id(obj.loadbalancer_id, obj.loadbalancer.id if obj.loadbalancer else None)
+    if isinstance(obj, _PoolIds):
+        return _first_id(
+            obj.loadbalancer_id,
+            obj.loadbalancer.id if obj.loadbalancer else None,
+            obj.listener.loadbalancer_id if obj.listener else None,
+        )
+    if isinstance(obj, _MemberIds | _HealthMonitorIds):
+        pool = obj.pool
+        return _first_id(
+            obj.loadbalancer_id,
+            obj.loadbalancer.id if obj.loadbalancer else None,
+            pool.loadbalancer_id if pool else None,
+            pool.loadbalancer.id if pool and pool.loadbalancer else None,
+        )
+    if isinstance(obj, _L7PolicyIds):
+        listener = obj.listener
+        return _first_id(
+            listener.loadbalancer_id if listener else None,
+            listener.loadbalancer.id if listener and listener.loadbalancer else None,
+        )
+    listener = obj.policy.listener if obj.policy else None
+    return listener.loadbalancer_id if listener else None
+
+
+def _ids_decoders() -> dict[str, tuple[str, Any, Any]]:
+    """method -> (kind, decoder of its args' objects, decoder of the keys an update's new
+    object sends), for every load balancer method of ``messages.METHODS``."""
+    out: dict[str, tuple[str, Any, Any]] = {}
+    for method, (kind, action, _) in METHODS.items():
+        if kind is None:
+            continue
+        ids = _IDS_OF_KIND[kind]
+        if action == "update":
+            args = msgspec.defstruct(
+                f"{method}_ids", [(f"old_{kind}", ids), (f"new_{kind}", ids)], kw_only=True
+            )
+            keys = msgspec.defstruct(
+                f"{method}_ids_keys", [(f"new_{kind}", dict[str, msgspec.Raw])], kw_only=True
+            )
+            out[method] = (kind, msgspec.json.Decoder(args), msgspec.json.Decoder(keys))
+        else:
+            args = msgspec.defstruct(f"{method}_ids", [(kind, ids)], kw_only=True)
+            out[method] = (kind, msgspec.json.Decoder(args), None)
+    return out
+
+
+_IDS_DECODERS = _ids_decoders()
+
+
+def _owner_from_ids(method: str, raw_args: bytes) -> str | None:
+    """The load balancer id of a load balancer operation from its ids alone; None when this
+    cannot tell (not such a method, an id missing, a field ill-typed or the JSON broken):
+    then :func:`route_key` decodes it whole and says why. An update's new object is merged
+    over the old one as ``messages.decode_request`` does (a field sent, even as null, wins;
+    the id is never cleared), and a parent the new object lacks comes from the old one, as in
+    ``status.parents_of``."""
+    spec = _IDS_DECODERS.get(method)
+    if spec is None:
+        return None
+    kind, decoder, keys = spec
+    try:
+        args = decoder.decode(raw_args)
+        if keys is None:
+            obj: _IdsOf = getattr(args, kind)
+            old = None
+        else:
+            old = getattr(args, f"old_{kind}")
+            new = getattr(args, f"new_{kind}")
+            present = getattr(keys.decode(raw_args), f"new_{kind}")
+            changes = {
+                f: getattr(new, f)
+                for f in new.__struct_fields__
+                if getattr(new, f) is not None or (f in present and f != "id")
+            }
+            obj = msgspec.structs.replace(old, **changes)
+    except _ROUTING_ERRORS:
+        return None
+    if not obj.id:
+        return None
+    if kind == "loadbalancer":
+        return obj.id
+    return _lb_of(obj) or (_lb_of(old) if old is not None else None)
+
+
+_ROUTING_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError, TypeError, ValueError)
+
+
 def route(method: str, raw_args: bytes) -> str:
     """The actor key of an operation: its load balancer id (see :func:`routing.owner_of`).
 
-    Broken operations go to the actor of the object they name, or to the query path (``""``),
-    where the actor layer turns them into an error outcome. Never raises.
+    Read from the payload's ids alone when they name it, whatever else the payload holds:
+    an operation that turns out invalid in the worker still runs in its load balancer's
+    order (its ERROR cannot overtake that load balancer's earlier operations). Otherwise the
+    payload is decoded whole: broken operations go to the actor of the object they name, or
+    to the query path (``""``), where the actor layer turns them into an error outcome.
+    Never raises.
     """
-    return route_key(method, raw_args)[0]
+    return _owner_from_ids(method, raw_args) or route_key(method, raw_args)[0]
 
 
 def route_key(method: str, raw_args: bytes, affinity: Affinity | None = None) -> tuple[str, str]:
@@ -638,7 +842,7 @@ class Gateway:
                     self.settings.exchange,
                     self.settings.driver_topic,
                     body,
-                    properties=oslo.CAST_PROPERTIES,
+                    properties=oslo.CAST_PROPERTIES_WIRE,
                     mandatory=True,
                 )
                 assert confirmation is not None  # the publish channel is in confirm mode
@@ -1302,7 +1506,7 @@ class Gateway:
         body = oslo.encode_reply(reply_to.msg_id, failure=failure)
         try:
             await self._publish_channel.publish(
-                "", reply_to.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+                "", reply_to.reply_q, body, properties=oslo.CAST_PROPERTIES_WIRE, mandatory=True
             )
         except ValueError as exc:  # not a usable routing key after all: nobody to answer
             log.warning("failure reply not sent", error=str(exc)[:200])
@@ -1341,7 +1545,7 @@ class Gateway:
                         settings.exchange,
                         settings.driver_topic,
                         encode_status_cast(outcome.status),
-                        properties=oslo.CAST_PROPERTIES,
+                        properties=oslo.CAST_PROPERTIES_WIRE,
                         mandatory=True,
                     )
                 reply_confirmation: Confirmation | None = None
@@ -1388,7 +1592,7 @@ class Gateway:
             self.settings.exchange,
             self.settings.driver_topic,
             encode_status_cast(reassertion.status, reassertion=True),
-            properties=oslo.CAST_PROPERTIES,
+            properties=oslo.CAST_PROPERTIES_WIRE,
             mandatory=True,
         )
         await _send_soon(published, _Published(None, confirmation, None, None, (lb_id, entries)))
@@ -1414,7 +1618,7 @@ class Gateway:
             )
         try:
             return await channel.publish(
-                "", pending.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+                "", pending.reply_q, body, properties=oslo.CAST_PROPERTIES_WIRE, mandatory=True
             )
         except ValueError as exc:  # checked at decoding; kept so that no reply can crash us
             log.error("reply not sent", method=pending.method, error=str(exc)[:200])

@@ -131,3 +131,31 @@ def test_route_of_broken_operations() -> None:
     # an unknown method or missing object goes to the query path, which answers with an error
     assert route("frobnicate", b"{}") == ""
     assert route("member_create", b"{}") == ""
+
+
+def test_route_from_the_ids_alone_agrees_with_the_whole_decode() -> None:
+    """The supervisor routes from a Struct of the ids only; on every operation the driver
+    sends (each kind, create/update/delete, nested parents, sparse updates), the load
+    balancer is the one the whole decode finds (``routing.owner_of``)."""
+    from bench.actors import lifecycle
+    from bench.workload import LoadBalancerPlan
+    from lbactors.gateway import _owner_from_ids, route_key
+
+    cases: list[tuple[str, bytes]] = []
+    for i in range(3):
+        plan = LoadBalancerPlan(i, 3)
+        cases += [(op.method, op.args_json) for op in (step() for step in plan._plan(True, False))]
+        cases += lifecycle(i)
+    # a sparse update whose new object names no parent: the old one's is taken
+    cases.append((
+        "member_update",
+        b'{"old_member": {"id": "m1", "pool": {"id": "p", "loadbalancer_id": "lb-old"}},'
+        b' "new_member": {"id": "m1", "weight": 3}}',
+    ))
+    methods = {method for method, _ in cases}
+    assert len(methods) >= 15
+    for method, args in cases:
+        fast = _owner_from_ids(method, args)
+        assert fast is not None, method
+        assert fast == route_key(method, args)[0], method
+    assert route("member_update", cases[-1][1]) == "lb-old"

@@ -21,6 +21,7 @@ from pamqp.commands import Basic
 
 __all__ = [
     "CAST_PROPERTIES",
+    "CAST_PROPERTIES_WIRE",
     "ENVELOPE_VERSION",
     "REPLY_PROPERTIES",
     "MalformedMessage",
@@ -47,6 +48,8 @@ CAST_PROPERTIES = Basic.Properties(
     content_type="application/json", content_encoding="utf-8", delivery_mode=2, priority=0
 )
 REPLY_PROPERTIES = CAST_PROPERTIES
+#: :data:`CAST_PROPERTIES` marshalled once, for the publishes of every status cast and reply
+CAST_PROPERTIES_WIRE = CAST_PROPERTIES.marshal()
 
 
 def call_properties(ttl: float) -> Basic.Properties:
