@@ -1070,6 +1070,18 @@ class Gateway:
         if self._affinity is None:
             lb_id = self._route(method, args)
             return lb_id, lb_id
+        # the owner key is the load balancer's for its whole life (the affinity contract,
+        # backends/base.py): when the backend tells it from the id, the ids are enough
+        lb_affinity = self._lb_affinity
+        if lb_affinity is not None:
+            named = _owner_from_ids(method, args)
+            if named:
+                try:
+                    key = lb_affinity(named)
+                except Exception:  # the backend's bug: the whole decode below logs it
+                    key = None
+                if isinstance(key, str) and key:
+                    return named, key
         return route_key(method, args, self._affinity)
 
     async def _declare_shards(self, connection: Connection) -> None:

@@ -159,3 +159,28 @@ def test_route_from_the_ids_alone_agrees_with_the_whole_decode() -> None:
         assert fast is not None, method
         assert fast == route_key(method, args)[0], method
     assert route("member_update", cases[-1][1]) == "lb-old"
+
+
+def test_owner_key_from_the_ids_when_the_backend_tells_it_from_the_load_balancer() -> None:
+    """With a backend's affinity, the key comes from ``lb_affinity_key`` of the load balancer
+    the ids name (the affinity contract: one key per load balancer for its life); when that
+    cannot tell (None), the payload is decoded whole for ``affinity_key``."""
+    from lbactors.backends.noop import NoopBackend
+
+    _, receive = trio.open_memory_channel[Any](1)
+    args = b'{"member": {"id": "m", "pool": {"loadbalancer_id": "lb-9000"}}}'
+    backend = NoopBackend(affinity_prefix=4)
+    asked: list[str] = []
+
+    def affinity(request: Any) -> str | None:
+        asked.append(request.method)
+        return backend.affinity_key(request)
+
+    by_prefix = Gateway(GatewaySettings(), NullSink(), receive, affinity=affinity,
+                        lb_affinity=backend.lb_affinity_key)
+    assert by_prefix._key_from_payload("member_create", args) == ("lb-9000", "lb-9")
+    assert asked == []
+    unknown = Gateway(GatewaySettings(), NullSink(), receive, affinity=affinity,
+                      lb_affinity=lambda lb_id: None)
+    assert unknown._key_from_payload("member_create", args) == ("lb-9000", "lb-9")
+    assert asked == ["member_create"]
