@@ -12,6 +12,9 @@ Scenarios (``python -m bench <scenario> --help`` for the options):
 ``compare``      the same workload in one run against ``lbactors serve`` and the original
                  listener (``../shared/baseline``), loaded (C=50) and unloaded (C=1): both and
                  the ratios
+``check``        (also ``python -m bench --check``) the hot path against the committed
+                 baseline ``results/check.json``: CPU scenario, raw AMQP round trip, actor
+                 bench, as ratios measured in the same run (``bench/check.py``)
 ``scale``        10 000 and 100 000 resident load balancers: start-up time, resident memory of
                  all daemon processes, statistics round cost
 ``faults``       one fault per row under the driver's load (backend hangs, worker SIGSTOP and
@@ -46,7 +49,7 @@ from typing import Any
 
 import trio
 
-from bench import cluster, dashboard, faults, octavia, procs, report
+from bench import check, cluster, dashboard, faults, octavia, procs, report
 from bench.driver import DEFAULT_AMQP_URL, DriverConfig, delete_queues, open_driver
 
 Row = dict[str, Any]
@@ -323,6 +326,29 @@ def scenario_cpu(args: argparse.Namespace) -> int:
     return 0 if ok else 2
 
 
+def check_cpu(args: argparse.Namespace) -> tuple[Row, bool]:
+    """The CPU scenario for ``--check``: lbactors and (when there) the original listener,
+    alternating ``--repeat`` times; medians by target."""
+    writer = report.ResultsWriter("check", Path(args.results))
+    args.targets = "lbactors,seed"
+    ok = True
+    targets: list[procs.Target] = []
+    try:
+        for start in _starters(args):
+            targets.append(start())
+        for i in range(args.repeat):
+            for target in targets:
+                row, _ = measure(config_for(args, target), target=target,
+                                 extra={"repeat": i + 1})
+                writer.add(row)
+                ok &= row["ok"]
+                _log(_summary_line(row))
+    finally:
+        for target in targets:
+            stop_target(args, target)
+    return check.summarize_cpu(writer.rows), ok
+
+
 def _metrics_url(target: procs.Target) -> str | None:
     if not isinstance(target, procs.Daemon):
         return None
@@ -596,6 +622,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="statistics rounds to watch once the load balancers exist")
     s.set_defaults(max_duration=3600.0)
 
+    ck = sub.add_parser("check", help="--check: the hot path's figures next to the committed "
+                        "baseline (bench/results/check.json), as ratios of one run")
+    common(ck)
+    check.add_arguments(ck)
     f = sub.add_parser("faults", help="faults under load: hangs, kills, restarts, bad input, soak")
     common(f, lbs=100, concurrency=20)
     faults.add_arguments(f)
@@ -623,6 +653,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
     "concurrency": scenario_concurrency,
     "latency": scenario_latency,
     "cpu": scenario_cpu,
+    "check": lambda args: check.scenario_check(args, check_cpu),
     "compare": scenario_compare,
     "scale": scenario_scale,
     "faults": faults.scenario_faults,
@@ -640,6 +671,9 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--check":  # `python -m bench --check [options]`
+        argv = ["check", *argv[1:]]
     args = parse_args(argv)
     return SCENARIOS[args.scenario](args)
 

@@ -34,7 +34,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import msgspec
 import structlog
@@ -59,6 +59,7 @@ from lbactors.amqp.errors import (
 )
 from lbactors.cluster import Presence, ShardTable, fair_share
 from lbactors.messages import (
+    METHODS,
     Failure,
     InvalidOperation,
     Operation,
@@ -254,13 +255,216 @@ def _version_supported(version: str | None) -> bool:
 Affinity = Callable[[Request], "str | None"]
 
 
+# ---- routing from the ids alone ----------------------------------------------------------
+# The supervisor needs only the load balancer id of an operation; the worker decodes the whole
+# payload anyway. These Structs read just the fields that :func:`routing.owner_of` (through
+# ``status.parents_of``) takes the id from, with the model's names, nesting, id fallback
+# (``<kind>_id``) and id bound; msgspec skips the rest of the payload without building it.
+
+_IdRef = Annotated[str, msgspec.Meta(max_length=255)]
+
+
+class _LbIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.loadbalancer_id
+
+
+class _ListenerIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    listener_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.listener_id
+
+
+class _PoolIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    pool_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+    listener: _ListenerIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.pool_id
+
+
+class _MemberIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    member_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+    pool: _PoolIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.member_id
+
+
+class _HealthMonitorIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    healthmonitor_id: _IdRef | None = None
+    loadbalancer_id: _IdRef | None = None
+    loadbalancer: _LbIds | None = None
+    pool: _PoolIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.healthmonitor_id
+
+
+class _L7PolicyIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    l7policy_id: _IdRef | None = None
+    listener: _ListenerIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.l7policy_id
+
+
+class _L7RuleIds(msgspec.Struct, kw_only=True):
+    id: _IdRef | None = None
+    l7rule_id: _IdRef | None = None
+    policy: _L7PolicyIds | None = None
+
+    def __post_init__(self) -> None:
+        if self.id is None:
+            self.id = self.l7rule_id
+
+
+_IdsOf = (
+    _LbIds | _ListenerIds | _PoolIds | _MemberIds | _HealthMonitorIds | _L7PolicyIds | _L7RuleIds
+)
+_IDS_OF_KIND: dict[str, type[_IdsOf]] = {
+    "loadbalancer": _LbIds,
+    "listener": _ListenerIds,
+    "pool": _PoolIds,
+    "member": _MemberIds,
+    "healthmonitor": _HealthMonitorIds,
+    "l7policy": _L7PolicyIds,
+    "l7rule": _L7RuleIds,
+}
+
+
+def _first_id(*candidates: str | None) -> str | None:
+    for candidate in candidates:
+        if candidate:
+            return candidate
+    return None
+
+
+def _lb_of(obj: _IdsOf) -> str | None:
+    """The load balancer id in one object, as ``status._parents_in`` finds it."""
+    if isinstance(obj, _LbIds):
+        return None
+    if isinstance(obj, _ListenerIds):
+        return _first_id(obj.loadbalancer_id, obj.loadbalancer.id if obj.loadbalancer else None)
+    if isinstance(obj, _PoolIds):
+        return _first_id(
+            obj.loadbalancer_id,
+            obj.loadbalancer.id if obj.loadbalancer else None,
+            obj.listener.loadbalancer_id if obj.listener else None,
+        )
+    if isinstance(obj, _MemberIds | _HealthMonitorIds):
+        pool = obj.pool
+        return _first_id(
+            obj.loadbalancer_id,
+            obj.loadbalancer.id if obj.loadbalancer else None,
+            pool.loadbalancer_id if pool else None,
+            pool.loadbalancer.id if pool and pool.loadbalancer else None,
+        )
+    if isinstance(obj, _L7PolicyIds):
+        listener = obj.listener
+        return _first_id(
+            listener.loadbalancer_id if listener else None,
+            listener.loadbalancer.id if listener and listener.loadbalancer else None,
+        )
+    listener = obj.policy.listener if obj.policy else None
+    return listener.loadbalancer_id if listener else None
+
+
+def _ids_decoders() -> dict[str, tuple[str, Any, Any]]:
+    """method -> (kind, decoder of its args' objects, decoder of the keys an update's new
+    object sends), for every load balancer method of ``messages.METHODS``."""
+    out: dict[str, tuple[str, Any, Any]] = {}
+    for method, (kind, action, _) in METHODS.items():
+        if kind is None:
+            continue
+        ids = _IDS_OF_KIND[kind]
+        if action == "update":
+            args = msgspec.defstruct(
+                f"{method}_ids", [(f"old_{kind}", ids), (f"new_{kind}", ids)], kw_only=True
+            )
+            keys = msgspec.defstruct(
+                f"{method}_ids_keys", [(f"new_{kind}", dict[str, msgspec.Raw])], kw_only=True
+            )
+            out[method] = (kind, msgspec.json.Decoder(args), msgspec.json.Decoder(keys))
+        else:
+            args = msgspec.defstruct(f"{method}_ids", [(kind, ids)], kw_only=True)
+            out[method] = (kind, msgspec.json.Decoder(args), None)
+    return out
+
+
+_IDS_DECODERS = _ids_decoders()
+
+
+def _owner_from_ids(method: str, raw_args: bytes) -> str | None:
+    """The load balancer id of a load balancer operation from its ids alone; None when this
+    cannot tell (not such a method, an id missing, a field ill-typed or the JSON broken):
+    then :func:`route_key` decodes it whole and says why. An update's new object is merged
+    over the old one as ``messages.decode_request`` does (a field sent, even as null, wins;
+    the id is never cleared), and a parent the new object lacks comes from the old one, as in
+    ``status.parents_of``."""
+    spec = _IDS_DECODERS.get(method)
+    if spec is None:
+        return None
+    kind, decoder, keys = spec
+    try:
+        args = decoder.decode(raw_args)
+        if keys is None:
+            obj: _IdsOf = getattr(args, kind)
+            old = None
+        else:
+            old = getattr(args, f"old_{kind}")
+            new = getattr(args, f"new_{kind}")
+            present = getattr(keys.decode(raw_args), f"new_{kind}")
+            changes = {
+                f: getattr(new, f)
+                for f in new.__struct_fields__
+                if getattr(new, f) is not None or (f in present and f != "id")
+            }
+            obj = msgspec.structs.replace(old, **changes)
+    except _ROUTING_ERRORS:
+        return None
+    if not obj.id:
+        return None
+    if kind == "loadbalancer":
+        return obj.id
+    return _lb_of(obj) or (_lb_of(old) if old is not None else None)
+
+
+_ROUTING_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError, TypeError, ValueError)
+
+
 def route(method: str, raw_args: bytes) -> str:
     """The actor key of an operation: its load balancer id (see :func:`routing.owner_of`).
 
-    Broken operations go to the actor of the object they name, or to the query path (``""``),
-    where the actor layer turns them into an error outcome. Never raises.
+    Read from the payload's ids alone when they name it, whatever else the payload holds:
+    an operation that turns out invalid in the worker still runs in its load balancer's
+    order (its ERROR cannot overtake that load balancer's earlier operations). Otherwise the
+    payload is decoded whole: broken operations go to the actor of the object they name, or
+    to the query path (``""``), where the actor layer turns them into an error outcome.
+    Never raises.
     """
-    return route_key(method, raw_args)[0]
+    return _owner_from_ids(method, raw_args) or route_key(method, raw_args)[0]
 
 
 def route_key(method: str, raw_args: bytes, affinity: Affinity | None = None) -> tuple[str, str]:
@@ -381,6 +585,46 @@ def _entry_count(status: StatusUpdate) -> int:
         for entries in msgspec.structs.astuple(status)
         if entries is not msgspec.UNSET
     )
+
+
+_T = TypeVar("_T")
+
+
+class _Drained(Generic[_T]):
+    """``async for item in _Drained(channel)``: the items of ``channel``, without a scheduling
+    round per item that is already there (trio's ``receive`` yields even then). A burst is
+    handled in one scheduler pass, so its publishes and acks reach the connection's writer
+    together and leave in one ``send`` (one system call, one wake-up of the broker) instead
+    of one each. Waits, and so yields, only when the channel is empty."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[_T]) -> None:
+        self._channel = channel
+
+    def __aiter__(self) -> _Drained[_T]:
+        return self
+
+    async def __anext__(self) -> _T:
+        try:
+            return self._channel.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        try:
+            return await self._channel.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+async def _send_soon(channel: trio.MemorySendChannel[_T], item: _T) -> None:
+    """``channel.send(item)`` without the scheduling round when there is room (see
+    :class:`_Drained`)."""
+    try:
+        channel.send_nowait(item)
+    except trio.WouldBlock:
+        await channel.send(item)
 
 
 class Gateway:
@@ -598,7 +842,7 @@ class Gateway:
                     self.settings.exchange,
                     self.settings.driver_topic,
                     body,
-                    properties=oslo.CAST_PROPERTIES,
+                    properties=oslo.CAST_PROPERTIES_WIRE,
                     mandatory=True,
                 )
                 assert confirmation is not None  # the publish channel is in confirm mode
@@ -826,6 +1070,18 @@ class Gateway:
         if self._affinity is None:
             lb_id = self._route(method, args)
             return lb_id, lb_id
+        # the owner key is the load balancer's for its whole life (the affinity contract,
+        # backends/base.py): when the backend tells it from the id, the ids are enough
+        lb_affinity = self._lb_affinity
+        if lb_affinity is not None:
+            named = _owner_from_ids(method, args)
+            if named:
+                try:
+                    key = lb_affinity(named)
+                except Exception:  # the backend's bug: the whole decode below logs it
+                    key = None
+                if isinstance(key, str) and key:
+                    return named, key
         return route_key(method, args, self._affinity)
 
     async def _declare_shards(self, connection: Connection) -> None:
@@ -1262,7 +1518,7 @@ class Gateway:
         body = oslo.encode_reply(reply_to.msg_id, failure=failure)
         try:
             await self._publish_channel.publish(
-                "", reply_to.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+                "", reply_to.reply_q, body, properties=oslo.CAST_PROPERTIES_WIRE, mandatory=True
             )
         except ValueError as exc:  # not a usable routing key after all: nobody to answer
             log.warning("failure reply not sent", error=str(exc)[:200])
@@ -1279,7 +1535,7 @@ class Gateway:
         settings = self.settings
         ledger_lbs = self._ledger_lbs
         try:
-            async for outcome in self.outcomes:
+            async for outcome in _Drained(self.outcomes):
                 if isinstance(outcome, Reassertion):
                     await self._publish_reassertion(channel, outcome, published)
                     continue
@@ -1301,7 +1557,7 @@ class Gateway:
                         settings.exchange,
                         settings.driver_topic,
                         encode_status_cast(outcome.status),
-                        properties=oslo.CAST_PROPERTIES,
+                        properties=oslo.CAST_PROPERTIES_WIRE,
                         mandatory=True,
                     )
                 reply_confirmation: Confirmation | None = None
@@ -1315,10 +1571,11 @@ class Gateway:
                     if reject is not None
                     else "error" if outcome.reason is not None else "ok"
                 )
-                await published.send(
+                await _send_soon(
+                    published,
                     _Published(
                         pending, status_confirmation, reply_confirmation, reject, result=result
-                    )
+                    ),
                 )
         finally:
             published.close()
@@ -1347,10 +1604,10 @@ class Gateway:
             self.settings.exchange,
             self.settings.driver_topic,
             encode_status_cast(reassertion.status, reassertion=True),
-            properties=oslo.CAST_PROPERTIES,
+            properties=oslo.CAST_PROPERTIES_WIRE,
             mandatory=True,
         )
-        await published.send(_Published(None, confirmation, None, None, (lb_id, entries)))
+        await _send_soon(published, _Published(None, confirmation, None, None, (lb_id, entries)))
 
     async def _publish_reply(
         self, channel: Channel, pending: _Pending, outcome: Outcome
@@ -1373,7 +1630,7 @@ class Gateway:
             )
         try:
             return await channel.publish(
-                "", pending.reply_q, body, properties=oslo.REPLY_PROPERTIES, mandatory=True
+                "", pending.reply_q, body, properties=oslo.CAST_PROPERTIES_WIRE, mandatory=True
             )
         except ValueError as exc:  # checked at decoding; kept so that no reply can crash us
             log.error("reply not sent", method=pending.method, error=str(exc)[:200])
@@ -1381,7 +1638,7 @@ class Gateway:
 
     async def _settle(self, published: trio.MemoryReceiveChannel[_Published]) -> None:
         """Ack (or reject) each delivery once its publishes are confirmed, in order."""
-        async for item in published:
+        async for item in _Drained(published):
             pending = item.pending
             if pending is None:
                 await self._reassertion_confirmed(item)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import math
 import os
 import signal
@@ -65,8 +66,18 @@ async def _forward_outcomes(
 
 
 async def _feed(system: ActorSystem, intake: trio.MemoryReceiveChannel[Operation]) -> None:
-    """Hand received operations to their actors, in the order they came."""
-    async for op in intake:
+    """Hand received operations to their actors, in the order they came; those already
+    received without a scheduling round each (trio's ``receive`` yields even then)."""
+    while True:
+        try:
+            op = intake.receive_nowait()
+        except trio.WouldBlock:
+            try:
+                op = await intake.receive()
+            except trio.EndOfChannel:
+                return
+        except trio.EndOfChannel:
+            return
         await system.submit(op)
 
 
@@ -187,6 +198,9 @@ async def serve_worker(
                 nursery.start_soon(_forward_outcomes, outcomes_receive, frames)
                 async with trio.open_nursery() as intake_nursery:
                     intake_nursery.start_soon(_feed, system, intake_receive)
+                    # start-up's objects and the adopted load balancers stay: out of the
+                    # collector's sight (its full collections walk only what came since)
+                    gc.freeze()
                     await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
                     log.info("worker ready", backend=config.backend.name)
                     task_status.started()

@@ -11,6 +11,7 @@ Whatever did not finish stays unacked and the broker redelivers it to the next d
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -210,6 +211,9 @@ async def serve_daemon(config: Config, *, task_status: trio.TaskStatus[Gateway] 
                             )
                         )
                     helper_nursery.start_soon(_watchdog, router, gateway)
+                    # what start-up built lives as long as the daemon: out of the collector's
+                    # sight, so that its full collections walk only what operations create
+                    gc.freeze()
                     await notify("READY=1", _status_line(router, gateway))
                     log.info(
                         "lbactors ready",

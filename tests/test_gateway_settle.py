@@ -131,3 +131,56 @@ def test_route_of_broken_operations() -> None:
     # an unknown method or missing object goes to the query path, which answers with an error
     assert route("frobnicate", b"{}") == ""
     assert route("member_create", b"{}") == ""
+
+
+def test_route_from_the_ids_alone_agrees_with_the_whole_decode() -> None:
+    """The supervisor routes from a Struct of the ids only; on every operation the driver
+    sends (each kind, create/update/delete, nested parents, sparse updates), the load
+    balancer is the one the whole decode finds (``routing.owner_of``)."""
+    from bench.actors import lifecycle
+    from bench.workload import LoadBalancerPlan
+    from lbactors.gateway import _owner_from_ids, route_key
+
+    cases: list[tuple[str, bytes]] = []
+    for i in range(3):
+        plan = LoadBalancerPlan(i, 3)
+        cases += [(op.method, op.args_json) for op in (step() for step in plan._plan(True, False))]
+        cases += lifecycle(i)
+    # a sparse update whose new object names no parent: the old one's is taken
+    cases.append((
+        "member_update",
+        b'{"old_member": {"id": "m1", "pool": {"id": "p", "loadbalancer_id": "lb-old"}},'
+        b' "new_member": {"id": "m1", "weight": 3}}',
+    ))
+    methods = {method for method, _ in cases}
+    assert len(methods) >= 15
+    for method, args in cases:
+        fast = _owner_from_ids(method, args)
+        assert fast is not None, method
+        assert fast == route_key(method, args)[0], method
+    assert route("member_update", cases[-1][1]) == "lb-old"
+
+
+def test_owner_key_from_the_ids_when_the_backend_tells_it_from_the_load_balancer() -> None:
+    """With a backend's affinity, the key comes from ``lb_affinity_key`` of the load balancer
+    the ids name (the affinity contract: one key per load balancer for its life); when that
+    cannot tell (None), the payload is decoded whole for ``affinity_key``."""
+    from lbactors.backends.noop import NoopBackend
+
+    _, receive = trio.open_memory_channel[Any](1)
+    args = b'{"member": {"id": "m", "pool": {"loadbalancer_id": "lb-9000"}}}'
+    backend = NoopBackend(affinity_prefix=4)
+    asked: list[str] = []
+
+    def affinity(request: Any) -> str | None:
+        asked.append(request.method)
+        return backend.affinity_key(request)
+
+    by_prefix = Gateway(GatewaySettings(), NullSink(), receive, affinity=affinity,
+                        lb_affinity=backend.lb_affinity_key)
+    assert by_prefix._key_from_payload("member_create", args) == ("lb-9000", "lb-9")
+    assert asked == []
+    unknown = Gateway(GatewaySettings(), NullSink(), receive, affinity=affinity,
+                      lb_affinity=lambda lb_id: None)
+    assert unknown._key_from_payload("member_create", args) == ("lb-9000", "lb-9")
+    assert asked == ["member_create"]

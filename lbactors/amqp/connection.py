@@ -463,7 +463,7 @@ class Channel:
         routing_key: str,
         body: bytes | bytearray | memoryview,
         *,
-        properties: commands.Basic.Properties | None = None,
+        properties: commands.Basic.Properties | bytes | None = None,
         mandatory: bool = False,
     ) -> Confirmation | None:
         """Queue one message for the socket and return without waiting for the broker.

@@ -21,6 +21,7 @@ from pamqp.commands import Basic
 
 __all__ = [
     "CAST_PROPERTIES",
+    "CAST_PROPERTIES_WIRE",
     "ENVELOPE_VERSION",
     "REPLY_PROPERTIES",
     "MalformedMessage",
@@ -47,6 +48,8 @@ CAST_PROPERTIES = Basic.Properties(
     content_type="application/json", content_encoding="utf-8", delivery_mode=2, priority=0
 )
 REPLY_PROPERTIES = CAST_PROPERTIES
+#: :data:`CAST_PROPERTIES` marshalled once, for the publishes of every status cast and reply
+CAST_PROPERTIES_WIRE = CAST_PROPERTIES.marshal()
 
 
 def call_properties(ttl: float) -> Basic.Properties:
@@ -115,6 +118,13 @@ class _Envelope(msgspec.Struct):
     message: str = msgspec.field(name="oslo.message")
 
 
+class _EnvelopeIfAny(msgspec.Struct):
+    """An enveloped body in one decode (the common case); ``None``: not there, or null."""
+
+    version: str | None = msgspec.field(default=None, name="oslo.version")
+    message: str | None = msgspec.field(default=None, name="oslo.message")
+
+
 class OsloMessage(msgspec.Struct, frozen=True):
     """The inner message of a cast or call. ``args`` is the raw JSON object."""
 
@@ -157,6 +167,7 @@ class _ReplyProbe(msgspec.Struct):
 _envelope_probe = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _reply_probe = msgspec.json.Decoder(_ReplyProbe)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
+_envelope_if_any = msgspec.json.Decoder(_EnvelopeIfAny)
 _message_decoder = msgspec.json.Decoder(OsloMessage)
 _reply_decoder = msgspec.json.Decoder(Reply)
 _encoder = msgspec.json.Encoder()
@@ -175,6 +186,22 @@ def _unwrap(body: bytes, max_bytes: int | None) -> bytes:
     """The inner message's JSON, from an enveloped (or pre-envelope) body."""
     if max_bytes is not None and len(body) > max_bytes:
         raise MalformedMessage(f"body of {len(body)} bytes exceeds the limit of {max_bytes}")
+    # the common case in one pass over the body; anything else (no envelope, a broken one,
+    # not JSON) takes the path below, which tells them apart
+    try:
+        fast = _envelope_if_any.decode(body)
+    except (*_UNTRUSTED_ERRORS, msgspec.ValidationError):
+        fast = None
+    if (
+        fast is not None
+        and fast.version is not None
+        and fast.message is not None
+        and _version_compatible(fast.version)
+    ):
+        try:
+            return fast.message.encode()
+        except UnicodeError:
+            pass  # a lone surrogate: the path below says so
     try:
         keys = _envelope_probe.decode(body)
     except _UNTRUSTED_ERRORS as exc:

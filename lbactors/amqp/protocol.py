@@ -337,6 +337,12 @@ def _shortstr_bytes(value: str, what: str) -> bytes:
     return bytes((len(encoded),)) + encoded
 
 
+def marshal_properties(properties: commands.Basic.Properties) -> bytes:
+    """``properties`` as a content header carries them (property flags, then the values),
+    for a publisher that sends the same ones with every message (``Channel.publish``)."""
+    return properties.marshal()
+
+
 class PublishEncoder:
     """Encodes ``basic.publish`` + content header + body frames for one connection.
 
@@ -379,16 +385,23 @@ class PublishEncoder:
         exchange: str,
         routing_key: str,
         body: bytes | bytearray | memoryview,
-        properties: commands.Basic.Properties | None,
+        properties: commands.Basic.Properties | bytes | None,
         mandatory: bool,
     ) -> None:
         """Append the whole frame group of one publish to ``out``.
 
-        Everything that can fail (names too long, bad properties) fails before ``out`` is
-        touched, so ``out`` never holds half a publish.
+        ``properties`` may be given already marshalled (``Basic.Properties.marshal()``, see
+        :func:`marshal_properties`): a publisher that sends the same properties with every
+        message encodes them once. Everything that can fail (names too long, bad
+        properties) fails before ``out`` is touched, so ``out`` never holds half a publish.
         """
         method = self.method_frame(channel_id, exchange, routing_key, mandatory)
-        props = _EMPTY_PROPERTIES if properties is None else properties.marshal()
+        if properties is None:
+            props = _EMPTY_PROPERTIES
+        elif isinstance(properties, bytes):
+            props = properties
+        else:
+            props = properties.marshal()
         body_size = len(body)
         out += method
         out += _HEAD.pack(FRAME_HEADER, channel_id, 12 + len(props))
