@@ -223,6 +223,8 @@ class ActorSystem:
         self._due_changed = trio.Event()
         #: created objects' entries sent again (Octavia's commit race), since start
         self.reassertions_sent = 0
+        #: trio's clock, read directly on the hot path (what trio.current_time() reads)
+        self._clock = trio.lowlevel.current_clock()
 
     # ------------------------------------------------------------------ public
 
@@ -247,7 +249,7 @@ class ActorSystem:
                 mailbox = self._spawn(op.lb_id)
             try:
                 # before the handover: the idle sweep never closes a mailbox just used
-                mailbox.last_used = trio.current_time()
+                mailbox.last_used = self._clock.current_time()
                 try:
                     # hot path: room in the mailbox, no trip through the scheduler
                     mailbox.send.send_nowait(op)
@@ -499,67 +501,90 @@ class ActorSystem:
         actor_log = log.bind(lb_id=lb_id)
         actor_log.debug("actor started")
         receive = mailbox.receive
-        outcomes = self._outcomes
+        watch = mailbox.watch
         with receive:
             while True:
-                try:
-                    op = receive.receive_nowait()
-                except trio.WouldBlock:
-                    try:
-                        op = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
-                except trio.EndOfChannel:
-                    break
-                mailbox.busy = True
-                self._owned.add(lb_id)
-                self._keys[lb_id] = op.owner_key
-                outcome = await self._run_one(op, mailbox.watch, actor_log)
-                if mailbox.watch.abandoned:
-                    # its outcome went out already: the late result of a call that ignored
-                    # its cancellation is dropped. The call is over, so the operations
-                    # queued behind it may run now without overlapping it.
-                    actor_log.warning(
-                        "abandoned backend call returned; its result is dropped",
-                        op_id=op.op_id,
-                        method=op.method,
-                    )
-                    mailbox.busy = False
-                    mailbox.last_used = trio.current_time()
-                    continue
-                mailbox.busy = False
-                mailbox.last_used = trio.current_time()
-                deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(
-                    outcome, lb_id
-                )
-                if self._reassert_after:
-                    # before the outcome is in the channel: a re-assertion sent from now on
-                    # never holds an entry it supersedes, and comes after it (senders that
-                    # wait are served in order)
-                    self._track(op, outcome, deleted)
-                retire = (
-                    deleted
-                    and receive.statistics().current_buffer_used == 0
-                    and receive.statistics().tasks_waiting_send == 0
-                )
-                if retire:
-                    # before the outcome leaves, so whoever sees it sees the actor gone
-                    if self._actors.get(lb_id) is mailbox:
-                        del self._actors[lb_id]
-                    self._owned.discard(lb_id)
-                    self._keys.pop(lb_id, None)
-                    receive.close()
-                    actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
-                try:
-                    outcomes.send_nowait(outcome)
-                except trio.WouldBlock:
-                    await outcomes.send(outcome)
-                if retire:
-                    self._ended()
+                # One cancel scope for the operations of this actor, not one per backend
+                # call: a call that suspends gets its deadline on it (dispatch.CallWatch.scope).
+                # A deadline that expired leaves it cancelled: the outcome of that operation
+                # is settled outside it, and the next operations run in a fresh one.
+                carried: tuple[Operation, Outcome] | None = None
+                with trio.CancelScope() as scope:
+                    watch.scope = scope
+                    while True:
+                        try:
+                            op = receive.receive_nowait()
+                        except trio.WouldBlock:
+                            try:
+                                op = await receive.receive()
+                            except trio.EndOfChannel:
+                                break
+                        except trio.EndOfChannel:
+                            break
+                        mailbox.busy = True
+                        self._owned.add(lb_id)
+                        self._keys[lb_id] = op.owner_key
+                        outcome = await self._run_one(op, watch, actor_log)
+                        if scope.cancel_called:
+                            carried = (op, outcome)
+                            break
+                        if await self._settle(mailbox, op, outcome, actor_log):
+                            return
+                watch.scope = None
+                if carried is None:
+                    break  # the mailbox ended
+                if await self._settle(mailbox, *carried, actor_log):
                     return
         if self._actors.get(lb_id) is mailbox:
             del self._actors[lb_id]
         self._ended()
+
+    async def _settle(
+        self, mailbox: _Mailbox, op: Operation, outcome: Outcome, actor_log: Any
+    ) -> bool:
+        """After ``op`` ran: its outcome into ``outcomes`` (in order), the re-assertions it
+        changes, the actor's retirement; whether the actor retired."""
+        lb_id = mailbox.lb_id
+        receive = mailbox.receive
+        mailbox.busy = False
+        mailbox.last_used = self._clock.current_time()
+        if mailbox.watch.abandoned:
+            # its outcome went out already: the late result of a call that ignored
+            # its cancellation is dropped. The call is over, so the operations
+            # queued behind it may run now without overlapping it.
+            actor_log.warning(
+                "abandoned backend call returned; its result is dropped",
+                op_id=op.op_id,
+                method=op.method,
+            )
+            return False
+        deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(outcome, lb_id)
+        if self._reassert_after:
+            # before the outcome is in the channel: a re-assertion sent from now on
+            # never holds an entry it supersedes, and comes after it (senders that
+            # wait are served in order)
+            self._track(op, outcome, deleted)
+        retire = False
+        if deleted:
+            queued = receive.statistics()
+            retire = queued.current_buffer_used == 0 and queued.tasks_waiting_send == 0
+        if retire:
+            # before the outcome leaves, so whoever sees it sees the actor gone
+            if self._actors.get(lb_id) is mailbox:
+                del self._actors[lb_id]
+            self._owned.discard(lb_id)
+            self._keys.pop(lb_id, None)
+            receive.close()
+            actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
+        outcomes = self._outcomes
+        try:
+            outcomes.send_nowait(outcome)
+        except trio.WouldBlock:
+            await outcomes.send(outcome)
+        if retire:
+            self._ended()
+            return True
+        return False
 
     def _not_before(self, lb_id: str, now: float) -> float:
         """When a re-assertion of ``lb_id`` may be sent: ``now`` if it has no operation

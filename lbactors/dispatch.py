@@ -25,6 +25,14 @@ ignores its cancellation (:func:`failed_outcome` then answers for it). When the 
 ``hold`` (the lock of the operation's key, :class:`lbactors.actor.KeyedLocks`), each backend
 call runs holding it; the wait for it is not part of the call's deadline.
 
+When the watch has a ``scope`` (an actor's long-lived cancel scope, entered around the
+operations it runs), a call costs no cancel scope of its own: its coroutine is stepped once,
+and a call that finishes without suspending (the noop backend) never needed a deadline;
+one that suspends gets it on the actor's scope (set before its first suspension, measured
+from then, reset after), and the ``Cancelled`` of that scope's expiry becomes
+:class:`DeadlineExceeded` here. The scope stays cancelled afterwards: the actor replaces it
+before its next await (:attr:`CallWatch.scope`).
+
 Layer: actors and backends (model, trio, structlog); never AMQP.
 """
 
@@ -32,7 +40,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
@@ -123,7 +132,7 @@ class CallWatch:
     """One running operation, as the actor system watches it: ``deadline`` is when its
     current backend call must be over (trio clock; ``inf`` between calls)."""
 
-    __slots__ = ("abandoned", "deadline", "hold", "op")
+    __slots__ = ("abandoned", "deadline", "hold", "op", "scope")
 
     def __init__(self, op: Operation | None = None) -> None:
         self.op = op
@@ -132,6 +141,11 @@ class CallWatch:
         self.abandoned = False
         #: held around each backend call of the operation (its key's lock), if any
         self.hold: Callable[[], AbstractAsyncContextManager[None]] | None = None
+        #: a cancel scope entered by the caller around everything it runs with this watch,
+        #: deadline ``inf`` between calls: a call's deadline goes on it (module docstring).
+        #: Once it is ``cancel_called`` the caller must leave it before awaiting anything
+        #: else, and give the next operation a fresh one. ``None``: a scope per call.
+        self.scope: trio.CancelScope | None = None
 
 
 async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
@@ -148,7 +162,55 @@ async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None
             call.close()  # never awaited when cancelled while waiting: no warning; else a no-op
 
 
+@types.coroutine
+def _resume(call: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
+    """Go on with ``call``, suspended at ``trap`` (what its first step yielded to trio): pass
+    trio's answers in and its next traps out, as ``await`` would have."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:  # thrown in by trio (or close()): the call decides
+            try:
+                trap = call.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = call.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _within_scope(
+    call: Coroutine[Any, Any, Any], seconds: float, watch: CallWatch, scope: trio.CancelScope
+) -> Any:
+    """:func:`_within` on the caller's long-lived ``scope`` (:attr:`CallWatch.scope`)."""
+    try:
+        trap = call.send(None)
+    except StopIteration as stop:  # done without suspending: no deadline could apply
+        return stop.value
+    # it suspends: from now on it runs under its deadline (set before trio sees the trap)
+    deadline = trio.current_time() + seconds
+    scope.deadline = deadline
+    watch.deadline = deadline
+    try:
+        return await _resume(call, trap)
+    except trio.Cancelled:
+        if not scope.cancel_called:
+            raise  # cancelled from outside: not ours to turn into a failure
+        raise DeadlineExceeded(
+            f"no answer within the deadline of {seconds:g} s; cancelled"
+        ) from None
+    finally:
+        watch.deadline = math.inf
+        scope.deadline = math.inf
+
+
 async def _within(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
+    if watch is not None:
+        scope = watch.scope
+        if scope is not None and type(call) is types.CoroutineType:
+            return await _within_scope(call, seconds, watch, scope)
     with trio.move_on_after(seconds) as scope:
         if watch is not None:
             watch.deadline = scope.deadline
