@@ -558,6 +558,8 @@ class ActorSystem:
                 method=op.method,
             )
             return False
+        if outcome.reason is None:
+            actor_log.debug("operation done", op_id=op.op_id, method=op.method)
         deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(outcome, lb_id)
         if self._reassert_after:
             # before the outcome is in the channel: a re-assertion sent from now on

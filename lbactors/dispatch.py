@@ -33,6 +33,9 @@ from then, reset after), and the ``Cancelled`` of that scope's expiry becomes
 :class:`DeadlineExceeded` here. The scope stays cancelled afterwards: the actor replaces it
 before its next await (:attr:`CallWatch.scope`).
 
+Successes are not logged here (the actor logs them at debug with its bound logger: a debug
+line through structlog's lazy proxy costs more than a whole noop backend call).
+
 Layer: actors and backends (model, trio, structlog); never AMQP.
 """
 
@@ -381,7 +384,6 @@ async def _crud(
             reply=_crud_reply(op, False),
             reason=reason,
         )
-    log.debug("operation done", lb_id=op.lb_id, op_id=op.op_id, method=op.method)
     status = operation_status(request, success=True, parents_on_failure=parents_on_failure)
     return Outcome(op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, True))
 
@@ -414,8 +416,6 @@ async def _pool_delete(
     status = pool_delete_status(
         pool, plan, completed=completed, failed=failed, parents_on_failure=parents_on_failure
     )
-    if not failed:
-        log.debug("pool deleted", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
     return Outcome(
         op_id=op.op_id,
         lb_id=op.lb_id,
@@ -433,8 +433,6 @@ async def _cascade(
     completed, reason = await _run_plan(backend, op, plan, watch)
     failed = reason is not None
     status = cascade_status(lb, plan, completed=completed, failed=failed)
-    if not failed:
-        log.debug("cascade done", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
     return Outcome(
         op_id=op.op_id,
         lb_id=op.lb_id,
