@@ -130,6 +130,11 @@ _DELETE: dict[str, _Delete] = {
 class DeadlineExceeded(Exception):
     """A backend call did not finish within its deadline and was cancelled."""
 
+    def __init__(self, seconds: float, started: float) -> None:
+        super().__init__(f"no answer within the deadline of {seconds:g} s; cancelled")
+        #: when its deadline started to run (trio clock)
+        self.started = started
+
 
 class CallWatch:
     """One running operation, as the actor system watches it: ``deadline`` is when its
@@ -201,9 +206,7 @@ async def _within_scope(
     except trio.Cancelled:
         if not scope.cancel_called:
             raise  # cancelled from outside: not ours to turn into a failure
-        raise DeadlineExceeded(
-            f"no answer within the deadline of {seconds:g} s; cancelled"
-        ) from None
+        raise DeadlineExceeded(seconds, deadline - seconds) from None
     finally:
         watch.deadline = math.inf
         scope.deadline = math.inf
@@ -222,7 +225,7 @@ async def _within(call: Awaitable[Any], seconds: float, watch: CallWatch | None)
         finally:
             if watch is not None:
                 watch.deadline = math.inf
-    raise DeadlineExceeded(f"no answer within the deadline of {seconds:g} s; cancelled")
+    raise DeadlineExceeded(seconds, scope.deadline - seconds)
 
 
 def _failure(exc: BaseException) -> Failure:
@@ -334,7 +337,7 @@ def _invalid(op: Operation, exc: InvalidOperation) -> Outcome:
 
 
 def _backend_failure(
-    op: Operation, exc: Exception, kind: str, object_id: str | None, started: float
+    op: Operation, exc: Exception, kind: str, object_id: str | None
 ) -> str:
     """Log a failed backend call; the reason for the outcome."""
     reason = f"{type(exc).__name__}: {exc}"
@@ -346,7 +349,7 @@ def _backend_failure(
             method=op.method,
             kind=kind,
             object_id=object_id,
-            elapsed_s=round(trio.current_time() - started, 3),
+            elapsed_s=round(trio.current_time() - exc.started, 3),
         )
     else:
         log.warning(
@@ -368,14 +371,13 @@ async def _crud(
     parents_on_failure: ParentsOnFailure,
     watch: CallWatch | None,
 ) -> Outcome:
-    started = trio.current_time()
     try:
         await _bounded(
             _CRUD[request.method](backend, request), backend.deadlines.operation_deadline, watch
         )
     except Exception as exc:
         obj = request.obj
-        reason = _backend_failure(op, exc, request.kind or "", obj.id if obj else None, started)
+        reason = _backend_failure(op, exc, request.kind or "", obj.id if obj else None)
         status = operation_status(request, success=False, parents_on_failure=parents_on_failure)
         return Outcome(
             op_id=op.op_id,
@@ -394,11 +396,10 @@ async def _run_plan(
     """Run the deletes of ``plan`` in order; ``(steps completed, why it failed or None)``."""
     seconds = backend.deadlines.plan_step_deadline
     for completed, step in enumerate(plan):
-        started = trio.current_time()
         try:
             await _bounded(_DELETE[step.kind](backend, step.obj), seconds, watch)
         except Exception as exc:
-            return completed, _backend_failure(op, exc, step.kind, step.id, started)
+            return completed, _backend_failure(op, exc, step.kind, step.id)
     return len(plan), None
 
 
