@@ -373,7 +373,7 @@ class ActorSystem:
 
         An actor whose mailbox is empty, that runs nothing and got nothing for
         ``idle_timeout`` seconds ends; its load balancer's next operation starts a fresh
-        one. Resident load balancers then cost their backend state, not a task and a channel
+        one. Resident load balancers then cost their backend state, not a task and a mailbox
         each (about 5 KB).
         """
         if self._idle_timeout <= 0:
