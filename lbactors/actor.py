@@ -54,6 +54,7 @@ import functools
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -128,18 +129,93 @@ class KeyedLocks:
                 del self._locks[key]
 
 
+def _abort_read(mailbox: _Mailbox) -> Callable[[Any], trio.lowlevel.Abort]:
+    def abort(_: Any) -> trio.lowlevel.Abort:
+        mailbox.reader = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    return abort
+
+
 class _Mailbox:
-    __slots__ = ("busy", "last_used", "lb_id", "receive", "send", "watch")
+    """One actor's operations: a deque, the actor parked on it while it is empty, and the
+    submitters waiting for room, served in the order they came (what a trio memory channel
+    of ``size`` does, ``0`` a rendezvous, without its per-operation objects and exceptions:
+    one of these per resident load balancer, one hand-over per operation)."""
+
+    __slots__ = (
+        "busy", "closed", "last_used", "lb_id", "queue", "reader", "room", "size", "waiting",
+        "watch",
+    )
 
     def __init__(self, lb_id: str, size: float) -> None:
         self.lb_id = lb_id
-        self.send, self.receive = trio.open_memory_channel[Operation](size)
+        self.size = size
+        self.queue: deque[Operation] = deque()
+        #: the actor, parked while the queue is empty
+        self.reader: trio.lowlevel.Task | None = None
+        #: submitters waiting for room (created when the first one has to wait)
+        self.room: trio.lowlevel.ParkingLot | None = None
+        #: submitters waiting for room, or woken and not yet run: later ones queue behind
+        self.waiting = 0
+        #: no more operations: the actor retired (or is asked to); submitters go elsewhere
+        self.closed = False
         #: running an operation now
         self.busy = False
         #: when an operation was last handed over or finished (trio clock)
         self.last_used = 0.0
         #: the operation running now and the deadline of its backend call
         self.watch = CallWatch()
+
+    def has_room(self) -> bool:
+        queue = self.queue
+        return len(queue) < self.size or (self.reader is not None and not queue)
+
+    def put(self, op: Operation) -> None:
+        self.queue.append(op)
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            trio.lowlevel.reschedule(reader)
+
+    def pass_room_on(self) -> None:
+        """Room appeared (or the actor is about to wait): the first waiting submitter may go."""
+        if self.waiting and self.room is not None:
+            self.room.unpark()
+
+    async def wait_for_work(self) -> None:
+        """Park the actor until an operation arrives or the mailbox closes."""
+        self.pass_room_on()  # a rendezvous: a waiting submitter may hand over now
+        self.reader = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(_abort_read(self))
+
+    def close(self) -> None:
+        self.closed = True
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            trio.lowlevel.reschedule(reader)
+        if self.room is not None:
+            self.room.unpark_all()
+
+    async def wait_for_room(self, op: Operation) -> bool:
+        """``op`` into the queue once there is room and the submitters before it went;
+        ``False`` if the mailbox closed first."""
+        self.waiting += 1
+        if self.room is None:
+            self.room = trio.lowlevel.ParkingLot()
+        try:
+            while True:
+                await self.room.park()
+                if self.closed:
+                    return False
+                if self.has_room():
+                    self.put(op)
+                    return True
+        finally:
+            self.waiting -= 1
+            if self.waiting and self.has_room():
+                self.pass_room_on()
 
 
 class _Pending:
@@ -223,6 +299,8 @@ class ActorSystem:
         self._due_changed = trio.Event()
         #: created objects' entries sent again (Octavia's commit race), since start
         self.reassertions_sent = 0
+        #: trio's clock, read directly on the hot path (what trio.current_time() reads)
+        self._clock = trio.lowlevel.current_clock()
 
     # ------------------------------------------------------------------ public
 
@@ -245,18 +323,17 @@ class ActorSystem:
             mailbox = self._actors.get(op.lb_id)
             if mailbox is None:
                 mailbox = self._spawn(op.lb_id)
-            try:
-                # before the handover: the idle sweep never closes a mailbox just used
-                mailbox.last_used = trio.current_time()
-                try:
-                    # hot path: room in the mailbox, no trip through the scheduler
-                    mailbox.send.send_nowait(op)
-                except trio.WouldBlock:
-                    await mailbox.send.send(op)
+            if mailbox.closed:  # retired, not yet forgotten: a fresh actor takes it
+                mailbox = self._spawn(op.lb_id)
+            # before the handover: the idle sweep never closes a mailbox just used
+            mailbox.last_used = self._clock.current_time()
+            if not mailbox.waiting and mailbox.has_room():
+                # hot path: room in the mailbox, no trip through the scheduler
+                mailbox.put(op)
                 return
-            except trio.BrokenResourceError:
-                # the actor retired while we waited: a fresh one takes the operation
-                continue
+            if await mailbox.wait_for_room(op):
+                return
+            # the actor retired while we waited: a fresh one takes the operation
 
     def actor_count(self) -> int:
         """How many actors are alive (load balancers used within ``idle_timeout``)."""
@@ -296,7 +373,7 @@ class ActorSystem:
 
         An actor whose mailbox is empty, that runs nothing and got nothing for
         ``idle_timeout`` seconds ends; its load balancer's next operation starts a fresh
-        one. Resident load balancers then cost their backend state, not a task and a channel
+        one. Resident load balancers then cost their backend state, not a task and a mailbox
         each (about 5 KB).
         """
         if self._idle_timeout <= 0:
@@ -309,11 +386,12 @@ class ActorSystem:
                 for mailbox in self._actors.values()
                 if not mailbox.busy
                 and mailbox.last_used < deadline
-                and mailbox.receive.statistics().current_buffer_used == 0
+                and not mailbox.queue
+                and not mailbox.waiting
             ]
             for mailbox in idle:
                 del self._actors[mailbox.lb_id]
-                mailbox.send.close()  # the actor sees the end of its mailbox and returns
+                mailbox.close()  # the actor sees the end of its mailbox and returns
 
     async def reassert_due(self) -> None:
         """Send the re-assertions that are due (module docstring), until cancelled.
@@ -458,7 +536,7 @@ class ActorSystem:
     def _close(self) -> None:
         self._closed = True
         for mailbox in self._actors.values():
-            mailbox.send.close()
+            mailbox.close()
         self._closing_progress.set()
 
     async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
@@ -498,68 +576,90 @@ class ActorSystem:
         lb_id = mailbox.lb_id
         actor_log = log.bind(lb_id=lb_id)
         actor_log.debug("actor started")
-        receive = mailbox.receive
-        outcomes = self._outcomes
-        with receive:
+        queue = mailbox.queue
+        watch = mailbox.watch
+        try:
             while True:
-                try:
-                    op = receive.receive_nowait()
-                except trio.WouldBlock:
-                    try:
-                        op = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
-                except trio.EndOfChannel:
-                    break
-                mailbox.busy = True
-                self._owned.add(lb_id)
-                self._keys[lb_id] = op.owner_key
-                outcome = await self._run_one(op, mailbox.watch, actor_log)
-                if mailbox.watch.abandoned:
-                    # its outcome went out already: the late result of a call that ignored
-                    # its cancellation is dropped. The call is over, so the operations
-                    # queued behind it may run now without overlapping it.
-                    actor_log.warning(
-                        "abandoned backend call returned; its result is dropped",
-                        op_id=op.op_id,
-                        method=op.method,
-                    )
-                    mailbox.busy = False
-                    mailbox.last_used = trio.current_time()
-                    continue
-                mailbox.busy = False
-                mailbox.last_used = trio.current_time()
-                deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(
-                    outcome, lb_id
-                )
-                if self._reassert_after:
-                    # before the outcome is in the channel: a re-assertion sent from now on
-                    # never holds an entry it supersedes, and comes after it (senders that
-                    # wait are served in order)
-                    self._track(op, outcome, deleted)
-                retire = (
-                    deleted
-                    and receive.statistics().current_buffer_used == 0
-                    and receive.statistics().tasks_waiting_send == 0
-                )
-                if retire:
-                    # before the outcome leaves, so whoever sees it sees the actor gone
-                    if self._actors.get(lb_id) is mailbox:
-                        del self._actors[lb_id]
-                    self._owned.discard(lb_id)
-                    self._keys.pop(lb_id, None)
-                    receive.close()
-                    actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
-                try:
-                    outcomes.send_nowait(outcome)
-                except trio.WouldBlock:
-                    await outcomes.send(outcome)
-                if retire:
-                    self._ended()
+                # One cancel scope for the operations of this actor, not one per backend
+                # call: a call that suspends gets its deadline on it (dispatch.CallWatch.scope).
+                # A deadline that expired leaves it cancelled: the outcome of that operation
+                # is settled outside it, and the next operations run in a fresh one.
+                carried: tuple[Operation, Outcome] | None = None
+                with trio.CancelScope() as scope:
+                    watch.scope = scope
+                    while True:
+                        if not queue:
+                            if mailbox.closed:
+                                break
+                            await mailbox.wait_for_work()
+                            continue
+                        op = queue.popleft()
+                        if mailbox.waiting:
+                            mailbox.pass_room_on()
+                        mailbox.busy = True
+                        self._owned.add(lb_id)
+                        self._keys[lb_id] = op.owner_key
+                        outcome = await self._run_one(op, watch, actor_log)
+                        if scope.cancel_called:
+                            carried = (op, outcome)
+                            break
+                        if await self._settle(mailbox, op, outcome, actor_log):
+                            return
+                watch.scope = None
+                if carried is None:
+                    break  # the mailbox ended
+                if await self._settle(mailbox, *carried, actor_log):
                     return
+        finally:
+            mailbox.close()  # whatever ends the actor: later submitters go to a fresh one
         if self._actors.get(lb_id) is mailbox:
             del self._actors[lb_id]
         self._ended()
+
+    async def _settle(
+        self, mailbox: _Mailbox, op: Operation, outcome: Outcome, actor_log: Any
+    ) -> bool:
+        """After ``op`` ran: its outcome into ``outcomes`` (in order), the re-assertions it
+        changes, the actor's retirement; whether the actor retired."""
+        lb_id = mailbox.lb_id
+        mailbox.busy = False
+        mailbox.last_used = self._clock.current_time()
+        if mailbox.watch.abandoned:
+            # its outcome went out already: the late result of a call that ignored
+            # its cancellation is dropped. The call is over, so the operations
+            # queued behind it may run now without overlapping it.
+            actor_log.warning(
+                "abandoned backend call returned; its result is dropped",
+                op_id=op.op_id,
+                method=op.method,
+            )
+            return False
+        if outcome.reason is None:
+            actor_log.debug("operation done", op_id=op.op_id, method=op.method)
+        deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(outcome, lb_id)
+        if self._reassert_after:
+            # before the outcome is in the channel: a re-assertion sent from now on
+            # never holds an entry it supersedes, and comes after it (senders that
+            # wait are served in order)
+            self._track(op, outcome, deleted)
+        retire = deleted and not mailbox.queue and not mailbox.waiting
+        if retire:
+            # before the outcome leaves, so whoever sees it sees the actor gone
+            if self._actors.get(lb_id) is mailbox:
+                del self._actors[lb_id]
+            self._owned.discard(lb_id)
+            self._keys.pop(lb_id, None)
+            mailbox.close()
+            actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
+        outcomes = self._outcomes
+        try:
+            outcomes.send_nowait(outcome)
+        except trio.WouldBlock:
+            await outcomes.send(outcome)
+        if retire:
+            self._ended()
+            return True
+        return False
 
     def _not_before(self, lb_id: str, now: float) -> float:
         """When a re-assertion of ``lb_id`` may be sent: ``now`` if it has no operation
@@ -568,8 +668,7 @@ class ActorSystem:
         mailbox = self._actors.get(lb_id)
         if mailbox is None:
             return now
-        queued = mailbox.receive.statistics()
-        if mailbox.busy or queued.current_buffer_used or queued.tasks_waiting_send:
+        if mailbox.busy or mailbox.queue or mailbox.waiting:
             return now + REASSERT_BUSY_RETRY
         return max(now, mailbox.last_used + REASSERT_QUIET)
 

@@ -25,6 +25,17 @@ ignores its cancellation (:func:`failed_outcome` then answers for it). When the 
 ``hold`` (the lock of the operation's key, :class:`lbactors.actor.KeyedLocks`), each backend
 call runs holding it; the wait for it is not part of the call's deadline.
 
+When the watch has a ``scope`` (an actor's long-lived cancel scope, entered around the
+operations it runs), a call costs no cancel scope of its own: its coroutine is stepped once,
+and a call that finishes without suspending (the noop backend) never needed a deadline;
+one that suspends gets it on the actor's scope (set before its first suspension, measured
+from then, reset after), and the ``Cancelled`` of that scope's expiry becomes
+:class:`DeadlineExceeded` here. The scope stays cancelled afterwards: the actor replaces it
+before its next await (:attr:`CallWatch.scope`).
+
+Successes are not logged here (the actor logs them at debug with its bound logger: a debug
+line through structlog's lazy proxy costs more than a whole noop backend call).
+
 Layer: actors and backends (model, trio, structlog); never AMQP.
 """
 
@@ -32,7 +43,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
@@ -118,12 +130,17 @@ _DELETE: dict[str, _Delete] = {
 class DeadlineExceeded(Exception):
     """A backend call did not finish within its deadline and was cancelled."""
 
+    def __init__(self, seconds: float, started: float) -> None:
+        super().__init__(f"no answer within the deadline of {seconds:g} s; cancelled")
+        #: when its deadline started to run (trio clock)
+        self.started = started
+
 
 class CallWatch:
     """One running operation, as the actor system watches it: ``deadline`` is when its
     current backend call must be over (trio clock; ``inf`` between calls)."""
 
-    __slots__ = ("abandoned", "deadline", "hold", "op")
+    __slots__ = ("abandoned", "deadline", "hold", "op", "scope")
 
     def __init__(self, op: Operation | None = None) -> None:
         self.op = op
@@ -132,6 +149,11 @@ class CallWatch:
         self.abandoned = False
         #: held around each backend call of the operation (its key's lock), if any
         self.hold: Callable[[], AbstractAsyncContextManager[None]] | None = None
+        #: a cancel scope entered by the caller around everything it runs with this watch,
+        #: deadline ``inf`` between calls: a call's deadline goes on it (module docstring).
+        #: Once it is ``cancel_called`` the caller must leave it before awaiting anything
+        #: else, and give the next operation a fresh one. ``None``: a scope per call.
+        self.scope: trio.CancelScope | None = None
 
 
 async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
@@ -148,7 +170,53 @@ async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None
             call.close()  # never awaited when cancelled while waiting: no warning; else a no-op
 
 
+@types.coroutine
+def _resume(call: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
+    """Go on with ``call``, suspended at ``trap`` (what its first step yielded to trio): pass
+    trio's answers in and its next traps out, as ``await`` would have."""
+    while True:
+        try:
+            sent = yield trap
+        except BaseException as exc:  # thrown in by trio (or close()): the call decides
+            try:
+                trap = call.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                trap = call.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _within_scope(
+    call: Coroutine[Any, Any, Any], seconds: float, watch: CallWatch, scope: trio.CancelScope
+) -> Any:
+    """:func:`_within` on the caller's long-lived ``scope`` (:attr:`CallWatch.scope`)."""
+    try:
+        trap = call.send(None)
+    except StopIteration as stop:  # done without suspending: no deadline could apply
+        return stop.value
+    # it suspends: from now on it runs under its deadline (set before trio sees the trap)
+    deadline = trio.current_time() + seconds
+    scope.deadline = deadline
+    watch.deadline = deadline
+    try:
+        return await _resume(call, trap)
+    except trio.Cancelled:
+        if not scope.cancel_called:
+            raise  # cancelled from outside: not ours to turn into a failure
+        raise DeadlineExceeded(seconds, deadline - seconds) from None
+    finally:
+        watch.deadline = math.inf
+        scope.deadline = math.inf
+
+
 async def _within(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
+    if watch is not None:
+        scope = watch.scope
+        if scope is not None and type(call) is types.CoroutineType:
+            return await _within_scope(call, seconds, watch, scope)
     with trio.move_on_after(seconds) as scope:
         if watch is not None:
             watch.deadline = scope.deadline
@@ -157,7 +225,7 @@ async def _within(call: Awaitable[Any], seconds: float, watch: CallWatch | None)
         finally:
             if watch is not None:
                 watch.deadline = math.inf
-    raise DeadlineExceeded(f"no answer within the deadline of {seconds:g} s; cancelled")
+    raise DeadlineExceeded(seconds, scope.deadline - seconds)
 
 
 def _failure(exc: BaseException) -> Failure:
@@ -269,7 +337,7 @@ def _invalid(op: Operation, exc: InvalidOperation) -> Outcome:
 
 
 def _backend_failure(
-    op: Operation, exc: Exception, kind: str, object_id: str | None, started: float
+    op: Operation, exc: Exception, kind: str, object_id: str | None
 ) -> str:
     """Log a failed backend call; the reason for the outcome."""
     reason = f"{type(exc).__name__}: {exc}"
@@ -281,7 +349,7 @@ def _backend_failure(
             method=op.method,
             kind=kind,
             object_id=object_id,
-            elapsed_s=round(trio.current_time() - started, 3),
+            elapsed_s=round(trio.current_time() - exc.started, 3),
         )
     else:
         log.warning(
@@ -303,14 +371,13 @@ async def _crud(
     parents_on_failure: ParentsOnFailure,
     watch: CallWatch | None,
 ) -> Outcome:
-    started = trio.current_time()
     try:
         await _bounded(
             _CRUD[request.method](backend, request), backend.deadlines.operation_deadline, watch
         )
     except Exception as exc:
         obj = request.obj
-        reason = _backend_failure(op, exc, request.kind or "", obj.id if obj else None, started)
+        reason = _backend_failure(op, exc, request.kind or "", obj.id if obj else None)
         status = operation_status(request, success=False, parents_on_failure=parents_on_failure)
         return Outcome(
             op_id=op.op_id,
@@ -319,7 +386,6 @@ async def _crud(
             reply=_crud_reply(op, False),
             reason=reason,
         )
-    log.debug("operation done", lb_id=op.lb_id, op_id=op.op_id, method=op.method)
     status = operation_status(request, success=True, parents_on_failure=parents_on_failure)
     return Outcome(op_id=op.op_id, lb_id=op.lb_id, status=status, reply=_crud_reply(op, True))
 
@@ -330,11 +396,10 @@ async def _run_plan(
     """Run the deletes of ``plan`` in order; ``(steps completed, why it failed or None)``."""
     seconds = backend.deadlines.plan_step_deadline
     for completed, step in enumerate(plan):
-        started = trio.current_time()
         try:
             await _bounded(_DELETE[step.kind](backend, step.obj), seconds, watch)
         except Exception as exc:
-            return completed, _backend_failure(op, exc, step.kind, step.id, started)
+            return completed, _backend_failure(op, exc, step.kind, step.id)
     return len(plan), None
 
 
@@ -352,8 +417,6 @@ async def _pool_delete(
     status = pool_delete_status(
         pool, plan, completed=completed, failed=failed, parents_on_failure=parents_on_failure
     )
-    if not failed:
-        log.debug("pool deleted", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
     return Outcome(
         op_id=op.op_id,
         lb_id=op.lb_id,
@@ -371,8 +434,6 @@ async def _cascade(
     completed, reason = await _run_plan(backend, op, plan, watch)
     failed = reason is not None
     status = cascade_status(lb, plan, completed=completed, failed=failed)
-    if not failed:
-        log.debug("cascade done", lb_id=op.lb_id, op_id=op.op_id, method=op.method, steps=len(plan))
     return Outcome(
         op_id=op.op_id,
         lb_id=op.lb_id,

@@ -84,7 +84,11 @@ def _first(*candidates: str | None) -> str | None:
 
 
 def _all(*candidates: str | None) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(c for c in candidates if c))
+    found: list[str] = []
+    for candidate in candidates:
+        if candidate and candidate not in found:
+            found.append(candidate)
+    return tuple(found)
 
 
 def _pool_listener_ids(pool: Pool | None) -> tuple[str, ...]:
@@ -162,6 +166,8 @@ def _parents_in(obj: OctaviaObject) -> Parents:
 
 def _check_kind(kind: str, obj: object) -> None:
     cls = CLASS_OF_KIND.get(kind)
+    if type(obj) is cls:  # the common case, without isinstance's walk
+        return
     if cls is None:
         raise ValueError(f"unknown object kind {kind!r}")
     if not isinstance(obj, cls):

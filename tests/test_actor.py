@@ -236,6 +236,40 @@ async def test_a_full_mailbox_makes_submit_wait(autojump_clock: trio.abc.Clock) 
         assert returned[2] == pytest.approx(10.0)  # waited until op 0 finished and op 1 left
 
 
+@pytest.mark.parametrize("mailbox_size", [0, 1])
+async def test_waiting_submitters_go_in_their_order_and_a_cancelled_one_passes_its_turn(
+    autojump_clock: trio.abc.Clock, mailbox_size: int
+) -> None:
+    """Submitters waiting for room in a full mailbox hand their operations over in the order
+    they came; one cancelled while it waits drops out without holding up those behind it,
+    and a submitter that comes once room appeared queues behind those already waiting."""
+    with trio.fail_after(600):
+        methods = ["loadbalancer_create", "listener_create", "pool_create", "member_create",
+                   "healthmonitor_create", "l7policy_create"]
+        async with running(InstrumentedBackend(duration=5.0), mailbox_size=mailbox_size) as h:
+            await h.system.submit(make_op(0, methods[0]))
+            await trio.testing.wait_all_tasks_blocked()  # the actor runs op 0 (until t=5)
+            if mailbox_size:
+                await h.system.submit(make_op(1, methods[1]))  # fills the mailbox
+            async with trio.open_nursery() as nursery:
+                scopes: dict[int, trio.CancelScope] = {}
+
+                async def submit(op_id: int) -> None:
+                    with trio.CancelScope() as scopes[op_id]:
+                        await h.system.submit(make_op(op_id, methods[op_id]))
+
+                for op_id in (2, 3, 4):
+                    nursery.start_soon(submit, op_id)
+                    await trio.testing.wait_all_tasks_blocked()
+                scopes[3].cancel()
+                await trio.sleep(5.5)  # op 0 done: room for op 2, op 4 still waits
+                nursery.start_soon(submit, 5)
+            outcomes = await h.wait_for(5 if mailbox_size else 4)
+        expected = [0, 1, 2, 4, 5] if mailbox_size else [0, 2, 4, 5]
+        assert [o.op_id for o in outcomes] == expected
+        assert all(o.reason is None for o in outcomes)
+
+
 async def test_mailbox_size_zero_is_a_rendezvous(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(600):
         async with running(InstrumentedBackend(duration=3.0), mailbox_size=0) as h:

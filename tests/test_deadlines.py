@@ -99,6 +99,42 @@ async def test_each_cascade_step_has_its_own_deadline(autojump_clock: trio.abc.C
         )
 
 
+async def test_in_an_actor_deadlines_hold_and_the_next_operations_run_on(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An actor puts each suspending call's deadline on its own long-lived cancel scope
+    (``CallWatch.scope``): a hung create ends at its deadline, a hung cascade step at its
+    own, and the load balancer's later operations run normally in a fresh scope."""
+    with trio.fail_after(600):
+        backend = noop(hang_pattern="^hang", latency=1.0, operation_deadline=7,
+                       plan_step_deadline=4)
+        tree = P.args("loadbalancer_delete_cascade")["loadbalancer"]
+        plan = cascade_plan(msgspec.convert(tree, LoadBalancer))
+        _rename(tree, {plan[2].id: "hang-step"})
+        async with running(backend) as h:
+            await h.system.submit(make_op(1, "loadbalancer_create"))
+            await h.system.submit(make_op(2, "member_create", args=member_args("hang-1")))
+            await h.system.submit(make_op(3, "member_create", args=member_args("ok")))
+            outcomes = await h.wait_for(3)
+            assert trio.current_time() == pytest.approx(1 + 7 + 1)
+            hung, after = outcomes[1], outcomes[2]
+            assert hung.reason is not None and "deadline of 7 s" in hung.reason
+            assert builtins(hung.status)["members"][0]["provisioning_status"] == "ERROR"
+            assert after.reason is None and not after.abandoned
+            assert builtins(after.status)["members"][0]["provisioning_status"] == "ACTIVE"
+            start = trio.current_time()
+            await h.system.submit(make_op(4, "loadbalancer_delete", args={
+                "cascade": True, "loadbalancer": tree}))
+            outcome = (await h.wait_for(4))[3]
+            # two steps of 1 s, then 4 s for the hung one
+            assert trio.current_time() - start == pytest.approx(2 * 1.0 + 4)
+            assert builtins(outcome.status) == builtins(cascade_status(
+                msgspec.convert(tree, LoadBalancer), plan, completed=2, failed=True))
+            await h.system.submit(make_op(5, "member_create", args=member_args("ok")))
+            assert (await h.wait_for(5))[4].reason is None
+            assert h.system.abandoned == 0
+
+
 async def test_a_query_past_its_deadline_is_a_failure_reply(autojump_clock: trio.abc.Clock) -> None:
     with trio.fail_after(600):
         class Stuck(NoopBackend):
