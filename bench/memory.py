@@ -1,0 +1,165 @@
+"""Memory of resident load balancers in one process: the noop backend's state and the actor
+layer's own bookkeeping, per load balancer, without a broker or worker processes.
+
+    python -m bench.memory [--lbs 10000] [--members 1]
+
+Every load balancer gets the tree ``python -m bench scale`` builds (a load balancer, a
+listener, a pool, K members, a health monitor, an L7 policy and rule: 6 + K objects), with
+driver-shaped payloads (``bench.actors.lifecycle``) run through an actor system as a worker
+runs them (the daemon's re-assertion schedule included); then two statistics rounds, and
+the actors retire (idle). Measured with ``tracemalloc`` (live Python allocations, after a
+full collection) at four points: before, with the trees resident, after the backend's state
+is dropped, and the process's RSS. Prints one JSON line:
+
+- ``backend_bytes_per_lb``: what dropping the backend's state frees, per load balancer;
+- ``daemon_bytes_per_lb``: what stays after that (the actor system's bookkeeping of
+  resident load balancers and their operating statuses), per load balancer;
+- ``rss_bytes_per_lb``: the process's RSS growth, per load balancer (allocator overhead
+  and fragmentation included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import resource
+import sys
+import tracemalloc
+from pathlib import Path
+
+import structlog
+import trio
+
+from bench.actors import lifecycle
+from lbactors.actor import open_actor_system
+from lbactors.backends import load_backend
+from lbactors.messages import Operation, Outbound
+
+#: the daemon's default re-assertion schedule (``[daemon] reassert_after``)
+REASSERT_AFTER = (1.0, 3.0, 10.0)
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _traced() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def tree_steps(i: int, members: int) -> list[tuple[str, bytes]]:
+    """The create steps of one resident tree with ``members`` members (1 or 2)."""
+    steps = lifecycle(i)[:8]  # lb, listener, pool, member 1, member 2, hm, policy, rule
+    if members == 1:
+        del steps[4]
+    return steps
+
+
+async def measure(n_lbs: int, members: int, trace: bool, top: int = 0) -> dict[str, float]:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=True,
+    )
+    payloads = [tree_steps(i, members) for i in range(n_lbs)]
+    lb_ids = [f"5e3f1c2a-0000-4000-8000-{i:012x}" for i in range(n_lbs)]
+    objects = len(payloads[0])
+    total = n_lbs * objects
+    backend = load_backend("noop")
+    send, receive = trio.open_memory_channel[Outbound](math_inf())
+    gc.collect()
+    rss0 = _rss_bytes()
+    if trace:
+        tracemalloc.start()
+    base = _traced()
+    async with trio.open_nursery() as nursery:
+        outcomes = 0
+        done = trio.Event()
+
+        async def consume() -> None:
+            nonlocal outcomes
+            async for item in receive:
+                if type(item).__name__ == "Outcome":
+                    outcomes += 1
+                    if outcomes == total:
+                        done.set()
+
+        nursery.start_soon(consume)
+        async with open_actor_system(
+            backend, send, mailbox_size=64, idle_timeout=0.2, reassert_after=REASSERT_AFTER
+        ) as system:
+            op_id = 0
+            for step in range(objects):
+                for i in range(n_lbs):
+                    method, args = payloads[i][step]
+                    await system.submit(
+                        Operation(op_id=op_id, method=method, args=args, lb_id=lb_ids[i])
+                    )
+                    op_id += 1
+                    if op_id % 256 == 0:
+                        await trio.lowlevel.checkpoint()
+            await done.wait()
+            del payloads
+            # re-assertions are done after the last delay; actors retire after idle_timeout
+            await trio.sleep(REASSERT_AFTER[-1] + 1.0)
+            for _ in range(2):
+                await system.collect_statistics()
+            await trio.sleep(0.5)
+            assert system.actor_count() == 0, system.actor_count()
+            assert system.resident_count() == n_lbs, system.resident_count()
+            assert system.reassertions_pending() == 0
+            resident = _traced()
+            if trace and top:
+                snapshot = tracemalloc.take_snapshot().filter_traces(
+                    [tracemalloc.Filter(False, tracemalloc.__file__)])
+                for stat in snapshot.statistics("lineno")[:top]:
+                    print(f"{stat.size / n_lbs:8.0f} B/LB {stat.count / n_lbs:6.1f}/LB "
+                          f"{stat.traceback}", file=sys.stderr)
+            rss1 = _rss_bytes()
+            # the backend's state alone: drop it, what stays is the actor system's
+            backend_state = dict(vars(backend))
+            for name, value in backend_state.items():
+                if isinstance(value, dict):
+                    setattr(backend, name, type(value)())
+            del backend_state
+            without_backend = _traced()
+            nursery.cancel_scope.cancel()
+    if trace:
+        tracemalloc.stop()
+    return {
+        "lbs": n_lbs,
+        "objects_per_lb": objects,
+        "backend_bytes_per_lb": round((resident - without_backend) / n_lbs),
+        "daemon_bytes_per_lb": round((without_backend - base) / n_lbs),
+        "traced_bytes_per_lb": round((resident - base) / n_lbs),
+        "rss_bytes_per_lb": round((rss1 - rss0) / n_lbs),
+        "rss_mib": round(rss1 / 2**20, 1),
+    }
+
+
+def math_inf() -> float:
+    return float("inf")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.memory",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--lbs", type=int, default=10_000)
+    parser.add_argument("--members", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--no-trace", action="store_true",
+                        help="RSS only (tracemalloc's own bookkeeping inflates RSS)")
+    parser.add_argument("--top", type=int, default=0,
+                        help="print the N allocation sites holding most (to stderr)")
+    args = parser.parse_args(argv)
+    result = trio.run(measure, args.lbs, args.members, not args.no_trace, args.top)
+    print(json.dumps({"bench": "memory", **result}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
