@@ -6,16 +6,18 @@ layer's own bookkeeping, per load balancer, without a broker or worker processes
 Every load balancer gets the tree ``python -m bench scale`` builds (a load balancer, a
 listener, a pool, K members, a health monitor, an L7 policy and rule: 6 + K objects), with
 driver-shaped payloads (``bench.actors.lifecycle``) run through an actor system as a worker
-runs them (the daemon's re-assertion schedule included); then two statistics rounds, and
-the actors retire (idle). Measured with ``tracemalloc`` (live Python allocations, after a
-full collection) at four points: before, with the trees resident, after the backend's state
-is dropped, and the process's RSS. Prints one JSON line:
+runs them, ``--concurrency`` trees at a time (the daemon's re-assertion schedule included);
+then two statistics rounds, and the actors retire (idle). Measured with ``tracemalloc``
+(live Python allocations, after a full collection). Prints one JSON line:
 
-- ``backend_bytes_per_lb``: what dropping the backend's state frees, per load balancer;
-- ``daemon_bytes_per_lb``: what stays after that (the actor system's bookkeeping of
-  resident load balancers and their operating statuses), per load balancer;
-- ``rss_bytes_per_lb``: the process's RSS growth, per load balancer (allocator overhead
-  and fragmentation included).
+- ``backend_bytes_per_lb``: the noop backend's state, measured alone (the same operations
+  run by :func:`~lbactors.dispatch.run_operation` on a backend of its own, two statistics
+  reads), per load balancer;
+- ``daemon_bytes_per_lb``: what the actor system holds beyond that (its bookkeeping of
+  resident load balancers and of their operating statuses), per load balancer;
+- ``rss_bytes_per_lb``: the process's RSS growth over the actor-system run, per load
+  balancer (allocator overhead and fragmentation included; with ``--no-trace`` only, as
+  tracemalloc's own bookkeeping inflates it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import trio
 from bench.actors import lifecycle
 from lbactors.actor import open_actor_system
 from lbactors.backends import load_backend
+from lbactors.dispatch import run_operation
 from lbactors.messages import Operation, Outbound
 
 #: the daemon's default re-assertion schedule (``[daemon] reassert_after``)
@@ -50,7 +53,7 @@ def _rss_bytes() -> int:
 
 def _traced() -> int:
     gc.collect()
-    return tracemalloc.get_traced_memory()[0]
+    return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
 
 
 def tree_steps(i: int, members: int) -> list[tuple[str, bytes]]:
@@ -61,7 +64,29 @@ def tree_steps(i: int, members: int) -> list[tuple[str, bytes]]:
     return steps
 
 
-async def measure(n_lbs: int, members: int, trace: bool, top: int = 0) -> dict[str, float]:
+async def _backend_alone(payloads: list[list[tuple[str, bytes]]], lb_ids: list[str]) -> int:
+    """Traced bytes of the noop backend holding the trees, run as an actor runs them but
+    without the actor system."""
+    backend = load_backend("noop")
+    base = _traced()
+    op_id = 0
+    for i, steps in enumerate(payloads):
+        for method, args in steps:
+            outcome = await run_operation(
+                backend, Operation(op_id=op_id, method=method, args=args, lb_id=lb_ids[i])
+            )
+            assert outcome.failure is None and outcome.status is not None, outcome
+            op_id += 1
+    for _ in range(2):
+        await backend.read_many(lb_ids)
+    held = _traced() - base
+    await backend.aclose()
+    return held
+
+
+async def measure(
+    n_lbs: int, members: int, trace: bool, top: int = 0, concurrency: int = 200
+) -> dict[str, float]:
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         cache_logger_on_first_use=True,
@@ -69,41 +94,45 @@ async def measure(n_lbs: int, members: int, trace: bool, top: int = 0) -> dict[s
     payloads = [tree_steps(i, members) for i in range(n_lbs)]
     lb_ids = [f"5e3f1c2a-0000-4000-8000-{i:012x}" for i in range(n_lbs)]
     objects = len(payloads[0])
-    total = n_lbs * objects
+    if trace:
+        tracemalloc.start()
+        backend_alone = await _backend_alone(payloads, lb_ids)
     backend = load_backend("noop")
     send, receive = trio.open_memory_channel[Outbound](math_inf())
     gc.collect()
     rss0 = _rss_bytes()
-    if trace:
-        tracemalloc.start()
     base = _traced()
     async with trio.open_nursery() as nursery:
         outcomes = 0
-        done = trio.Event()
+        settled = trio.Event()
+        expected = 0
 
         async def consume() -> None:
-            nonlocal outcomes
+            nonlocal outcomes, settled
             async for item in receive:
                 if type(item).__name__ == "Outcome":
                     outcomes += 1
-                    if outcomes == total:
-                        done.set()
+                    if outcomes == expected:
+                        settled.set()
 
         nursery.start_soon(consume)
         async with open_actor_system(
             backend, send, mailbox_size=64, idle_timeout=0.2, reassert_after=REASSERT_AFTER
         ) as system:
             op_id = 0
-            for step in range(objects):
-                for i in range(n_lbs):
-                    method, args = payloads[i][step]
-                    await system.submit(
-                        Operation(op_id=op_id, method=method, args=args, lb_id=lb_ids[i])
-                    )
-                    op_id += 1
-                    if op_id % 256 == 0:
-                        await trio.lowlevel.checkpoint()
-            await done.wait()
+            # ``concurrency`` trees at a time, as the bench driver builds them
+            for first in range(0, n_lbs, concurrency):
+                chunk = range(first, min(first + concurrency, n_lbs))
+                expected += len(chunk) * objects
+                settled = trio.Event()
+                for step in range(objects):
+                    for i in chunk:
+                        method, args = payloads[i][step]
+                        await system.submit(
+                            Operation(op_id=op_id, method=method, args=args, lb_id=lb_ids[i])
+                        )
+                        op_id += 1
+                await settled.wait()
             del payloads
             # re-assertions are done after the last delay; actors retire after idle_timeout
             await trio.sleep(REASSERT_AFTER[-1] + 1.0)
@@ -114,29 +143,24 @@ async def measure(n_lbs: int, members: int, trace: bool, top: int = 0) -> dict[s
             assert system.resident_count() == n_lbs, system.resident_count()
             assert system.reassertions_pending() == 0
             resident = _traced()
+            rss1 = _rss_bytes()
             if trace and top:
                 snapshot = tracemalloc.take_snapshot().filter_traces(
                     [tracemalloc.Filter(False, tracemalloc.__file__)])
                 for stat in snapshot.statistics("lineno")[:top]:
                     print(f"{stat.size / n_lbs:8.0f} B/LB {stat.count / n_lbs:6.1f}/LB "
                           f"{stat.traceback}", file=sys.stderr)
-            rss1 = _rss_bytes()
-            # the backend's state alone: drop it, what stays is the actor system's
-            backend_state = dict(vars(backend))
-            for name, value in backend_state.items():
-                if isinstance(value, dict):
-                    setattr(backend, name, type(value)())
-            del backend_state
-            without_backend = _traced()
             nursery.cancel_scope.cancel()
     if trace:
         tracemalloc.stop()
-    return {
-        "lbs": n_lbs,
-        "objects_per_lb": objects,
-        "backend_bytes_per_lb": round((resident - without_backend) / n_lbs),
-        "daemon_bytes_per_lb": round((without_backend - base) / n_lbs),
-        "traced_bytes_per_lb": round((resident - base) / n_lbs),
+    result: dict[str, float] = {"lbs": n_lbs, "objects_per_lb": objects}
+    if trace:
+        result |= {
+            "backend_bytes_per_lb": round(backend_alone / n_lbs),
+            "daemon_bytes_per_lb": round((resident - base - backend_alone) / n_lbs),
+            "traced_bytes_per_lb": round((resident - base) / n_lbs),
+        }
+    return result | {
         "rss_bytes_per_lb": round((rss1 - rss0) / n_lbs),
         "rss_mib": round(rss1 / 2**20, 1),
     }
@@ -153,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=1, choices=(1, 2))
     parser.add_argument("--no-trace", action="store_true",
                         help="RSS only (tracemalloc's own bookkeeping inflates RSS)")
+    parser.add_argument("--concurrency", type=int, default=200,
+                        help="trees built at a time (the bench driver's C)")
     parser.add_argument("--top", type=int, default=0,
                         help="print the N allocation sites holding most (to stderr)")
     args = parser.parse_args(argv)
-    result = trio.run(measure, args.lbs, args.members, not args.no_trace, args.top)
+    result = trio.run(measure, args.lbs, args.members, not args.no_trace, args.top,
+                      args.concurrency)
     print(json.dumps({"bench": "memory", **result}), flush=True)
     return 0
 
