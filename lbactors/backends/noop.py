@@ -50,6 +50,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,7 +125,9 @@ class _Packing:
     declaration order, with ``id`` (the entry's key), the nested objects and trailing
     ``None`` left out, and an id field equal to the object's own id (its ``<kind>_id``)
     or to its load balancer's packed as ``true`` or ``false`` (an id field never holds a
-    boolean). About a fifth of a decoded Struct with its strings.
+    boolean), and other ids in the forms Octavia and Keystone write them (a lowercase UUID,
+    32 lowercase hex digits) packed as 16 bytes. About a seventh of a decoded Struct with
+    its strings.
     """
 
     __slots__ = ("cls", "fields", "id_fields", "nested")
@@ -152,6 +155,10 @@ class _Packing:
                 values[i] = True
             elif value == lb_id:
                 values[i] = False
+            elif _UUID.fullmatch(value):
+                values[i] = msgspec.msgpack.Ext(_EXT_UUID, uuid.UUID(value).bytes)
+            elif _HEX32.fullmatch(value):
+                values[i] = msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value))
         while values and values[-1] is None:
             values.pop()
         return _encode(values)
@@ -169,8 +176,20 @@ class _Packing:
         return self.cls(**dict(zip(self.fields, values, strict=True)))
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_EXT_UUID = 1
+_EXT_HEX32 = 2
+
+
+def _unpack_id(code: int, data: memoryview) -> str:
+    if code == _EXT_UUID:
+        return str(uuid.UUID(bytes=bytes(data)))
+    return bytes(data).hex()
+
+
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list).decode
+_decode = msgspec.msgpack.Decoder(list, ext_hook=_unpack_id).decode
 _PACKING: tuple[_Packing, ...] = tuple(_Packing(CLASS_OF_KIND[kind]) for kind in _KINDS)
 
 
