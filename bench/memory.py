@@ -23,12 +23,14 @@ then two statistics rounds, and the actors retire (idle). Measured with ``tracem
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import logging
 import resource
 import sys
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -51,6 +53,16 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``: free pages of the C heap go back to the system (what
+    ``rss_trimmed_bytes_per_lb`` measures); elsewhere a no-op."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0)
+
+
 def _traced() -> int:
     gc.collect()
     return tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0
@@ -64,14 +76,14 @@ def tree_steps(i: int, members: int) -> list[tuple[str, bytes]]:
     return steps
 
 
-async def _backend_alone(payloads: list[list[tuple[str, bytes]]], lb_ids: list[str]) -> int:
+async def _backend_alone(n_lbs: int, members: int, lb_ids: list[str]) -> int:
     """Traced bytes of the noop backend holding the trees, run as an actor runs them but
     without the actor system."""
     backend = load_backend("noop")
     base = _traced()
     op_id = 0
-    for i, steps in enumerate(payloads):
-        for method, args in steps:
+    for i in range(n_lbs):
+        for method, args in tree_steps(i, members):
             outcome = await run_operation(
                 backend, Operation(op_id=op_id, method=method, args=args, lb_id=lb_ids[i])
             )
@@ -91,12 +103,11 @@ async def measure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         cache_logger_on_first_use=True,
     )
-    payloads = [tree_steps(i, members) for i in range(n_lbs)]
     lb_ids = [f"5e3f1c2a-0000-4000-8000-{i:012x}" for i in range(n_lbs)]
-    objects = len(payloads[0])
+    objects = len(tree_steps(0, members))
     if trace:
         tracemalloc.start()
-        backend_alone = await _backend_alone(payloads, lb_ids)
+        backend_alone = await _backend_alone(n_lbs, members, lb_ids)
     backend = load_backend("noop")
     send, receive = trio.open_memory_channel[Outbound](math_inf())
     gc.collect()
@@ -123,6 +134,7 @@ async def measure(
             # ``concurrency`` trees at a time, as the bench driver builds them
             for first in range(0, n_lbs, concurrency):
                 chunk = range(first, min(first + concurrency, n_lbs))
+                payloads = {i: tree_steps(i, members) for i in chunk}
                 expected += len(chunk) * objects
                 settled = trio.Event()
                 for step in range(objects):
@@ -134,6 +146,7 @@ async def measure(
                         op_id += 1
                 await settled.wait()
             del payloads
+            trim = _malloc_trim()
             # re-assertions are done after the last delay; actors retire after idle_timeout
             await trio.sleep(REASSERT_AFTER[-1] + 1.0)
             for _ in range(2):
@@ -144,6 +157,8 @@ async def measure(
             assert system.reassertions_pending() == 0
             resident = _traced()
             rss1 = _rss_bytes()
+            trim()
+            rss_trimmed = _rss_bytes()
             if trace and top:
                 snapshot = tracemalloc.take_snapshot().filter_traces(
                     [tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -162,6 +177,7 @@ async def measure(
         }
     return result | {
         "rss_bytes_per_lb": round((rss1 - rss0) / n_lbs),
+        "rss_trimmed_bytes_per_lb": round((rss_trimmed - rss0) / n_lbs),
         "rss_mib": round(rss1 / 2**20, 1),
     }
 
