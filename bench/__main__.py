@@ -505,9 +505,15 @@ async def _scale_run(args: argparse.Namespace, daemon: procs.Daemon, n: int) -> 
             }
         # after the statistics window: actors idle longer than daemon.actor_idle_timeout
         # have retired, what stays is the resident state
-        settled = procs.memory_kib(daemon.pids())
+        pids = daemon.pids()
+        settled = procs.memory_kib(pids)
         stats["settled_rss_mib"] = round(settled["rss_kib"] / 1024, 1)
         stats["settled_pss_mib"] = round(settled["pss_kib"] / 1024, 1)
+        # the supervisor (no backend state) apart from the workers (actors and backend)
+        supervisor = procs.memory_kib([daemon.pid])
+        stats["settled_supervisor_rss_mib"] = round(supervisor["rss_kib"] / 1024, 1)
+        stats["settled_workers_rss_mib"] = round(
+            (settled["rss_kib"] - supervisor["rss_kib"]) / 1024, 1)
     per_lb_objects = 6 + args.scale_members
     row: Row = {
         "ok": driver.ok(result),

@@ -54,6 +54,7 @@ import functools
 import heapq
 import itertools
 import math
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -269,24 +270,26 @@ class ActorSystem:
         self._mailbox_size = mailbox_size
         self._parents_on_failure: ParentsOnFailure = parents_on_failure
         self._actors: dict[str, _Mailbox] = {}
-        #: load balancers with a live tree here (an idle one has no actor until its next op)
-        self._owned: set[str] = set()
+        #: load balancers with a live tree here (an idle one has no actor until its next op),
+        #: each with the owner key of its last operation here (the id itself, the same
+        #: string, when that is its key; ``None``: adopted, none ran since), until deleted.
+        #: Its ids are interned: one string per load balancer in this process.
+        self._owned: dict[str, str | None] = {}
         self._idle_timeout = idle_timeout
         self._cancel_grace = cancel_grace
         #: every operation running now (actors' and queries')
         self._running: set[CallWatch] = set()
         #: the locks of the keys shared by several load balancers
         self.key_locks = KeyedLocks()
-        #: load balancer id -> the owner key of its last operation (until it is deleted)
-        self._keys: dict[str, str] = {}
         #: operations given up on because their backend call ignored cancellation
         self.abandoned = 0
         self._closed = False
         #: set when closing and an actor ends, so that the overdue watch ends without delay
         self._closing_progress = trio.Event()
-        #: operating statuses last reported by collect_statistics, and their load balancer
-        self._last_operating: dict[tuple[str, str], str] = {}
-        self._owner_of_status: dict[tuple[str, str], str] = {}
+        #: operating statuses last reported by collect_statistics: load balancer id -> its
+        #: statuses, flat (kind, id, status, kind, id, status, ...), with the backend's
+        #: strings (one tuple per load balancer, nothing per object)
+        self._last_operating: dict[str, tuple[str, ...]] = {}
         if any(b <= a for a, b in zip(reassert_after, reassert_after[1:], strict=False)):
             raise ValueError(f"reassert_after must be strictly increasing, not {reassert_after}")
         self._reassert_after = tuple(reassert_after)
@@ -345,17 +348,18 @@ class ActorSystem:
 
     def adopt(self, lb_ids: Iterable[str]) -> None:
         """Count ``lb_ids`` as held here (their backend state survived a restart)."""
-        self._owned.update(lb_ids)
+        for lb_id in lb_ids:
+            self._owned.setdefault(sys.intern(lb_id), None)
 
     def key_of(self, lb_id: str) -> str | None:
         """The owner key of ``lb_id``'s last operation here (``op.owner_key``: its key, or
         else its id); ``None`` when none ran since this process started (or it was deleted)."""
-        return self._keys.get(lb_id)
+        return self._owned.get(lb_id)
 
     def owner_key(self, lb_id: str) -> str | None:
         """The owner key of ``lb_id``: that of its last operation here, else what the
         backend knows from the id alone (``Backend.lb_affinity_key``); ``None``: unknown."""
-        key = self._keys.get(lb_id)
+        key = self._owned.get(lb_id)
         if key is not None:
             return key
         return self._backend.lb_affinity_key(lb_id)
@@ -492,43 +496,45 @@ class ActorSystem:
         later, all of its statuses count as changed then.
         """
         listeners: list[ListenerStatistics] = []
-        current: dict[tuple[str, str], str] = {}
+        last = self._last_operating
+        current: dict[str, tuple[str, ...]] = {}
+        changed: dict[str, list[StatusEntry]] = {}
         lb_ids = self.known_lb_ids()
         if only is not None:
             lb_ids = [lb_id for lb_id in lb_ids if only(lb_id)]
         for reading in await self._backend.read_many(lb_ids):
             lb_id = reading.lb_id
+            before = last.get(lb_id)
             if reading.error is not None:
                 exc = reading.error
                 log.warning(
                     "statistics read failed", lb_id=lb_id, error=f"{type(exc).__name__}: {exc}"
                 )
-                for key, value in self._last_operating.items():
-                    if self._owner_of_status.get(key) == lb_id:
-                        current[key] = value
+                if before is not None:
+                    current[lb_id] = before
                 continue
             listeners.extend(reading.listeners)
-            for kind, object_id, operating in reading.statuses:
-                current[(kind, object_id)] = operating
-                self._owner_of_status[(kind, object_id)] = lb_id
-        changed: dict[str, list[StatusEntry]] = {}
-        for (kind, object_id), operating in current.items():
-            if self._last_operating.get((kind, object_id)) != operating:
-                changed.setdefault(PLURAL[kind], []).append(
-                    StatusEntry(id=object_id, operating_status=operating)
-                )
-                if self._pending:  # a re-assertion carries the newest operating status
-                    self._reported(kind, object_id, operating)
-        self._owner_of_status = {
-            k: v for k, v in self._owner_of_status.items() if k in current
-        }
+            now = current[lb_id] = tuple(itertools.chain.from_iterable(reading.statuses))
+            if now == before:
+                continue
+            previous = {} if before is None else {
+                (before[i], before[i + 1]): before[i + 2] for i in range(0, len(before), 3)
+            }
+            for i in range(0, len(now), 3):
+                kind, object_id, operating = now[i : i + 3]
+                if previous.get((kind, object_id)) != operating:
+                    changed.setdefault(PLURAL[kind], []).append(
+                        StatusEntry(id=object_id, operating_status=operating)
+                    )
+                    if self._pending:  # a re-assertion carries the newest operating status
+                        self._reported(lb_id, object_id, operating)
         self._last_operating = current
         return listeners, [StatusUpdate(**changed)] if changed else []
 
     # ------------------------------------------------------------------ internals
 
     def _spawn(self, lb_id: str) -> _Mailbox:
-        mailbox = _Mailbox(lb_id, self._mailbox_size)
+        mailbox = _Mailbox(sys.intern(lb_id), self._mailbox_size)
         self._actors[lb_id] = mailbox
         self._nursery.start_soon(self._serve_actor, mailbox, name=f"actor {lb_id}")
         return mailbox
@@ -597,8 +603,7 @@ class ActorSystem:
                         if mailbox.waiting:
                             mailbox.pass_room_on()
                         mailbox.busy = True
-                        self._owned.add(lb_id)
-                        self._keys[lb_id] = op.owner_key
+                        self._owned[lb_id] = _owner_key(op, lb_id)
                         outcome = await self._run_one(op, watch, actor_log)
                         if scope.cancel_called:
                             carried = (op, outcome)
@@ -647,8 +652,7 @@ class ActorSystem:
             # before the outcome leaves, so whoever sees it sees the actor gone
             if self._actors.get(lb_id) is mailbox:
                 del self._actors[lb_id]
-            self._owned.discard(lb_id)
-            self._keys.pop(lb_id, None)
+            self._owned.pop(lb_id, None)
             mailbox.close()
             actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
         outcomes = self._outcomes
@@ -694,9 +698,9 @@ class ActorSystem:
         if not entries:
             del self._pending[pending.lb_id]
 
-    def _reported(self, kind: str, object_id: str, operating: str) -> None:
-        """The backend reported a new operating status for ``object_id``."""
-        entries = self._pending.get(self._owner_of_status.get((kind, object_id), ""))
+    def _reported(self, lb_id: str, object_id: str, operating: str) -> None:
+        """The backend reported a new operating status for ``object_id`` of ``lb_id``."""
+        entries = self._pending.get(lb_id)
         pending = entries.get(object_id) if entries else None
         if pending is not None:
             pending.entry.operating_status = operating
@@ -747,6 +751,13 @@ class ActorSystem:
     def _ended(self) -> None:
         if self._closed:
             self._closing_progress.set()
+
+
+def _owner_key(op: Operation, lb_id: str) -> str:
+    """``op.owner_key``, as a string kept per load balancer: ``lb_id`` itself (interned)
+    when the key is the id, else the interned key (shared by the load balancers of a key)."""
+    key = op.key
+    return sys.intern(key) if key and key != lb_id else lb_id
 
 
 @asynccontextmanager

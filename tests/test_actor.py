@@ -53,7 +53,7 @@ class InstrumentedBackend(NoopBackend):
         enter = trio.current_time()
         await trio.sleep(self.duration)
         await super()._put(kind, action, obj, old)
-        self.spans.append((self._owner[(kind, obj.id)], f"{kind}_{action}", enter, trio.current_time()))
+        self.spans.append((self.lb_of(kind, obj.id) or "", f"{kind}_{action}", enter, trio.current_time()))
 
 
 class System:

@@ -11,7 +11,7 @@ import trio
 from lbactors.backends import Backend, BackendError, load_backend, register_backend
 from lbactors.backends.noop import NoopBackend
 from lbactors.messages import decode_request
-from lbactors.model import Listener, LoadBalancer, Member, Pool
+from lbactors.model import CLASS_OF_KIND, Listener, LoadBalancer, Member, Pool
 from tests.test_messages import LB, LISTENER, MEMBER, POOL, Payloads
 
 P = Payloads()
@@ -55,6 +55,31 @@ async def test_update_of_a_missing_object_creates_it() -> None:
         old, new = member(weight=1), member(weight=3)
         await backend.member_update(old, new)
         assert backend.tree(LB)[("member", MEMBER)].weight == 3  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", sorted(CLASS_OF_KIND))
+async def test_tree_gives_back_each_objects_own_state_field_for_field(kind: str) -> None:
+    """Objects are kept packed, not as Structs: what comes back is the created object, its
+    nested parents and children left out, every other field as it was (ids equal to the
+    object's own or to its load balancer's included)."""
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        created = obj(f"{kind}_create")
+        if kind == "listener":
+            await backend.listener_create(created, None)
+        else:
+            await getattr(backend, f"{kind}_create")(created)
+        nested = {
+            name: None
+            for name, value in msgspec.structs.asdict(created).items()
+            if isinstance(value, (msgspec.Struct, list)) and name != "allowed_cidrs"
+        }
+        assert nested or kind == "healthmonitor"
+        expected = msgspec.structs.replace(created, **nested)
+        [(key, kept)] = [(key, kept) for key, kept in backend.tree(LB).items() if key[0] == kind]
+        assert key == (kind, created.id)
+        assert kept == expected
+        assert type(kept) is type(created)
 
 
 async def test_delete_of_a_missing_object_succeeds_and_delete_removes() -> None:
