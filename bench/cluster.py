@@ -424,7 +424,11 @@ def scenario_cluster(args: argparse.Namespace) -> int:
         summary |= {"load_runs": len(loads), "load_ops": sum(r["ops_completed"] for r in loads),
                     "load_errors": load_errors, "load_missing": load_missing,
                     "load_max_latency_ms": max((r["latency_ms"].get("max") or 0) for r in loads)
-                    if loads else None}
+                    if loads else None,
+                    # what went wrong, as the driver saw it (validation errors name the check)
+                    "load_error_samples": [sample for r in loads if r["errors"]
+                                           for kind, samples in r.get("samples", {}).items()
+                                           if kind != "unmatched" for sample in samples][:20]}
         summary["daemon_warnings"] = daemon_log_events(directory / "failover")
         writer.add(summary)
     write_markdown(args, writer, rows, summary, started, directory)
