@@ -300,23 +300,7 @@ def scenario_cpu(args: argparse.Namespace) -> int:
     ``--targets lbactors,lbactors+metrics``: the metrics' cost, in one run). A daemon with
     metrics on is scraped every ``--scrape-interval`` seconds while it runs."""
     writer = report.ResultsWriter("cpu", Path(args.results))
-    ok = True
-    targets: list[procs.Target] = []
-    try:
-        for start in _starters(args):
-            targets.append(start())
-        for i in range(args.repeat):
-            for target in targets:
-                with procs.Scraper(_metrics_url(target), args.scrape_interval) as scraper:
-                    row, _ = measure(config_for(args, target), target=target,
-                                     extra={"repeat": i + 1})
-                row["scrapes"] = scraper.scrapes
-                writer.add(row)
-                ok &= row["ok"]
-                _log(_summary_line(row))
-    finally:
-        for target in targets:
-            stop_target(args, target)
+    ok = _alternate(args, writer, scrape=True)
     for name in sorted({r["target"] for r in writer.rows}):
         per_op = [r["target_cpu_ms_per_op"] for r in writer.rows if r["target"] == name]
         _log(f"{name} CPU ms/op over {len(per_op)} runs: min {min(per_op)} median "
@@ -331,6 +315,14 @@ def check_cpu(args: argparse.Namespace) -> tuple[Row, bool]:
     alternating ``--repeat`` times; medians by target."""
     writer = report.ResultsWriter("check", Path(args.results))
     args.targets = "lbactors,seed"
+    ok = _alternate(args, writer, scrape=False)
+    return check.summarize_cpu(writer.rows), ok
+
+
+def _alternate(args: argparse.Namespace, writer: report.ResultsWriter, *, scrape: bool) -> bool:
+    """Start every target of ``--targets`` first and keep them running; each of ``--repeat``
+    rounds runs the workload once against each in turn (``scrape``: a daemon with metrics on
+    is scraped meanwhile). Every row goes to ``writer``; whether all were ok."""
     ok = True
     targets: list[procs.Target] = []
     try:
@@ -338,15 +330,19 @@ def check_cpu(args: argparse.Namespace) -> tuple[Row, bool]:
             targets.append(start())
         for i in range(args.repeat):
             for target in targets:
-                row, _ = measure(config_for(args, target), target=target,
-                                 extra={"repeat": i + 1})
+                url = _metrics_url(target) if scrape else None
+                with procs.Scraper(url, args.scrape_interval if scrape else 0.0) as scraper:
+                    row, _ = measure(config_for(args, target), target=target,
+                                     extra={"repeat": i + 1})
+                if scrape:
+                    row["scrapes"] = scraper.scrapes
                 writer.add(row)
                 ok &= row["ok"]
                 _log(_summary_line(row))
     finally:
         for target in targets:
             stop_target(args, target)
-    return check.summarize_cpu(writer.rows), ok
+    return ok
 
 
 def _metrics_url(target: procs.Target) -> str | None:

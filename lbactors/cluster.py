@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["Presence", "Shard", "ShardState", "ShardTable", "fair_share"]
@@ -175,13 +174,6 @@ class ShardTable:
         """SETTLED shards and their epochs (the repair compares two such snapshots)."""
         return {s.index: s.epoch for s in self.shards if s.state is ShardState.SETTLED}
 
-    def state_counts(self) -> dict[str, int]:
-        counts = {state.value: 0 for state in ShardState}
-        counts["none"] = 0
-        for shard in self.shards:
-            counts[shard.state.value if shard.state else "none"] += 1
-        return counts
-
     # ----------------------------------------------------------------- balance
 
     def to_release(self, daemons: int) -> list[int]:
@@ -233,6 +225,3 @@ class Presence:
         its peers would pass shards back and forth until it is forgotten.)"""
         self._expire(now)
         return any(held < fair for d, (_, held) in self._last.items() if d != self.me)
-
-    def members(self) -> Iterable[str]:
-        return sorted(set(self._last) | {self.me})

@@ -180,6 +180,18 @@ PROBE_HEADER = "x-lbactors-probe"
 _LB_KEYS_KEPT = 65536
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(recent: OrderedDict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """``recent[key] = value`` as the newest entry; the oldest go beyond ``limit``."""
+    recent[key] = value
+    recent.move_to_end(key)
+    while len(recent) > limit:
+        recent.popitem(last=False)
+
+
 @dataclass
 class GatewayCounters:
     received: int = 0
@@ -742,15 +754,6 @@ class Gateway:
         shard, epoch = last
         return self._shards.shards[shard].epoch == epoch and shard in self._shards.held()
 
-    def cluster_view(self) -> dict[str, Any]:
-        """For logs and status: shard states, daemons seen, counts."""
-        return {
-            "daemon": self.daemon_id,
-            "held": self._shards.held(),
-            "states": self._shards.state_counts(),
-            "daemons": self._presence.count(trio.current_time()),
-        }
-
     @property
     def confirms_pending(self) -> int:
         """Publishes (statuses, replies, re-assertions) the broker has not confirmed yet."""
@@ -1060,10 +1063,7 @@ class Gateway:
         else:
             lb_id, key = self._key_from_payload(method, args)
         if key != lb_id:
-            self._lb_keys[lb_id] = key
-            self._lb_keys.move_to_end(lb_id)
-            if len(self._lb_keys) > _LB_KEYS_KEPT:
-                self._lb_keys.popitem(last=False)
+            _remember(self._lb_keys, lb_id, key, _LB_KEYS_KEPT)
         return lb_id, key
 
     def _key_from_payload(self, method: str, args: bytes) -> tuple[str, str]:
@@ -1414,9 +1414,7 @@ class Gateway:
                          method=message.method, unique_id=unique_id[:64])
                 await channel.ack(delivery.delivery_tag)
                 return
-            self._seen[unique_id] = None
-            if len(self._seen) > self.settings.dedup_window:
-                self._seen.popitem(last=False)
+            _remember(self._seen, unique_id, None, self.settings.dedup_window)
         op_id = next(self._op_ids)
         reply_to = message.reply_to
         self._ledger[op_id] = _Pending(
@@ -1435,10 +1433,7 @@ class Gateway:
         )
         if shard >= 0:
             self._shards.started(shard, epoch, op_id)
-            self._lb_epochs[lb_id] = (shard, epoch)
-            self._lb_epochs.move_to_end(lb_id)
-            if len(self._lb_epochs) > _LB_KEYS_KEPT:
-                self._lb_epochs.popitem(last=False)
+            _remember(self._lb_epochs, lb_id, (shard, epoch), _LB_KEYS_KEPT)
         self._ledger_lbs[lb_id] = self._ledger_lbs.get(lb_id, 0) + 1
         self._unsettled += 1
         await self.sink.submit(

@@ -221,3 +221,15 @@ CLASS_OF_KIND: dict[str, type[OctaviaObject]] = {
     "l7policy": L7Policy,
     "l7rule": L7Rule,
 }
+
+#: class -> its fields that nest parents or children (not part of an object's own state: what
+#: a backend that stores objects one by one leaves out)
+NESTED_FIELDS: dict[type[OctaviaObject], tuple[str, ...]] = {
+    LoadBalancer: ("listeners", "pools"),
+    Listener: ("default_pool", "l7policies", "loadbalancer"),
+    Pool: ("healthmonitor", "members", "listener", "listeners", "loadbalancer"),
+    Member: ("pool", "loadbalancer"),
+    HealthMonitor: ("pool", "loadbalancer"),
+    L7Policy: ("rules", "listener"),
+    L7Rule: ("policy",),
+}

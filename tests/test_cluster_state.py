@@ -75,7 +75,7 @@ def test_losing_the_channel_forgets_the_shard() -> None:
     assert table.held() == [0, 1, 2]
     table.lose_all()
     assert table.held() == []
-    assert table.state_counts()["none"] == 3
+    assert all(shard.state is None for shard in table.shards)
 
 
 def test_release_picks_the_idlest_shards_above_the_fair_share() -> None:
@@ -111,8 +111,7 @@ def test_presence_counts_recent_daemons_and_itself() -> None:
     presence.heard("b", 2.0)
     presence.heard("me", 2.0)
     assert presence.count(3.0) == 3
-    assert presence.count(4.5) == 2  # a is gone
-    assert list(presence.members()) == ["b", "me"]
+    assert presence.count(4.5) == 2  # a is gone: b and me
 
 
 def test_owned_throughout_needs_the_same_epoch() -> None:

@@ -25,15 +25,11 @@ import msgspec
 
 from lbactors.backends.haproxy_config import LoadBalancerTree
 from lbactors.model import (
+    NESTED_FIELDS,
     PLURAL,
-    HealthMonitor,
-    L7Policy,
-    L7Rule,
     Listener,
     LoadBalancer,
-    Member,
     OctaviaObject,
-    Pool,
 )
 from lbactors.status import parents_of
 
@@ -56,22 +52,11 @@ Owners = Mapping[tuple[str, str], str]
 #: kind -> the field of the load balancer tree that holds its objects
 TREE_FIELD = {kind: field for kind, field in PLURAL.items() if kind != "loadbalancer"}
 
-#: class -> its fields that nest other objects (dropped in the tree)
-_NESTED: dict[type, tuple[str, ...]] = {
-    LoadBalancer: ("listeners", "pools"),
-    Listener: ("default_pool", "l7policies", "loadbalancer"),
-    Pool: ("healthmonitor", "members", "listener", "listeners", "loadbalancer"),
-    Member: ("pool", "loadbalancer"),
-    HealthMonitor: ("pool", "loadbalancer"),
-    L7Policy: ("rules", "listener"),
-    L7Rule: ("policy",),
-}
-
 
 def own_state(kind: str, obj: Any, old: Any) -> Any:
     """``obj`` without nested payloads, with the ids of its parents filled in."""
     parents = parents_of(kind, obj, old)
-    changes: dict[str, Any] = dict.fromkeys(_NESTED[type(obj)])
+    changes: dict[str, Any] = dict.fromkeys(NESTED_FIELDS[type(obj)])
     if kind in ("member", "healthmonitor"):
         changes["pool_id"] = obj.pool_id or parents.pool_id
     elif kind == "l7policy":

@@ -71,6 +71,7 @@ from lbactors.backends.base import (
 from lbactors.messages import ListenerStatistics, Request
 from lbactors.model import (
     CLASS_OF_KIND,
+    NESTED_FIELDS,
     Certificate,
     HealthMonitor,
     L7Policy,
@@ -100,16 +101,6 @@ AVAILABILITY_ZONE_METADATA: dict[str, str] = {
 
 _Key = tuple[str, str]
 
-#: fields holding nested parents or children: not part of an object's own state
-_NESTED: dict[type, tuple[str, ...]] = {
-    LoadBalancer: ("listeners", "pools"),
-    Listener: ("default_pool", "l7policies", "loadbalancer"),
-    Pool: ("healthmonitor", "members", "listener", "listeners", "loadbalancer"),
-    Member: ("pool", "loadbalancer"),
-    HealthMonitor: ("pool", "loadbalancer"),
-    L7Policy: ("rules", "listener"),
-    L7Rule: ("policy",),
-}
 
 #: the kinds in sorted order: a kind's code is its index, so codes sort as the names do
 _KINDS: tuple[str, ...] = tuple(sorted(CLASS_OF_KIND))
@@ -136,7 +127,7 @@ class _Packing:
         self.cls = cls
         self.fields: tuple[str, ...] = cls.__struct_fields__
         assert self.fields[0] == "id"
-        self.nested = tuple(self.fields.index(name) for name in _NESTED[cls])
+        self.nested = tuple(self.fields.index(name) for name in NESTED_FIELDS[cls])
         self.id_fields = tuple(
             i for i, name in enumerate(self.fields) if i and name.endswith("_id")
         )
