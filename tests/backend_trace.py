@@ -69,7 +69,8 @@ def overlaps_by_key(
 
     by_key: dict[str, list[Call]] = collections.defaultdict(list)
     for call in calls:
-        by_key[call.key].append(call)
+        if call.key != "-":  # no key known to the backend: nothing to compare it with
+            by_key[call.key].append(call)
     overlaps: list[tuple[Call, Call]] = []
     for same_key in by_key.values():
         same_key.sort(key=lambda c: c.start)

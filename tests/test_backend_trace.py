@@ -14,6 +14,7 @@ import trio
 from lbactors.backends import load_backend
 from lbactors.backends.noop import NoopBackend
 from lbactors.messages import decode_request
+from lbactors.model import Member
 from tests.backend_trace import Call, overlaps_by_key, read_trace
 from tests.test_messages import LB, Payloads
 
@@ -57,6 +58,14 @@ def test_overlaps_by_key_compares_calls_of_one_key_only() -> None:
     c = Call(2, "m", "lb-3", "k2", 150, 250)  # overlaps a, but another key
     d = Call(3, "m", "lb-4", "k1", 250, 260)  # inside b
     assert overlaps_by_key([a, b, c, d], {}) == [(b, d)]
+
+
+def test_calls_without_a_key_are_never_compared() -> None:
+    """``-``: the backend could not tell the call's load balancer (a cascade child run by a
+    daemon that took its load balancer over); it is no call of any key, not of a key "-"."""
+    a = Call(1, "member_delete", "-", "-", 100, 200)
+    b = Call(1, "pool_delete", "-", "-", 150, 250)
+    assert overlaps_by_key([a, b], {}) == []
 
 
 def test_a_call_never_ended_lasts_until_its_process_was_killed_or_for_ever() -> None:
@@ -123,3 +132,20 @@ async def test_state_dir_shares_the_load_balancers_between_backends(tmp_path: Pa
         await other.loadbalancer_delete(request("loadbalancer_delete").obj)
         assert await one.resident_lb_ids() == []
     assert await NoopBackend.from_options({}).resident_lb_ids() == []
+
+
+async def test_a_child_whose_load_balancer_is_unknown_is_traced_without_one(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A new owner's noop has not seen the tree: a cascade's member (its payload names no
+    load balancer) is traced as ``-``, not under the member's own id as a key."""
+    trace = tmp_path / "trace"
+    backend = NoopBackend.from_options({"trace_file": str(trace), "affinity_prefix": 1})
+    # as a cascade plan holds it: the member's own fields, its pool named by id only
+    member = Member(id="c3d4e5f6-a7b8-4c9d-8e1f-2a3b44558899", pool_id="b2c3d4e5")
+    with trio.fail_after(10):
+        await backend.member_delete(member)
+    await backend.aclose()
+    assert [(c.method, c.lb_id, c.key) for c in read_trace(trace)] == [
+        ("member_delete", "-", "-")
+    ]

@@ -338,12 +338,18 @@ class NoopBackend(Backend):
         os.write(self._trace_fd, line.encode())
 
     @contextmanager
-    def _traced(self, method: str, lb_id: str) -> Iterator[None]:
-        """A start line, and an end line however the call ends (``trace_file``)."""
+    def _traced(
+        self, method: str, kind: str, obj: OctaviaObject, old: OctaviaObject | None
+    ) -> Iterator[None]:
+        """A start line, and an end line however the call ends (``trace_file``). A call of an
+        object whose load balancer this backend cannot tell (a cascade's child, run by a
+        daemon that took its load balancer over and never saw its tree) is traced without
+        one: ``-``, no key, so never taken for a call of another key."""
         if not self.trace_file:
             yield
             return
-        key = self.lb_affinity_key(lb_id) or lb_id
+        lb_id = self._placed_lb(kind, obj, old)
+        key = (self.lb_affinity_key(lb_id) or lb_id) if lb_id else ""
         self._trace_line("start", method, lb_id, key)
         try:
             yield
@@ -404,18 +410,23 @@ class NoopBackend(Backend):
                 f"matches fail_pattern {self.fail_pattern.pattern!r}"
             )
 
-    def _owner_of(self, kind: str, obj: OctaviaObject, old: OctaviaObject | None) -> str:
+    def _placed_lb(self, kind: str, obj: OctaviaObject, old: OctaviaObject | None) -> str:
+        """The load balancer of ``obj`` as far as this backend can tell (its model, else the
+        payload); ``""`` when neither names one."""
         known = self.lb_of(kind, obj.id or "")
         if known is not None:
             return known
         if isinstance(obj, LoadBalancer):
             return obj.id or ""
-        return parents_of(kind, obj, old).loadbalancer_id or obj.id or ""
+        return parents_of(kind, obj, old).loadbalancer_id or ""
+
+    def _owner_of(self, kind: str, obj: OctaviaObject, old: OctaviaObject | None) -> str:
+        return self._placed_lb(kind, obj, old) or obj.id or ""
 
     async def _put(
         self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None = None
     ) -> None:
-        with self._traced(f"{kind}_{action}", self._owner_of(kind, obj, old)):
+        with self._traced(f"{kind}_{action}", kind, obj, old):
             await self._put_traced(kind, action, obj, old)
 
     async def _put_traced(
@@ -458,7 +469,7 @@ class NoopBackend(Backend):
                 path.touch()
 
     async def _remove(self, kind: str, obj: OctaviaObject) -> None:
-        with self._traced(f"{kind}_delete", self._owner_of(kind, obj, None)):
+        with self._traced(f"{kind}_delete", kind, obj, None):
             await self._remove_traced(kind, obj)
 
     async def _remove_traced(self, kind: str, obj: OctaviaObject) -> None:
