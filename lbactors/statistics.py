@@ -5,12 +5,13 @@ operating statuses that changed since its last report; publish the counters as
 ``update_listener_statistics(statistics={"listeners": [...]})`` casts of at most ``batch``
 entries (never an empty one), and the changes as one ``update_loadbalancer_status`` cast of
 ``{id, operating_status}`` entries. Every ``sync_every`` rounds, ask the driver for its ACTIVE
-load balancers (``get_active_loadbalancers``) and report those nobody here owns as OFFLINE.
+load balancers (``get_active_loadbalancers``), then the workers, and report those nobody here
+owns as OFFLINE (in that order: see :func:`run_round`).
 
 In cluster mode (an :class:`Ownership` is given, docs/cluster.md §6) a daemon reports the
 statistics and operating statuses of the load balancers of the shards it holds only, and
 reports OFFLINE only a load balancer whose shard it held *settled* (same consumer epoch)
-from before the workers were asked until the OFFLINE cast: never one of another daemon's.
+from before the driver was asked until the OFFLINE cast: never one of another daemon's.
 
 Rounds never pile up: the next one starts ``interval`` after the previous one *started*, or at
 once if it overran (missed ticks are skipped, not queued).
@@ -140,9 +141,17 @@ async def run_round(
     round_number: int,
     ownership: Ownership | None = None,
 ) -> int:
-    """One collection round; returns the number of messages published."""
+    """One collection round; returns the number of messages published.
+
+    A sync round asks the driver for its ACTIVE load balancers *before* it asks the workers
+    what they own: Octavia lists a load balancer as ACTIVE only after our status cast said
+    so, which is after its actor took it on, so every id in the answer is owned by then.
+    Asked the other way round, a load balancer created between the workers' answer and the
+    driver's was reported OFFLINE though it was fine.
+    """
     sync = settings.sync_every > 0 and round_number % settings.sync_every == 0
     settled_before = ownership.settled_shards() if ownership is not None else {}
+    active = await _active_in_driver(settings, driver) if sync else None
     if ownership is None:
         report = await source.collect_round(settings.worker_timeout, with_owned_ids=sync)
     else:
@@ -162,38 +171,38 @@ async def run_round(
     if changes is not None:
         await driver.publish_cast("update_loadbalancer_status", status_args(changes))
         messages += 1
-    if sync and report.owned_lb_ids is not None:
-        messages += await _sync_with_driver(
-            settings, driver, report.owned_lb_ids, ownership, settled_before
-        )
+    if active is not None and report.owned_lb_ids is not None:
+        if ownership is not None:
+            # only load balancers of shards held settled from before the driver was asked
+            # until now: never one another daemon serves
+            held = owned_throughout(settled_before, ownership.settled_shards())
+            active = [lb_id for lb_id in active if ownership.shard_of_lb(lb_id) in held]
+        messages += await _report_offline(driver, active, report.owned_lb_ids, ownership is None)
     return messages
 
 
-async def _sync_with_driver(
-    settings: StatisticsSettings,
-    driver: DriverLink,
-    owned: set[str],
-    ownership: Ownership | None = None,
-    settled_before: dict[int, int] | None = None,
-) -> int:
+async def _active_in_driver(settings: StatisticsSettings, driver: DriverLink) -> list[str] | None:
+    """The driver's ACTIVE load balancers; None (logged) when it did not say."""
     try:
         with trio.fail_after(settings.sync_timeout):
             active = await driver.call_driver("get_active_loadbalancers", b"{}", settings.sync_timeout)
     except trio.TooSlowError:
         log.warning("get_active_loadbalancers got no answer", timeout_s=settings.sync_timeout)
-        return 0
+        return None
     except Exception as exc:  # a failure reply or a broken connection: not fatal
         log.warning("get_active_loadbalancers failed", error=repr(exc))
-        return 0
+        return None
     if not isinstance(active, list) or not all(isinstance(i, str) for i in active):
         log.warning("get_active_loadbalancers returned something else than a list of ids")
-        return 0
-    if ownership is not None:
-        # only load balancers of shards held settled since before the workers were asked
-        held = owned_throughout(settled_before or {}, ownership.settled_shards())
-        active = [lb_id for lb_id in active if ownership.shard_of_lb(lb_id) in held]
+        return None
+    return active
+
+
+async def _report_offline(
+    driver: DriverLink, active: list[str], owned: set[str], log_extra: bool
+) -> int:
     update, extra = offline_status(active, owned)
-    if extra and ownership is None:
+    if extra and log_extra:
         log.info("load balancers owned here that Octavia does not list as ACTIVE", count=extra)
     if update is None:
         return 0

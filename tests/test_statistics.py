@@ -170,4 +170,44 @@ async def test_sync_skipped_when_a_worker_did_not_answer() -> None:
         report = RoundReport(listeners=[], status_changes=[], owned_lb_ids=None, skipped_workers=[1])
         driver = FakeDriver(active=["x"])
         assert await run_round(StatisticsSettings(sync_every=1), FakeSource(report), driver, 1) == 0
-        assert driver.calls == []
+        assert driver.casts == []  # asked, but nothing reported without every worker's ids
+
+
+class CreatedDuringTheRound:
+    """A load balancer whose create completes while the round runs: the driver lists it as
+    ACTIVE once its status cast arrived, and the workers own it from then on."""
+
+    def __init__(self, *, created_during: str) -> None:
+        self.created = False
+        self.created_during = created_during
+        self.casts: list[tuple[str, Any]] = []
+
+    def owned(self) -> set[str]:
+        return {"old", "new"} if self.created else {"old"}
+
+    async def collect_round(self, answer_within: float, *, with_owned_ids: bool) -> RoundReport:
+        report = RoundReport(listeners=[], status_changes=[], owned_lb_ids=self.owned())
+        if self.created_during == "collect":
+            self.created = True
+        return report
+
+    async def publish_cast(self, method: str, args_json: bytes) -> None:
+        self.casts.append((method, msgspec.json.decode(args_json)))
+
+    async def call_driver(self, method: str, args_json: bytes, ttl: float) -> Any:
+        if self.created_during == "call":
+            self.created = True
+        return sorted(self.owned())
+
+
+@pytest.mark.parametrize("created_during", ["call", "collect"])
+async def test_a_load_balancer_created_during_a_sync_round_is_not_reported_offline(
+    created_during: str,
+) -> None:
+    """Whether the create lands while the driver is asked or while the workers are, the
+    driver's ACTIVE list never holds a load balancer the workers did not own (CI once saw
+    one reported OFFLINE: the workers were asked first)."""
+    with trio.fail_after(10):
+        world = CreatedDuringTheRound(created_during=created_during)
+        assert await run_round(StatisticsSettings(sync_every=1), world, world, 1) == 0
+        assert world.casts == []
