@@ -21,6 +21,7 @@ from lbactors.amqp.errors import FrameError
 from lbactors.amqp.protocol import (
     FRAME_OVERHEAD,
     HEARTBEAT_FRAME,
+    PROPERTIES_KEPT,
     TRUNCATED_HEAD,
     ChannelProtocol,
     ConfirmsSettled,
@@ -488,3 +489,29 @@ def test_channel_matches_only_the_reply_it_waits_for_once():
     channel.expected = ["Basic.ConsumeOk"]
     assert channel.fail() == []
     assert channel.expected == ()
+
+
+def test_repeated_properties_are_decoded_once_and_each_body_keeps_its_own_size():
+    """The decoder remembers decoded properties by their bytes: the same properties come back
+    as the same object, with every content's own body size; different ones are decoded; a
+    decoder full of distinct ones forgets them all and goes on."""
+    other = commands.Basic.Properties(content_type="text/plain", delivery_mode=1)
+    decoder = FrameDecoder()
+    stream = b"".join([
+        server_delivery(1, 1, b"a" * 10),
+        server_delivery(1, 2, b"b" * 7000),
+        server_delivery(1, 3, b"", props=other),
+        server_delivery(1, 4, b"c" * 3),
+    ])
+    events = [event for _, event in decoder.feed(stream)]
+    assert [len(e.body) for e in events] == [10, 7000, 0, 3]
+    assert [e.body_size for e in events] == [10, 7000, 0, 3]
+    assert events[0].properties is events[1].properties is events[3].properties
+    assert events[2].properties.content_type == "text/plain"
+    assert events[2].properties.headers is None
+    assert events[3].properties.headers == {"x-actor": "lb-1", "n": 3}
+    many = [commands.Basic.Properties(message_id=str(i)) for i in range(PROPERTIES_KEPT + 5)]
+    for i, props in enumerate(many):
+        (_, event), = decoder.feed(server_delivery(2, i + 1, b"x", props=props))
+        assert event.properties.message_id == str(i)
+    assert len(decoder._properties) <= PROPERTIES_KEPT

@@ -90,6 +90,11 @@ _BASIC_GET_OK = commands.Basic.GetOk.index
 _CONTENT_METHODS = frozenset({_BASIC_DELIVER, _BASIC_RETURN, _BASIC_GET_OK})
 
 _EMPTY_PROPERTIES = b"\x00\x00"  # property flags: none set
+_BASIC = commands.Basic.Deliver.index >> 16  # class id 60
+
+#: distinct property sets a decoder remembers decoded (all forgotten when one more comes:
+#: per-message headers, as in cluster mode's shard queues, never pile up)
+PROPERTIES_KEPT = 64
 
 
 class Content:
@@ -171,6 +176,9 @@ class FrameDecoder:
     treats any received byte as a sign of life). Feed it whatever ``receive_some`` returned,
     in any chunking; malformed input raises :class:`FrameError`.
 
+    Contents whose properties are the same bytes share one ``Basic.Properties`` object: read
+    it, never change it (``oslo.with_headers`` makes a copy to republish with).
+
     A body announced larger than ``max_body`` (0: no limit) is not assembled: only its first
     ``TRUNCATED_HEAD`` bytes are kept (see :class:`Content`), so a peer cannot make us hold
     more than ``max_body`` bytes of one message, whatever the broker lets through.
@@ -182,6 +190,9 @@ class FrameDecoder:
         self.max_body = max_body
         self._buffer = bytearray()
         self._partial: dict[int, _Partial] = {}
+        #: decoded properties by their bytes: a broker sends the same few over and over (a
+        #: peer's every cast has the same), and pamqp takes ~10 µs to decode them
+        self._properties: dict[bytes, commands.Basic.Properties] = {}
 
     @property
     def buffered(self) -> int:
@@ -260,17 +271,28 @@ class FrameDecoder:
                         raise FrameError(f"unexpected content header on channel {channel_id}")
                     if size < _CONTENT_HEADER_START.size:
                         raise FrameError(f"content header of {size} bytes on channel {channel_id}")
-                    try:
-                        content_header = _unmarshal(bytes(buf[pos:end]))
-                    except FrameError as error:
-                        # sound framing, undecodable properties: keep the message, say why
-                        state.properties = commands.Basic.Properties()
-                        state.header_error = str(error)
-                        state.body_size = _CONTENT_HEADER_START.unpack_from(buf, pos + 7)[2]
+                    class_id, _, body_size = _CONTENT_HEADER_START.unpack_from(buf, pos + 7)
+                    raw_properties = bytes(buf[pos + 19 : end - 1])
+                    known = self._properties.get(raw_properties) if class_id == _BASIC else None
+                    if known is not None:
+                        state.properties = known
+                        state.body_size = body_size
                     else:
-                        assert isinstance(content_header, header.ContentHeader)
-                        state.properties = content_header.properties
-                        state.body_size = content_header.body_size
+                        try:
+                            content_header = _unmarshal(bytes(buf[pos:end]))
+                        except FrameError as error:
+                            # sound framing, undecodable properties: keep the message, say why
+                            state.properties = commands.Basic.Properties()
+                            state.header_error = str(error)
+                            state.body_size = body_size
+                        else:
+                            assert isinstance(content_header, header.ContentHeader)
+                            state.properties = content_header.properties
+                            state.body_size = content_header.body_size
+                            if class_id == _BASIC:
+                                if len(self._properties) >= PROPERTIES_KEPT:
+                                    self._properties.clear()
+                                self._properties[raw_properties] = state.properties
                     if self.max_body and state.body_size > self.max_body:
                         state.keep = min(TRUNCATED_HEAD, self.max_body)
                     if state.body_size == 0:
