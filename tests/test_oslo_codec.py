@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import msgspec
@@ -245,3 +246,21 @@ def test_a_call_expires_after_at_least_a_millisecond() -> None:
     assert oslo.call_properties(0).expiration == "1"
     assert oslo.call_properties(0.0004).expiration == "1"
     assert oslo.call_properties(0.002).expiration == "2"
+
+
+def test_unique_ids_are_32_hex_digits_never_repeated_and_new_in_a_forked_child() -> None:
+    ids = [oslo.unique_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids, then out at once
+        os.write(write, oslo.unique_id())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child[:16] != ids[-1][:16]  # a prefix of its own, not the parent's next id
+    assert oslo.unique_id()[:16] == ids[0][:16]

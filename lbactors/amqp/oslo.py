@@ -13,7 +13,8 @@ message itself (oslo's pre-envelope format).
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from typing import Any, Protocol
 
 import msgspec
@@ -310,6 +311,26 @@ def _envelope(inner: bytes) -> bytes:
     return b'{"oslo.version":"2.0","oslo.message":' + _encoder.encode(inner.decode()) + b"}"
 
 
+class _UniqueIds:
+    """``_unique_id`` values: 32 hex digits, as oslo's ``uuid4().hex``, from a random 64-bit
+    prefix of this process and a counter (a fifth of the cost of ``uuid4``, which reads the
+    kernel's random source each time). A child forked later starts a prefix of its own."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def __call__(self) -> bytes:
+        return f"{self.prefix}{next(self.counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}".encode()
+
+
+unique_id = _UniqueIds()
+
+
 def _inner(method: str, args_json: bytes) -> bytes:
     return (
         b'{"method":'
@@ -317,7 +338,7 @@ def _inner(method: str, args_json: bytes) -> bytes:
         + b',"args":'
         + args_json
         + b',"namespace":"control","version":"1.0","_unique_id":"'
-        + uuid.uuid4().hex.encode()
+        + unique_id()
         + b'"'
     )
 
@@ -399,7 +420,7 @@ def encode_reply(
         + b',"ending":true,"_msg_id":'
         + _encoder.encode(msg_id)
         + b',"_unique_id":"'
-        + uuid.uuid4().hex.encode()
+        + unique_id()
         + b'"}'
     )
     return _envelope(inner)
