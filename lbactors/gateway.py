@@ -184,6 +184,11 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
+#: seconds the gateway remembers when each load balancer's last outcome came out
+#: (``Gateway.lbs_busy_since``; the repair looks back ``stats.sync_timeout``)
+BUSY_KEPT_S = 300.0
+
+
 def _remember(recent: OrderedDict[_K, _V], key: _K, value: _V, limit: int) -> None:
     """``recent[key] = value`` as the newest entry; the oldest go beyond ``limit``."""
     recent[key] = value
@@ -669,6 +674,8 @@ class Gateway:
         self._ledger: dict[int, _Pending] = {}
         #: load balancer id -> its deliveries in the ledger
         self._ledger_lbs: dict[str, int] = {}
+        #: lb_id -> trio time its last outcome came out, oldest first, kept BUSY_KEPT_S
+        self._lb_outcome_at: OrderedDict[str, float] = OrderedDict()
         self._generation = 0
         self._publish_channel: Channel | None = None
         self._connected = trio.Event()
@@ -1543,6 +1550,7 @@ class Gateway:
                     ledger_lbs[pending.lb_id] = left
                 else:
                     ledger_lbs.pop(pending.lb_id, None)
+                self._outcome_out(pending.lb_id)
                 if pending.generation != generation:
                     log.debug("dropped outcome of a lost delivery", op_id=outcome.op_id)
                     continue
@@ -1574,6 +1582,28 @@ class Gateway:
                 )
         finally:
             published.close()
+
+    def _outcome_out(self, lb_id: str) -> None:
+        recent = self._lb_outcome_at
+        now = trio.current_time()
+        recent[lb_id] = now
+        recent.move_to_end(lb_id)
+        while True:
+            oldest = next(iter(recent.values()))
+            if oldest >= now - BUSY_KEPT_S:
+                break
+            recent.popitem(last=False)
+
+    def lbs_busy_since(self, since: float) -> set[str]:
+        """Load balancers with an operation in flight here, or whose last outcome came out
+        at or after ``since`` (trio time; at most ``BUSY_KEPT_S`` ago): the out-of-sync
+        repair leaves them alone (``statistics.run_round``)."""
+        busy = set(self._ledger_lbs)
+        for lb_id, at in reversed(self._lb_outcome_at.items()):
+            if at < since:
+                break
+            busy.add(lb_id)
+        return busy
 
     async def _publish_reassertion(
         self,

@@ -85,6 +85,11 @@ class DriverLink(Protocol):
 
     async def call_driver(self, method: str, args_json: bytes, ttl: float) -> Any: ...
 
+    def lbs_busy_since(self, since: float) -> set[str]:
+        """Load balancers with an operation in flight, or whose last operation's outcome came
+        out at or after ``since`` (trio time): their status is moving, the repair leaves them."""
+        ...
+
 
 def batches(listeners: list[ListenerStatistics], size: int) -> Iterator[list[ListenerStatistics]]:
     """Consecutive chunks of at most ``size`` entries; nothing for an empty list."""
@@ -147,10 +152,13 @@ async def run_round(
     what they own: Octavia lists a load balancer as ACTIVE only after our status cast said
     so, which is after its actor took it on, so every id in the answer is owned by then.
     Asked the other way round, a load balancer created between the workers' answer and the
-    driver's was reported OFFLINE though it was fine.
+    driver's was reported OFFLINE though it was fine. And a load balancer whose operations
+    ran here since ``sync_timeout`` before the driver was asked is left out: one deleted
+    meanwhile is owned by nobody, but the driver may not have read its DELETED yet.
     """
     sync = settings.sync_every > 0 and round_number % settings.sync_every == 0
     settled_before = ownership.settled_shards() if ownership is not None else {}
+    asked_at = trio.current_time()
     active = await _active_in_driver(settings, driver) if sync else None
     if ownership is None:
         report = await source.collect_round(settings.worker_timeout, with_owned_ids=sync)
@@ -177,6 +185,8 @@ async def run_round(
             # until now: never one another daemon serves
             held = owned_throughout(settled_before, ownership.settled_shards())
             active = [lb_id for lb_id in active if ownership.shard_of_lb(lb_id) in held]
+        busy = driver.lbs_busy_since(asked_at - settings.sync_timeout)
+        active = [lb_id for lb_id in active if lb_id not in busy]
         messages += await _report_offline(driver, active, report.owned_lb_ids, ownership is None)
     return messages
 

@@ -23,7 +23,7 @@ from lbactors.amqp import oslo
 from lbactors.amqp.connection import open_connection
 from lbactors.amqp.protocol import TRUNCATED_HEAD
 from lbactors.backends.noop import NoopBackend
-from lbactors.gateway import Gateway, GatewaySettings, serve_gateway
+from lbactors.gateway import BUSY_KEPT_S, Gateway, GatewaySettings, serve_gateway
 from lbactors.messages import Outcome
 from tests.conftest import close_vhost_connections
 from tests.octavia_side import LoadBalancerTree, OsloDriver, normalized
@@ -111,6 +111,9 @@ async def test_oslo_cast_runs_and_status_reaches_the_oslo_endpoint(
             while gateway.in_flight:
                 await trio.sleep(0.01)
         assert gateway.counters.completed == 4
+        # the repair leaves a load balancer alone while its operations come out
+        assert gateway.lbs_busy_since(trio.current_time() - 60) == {tree.lb_id}
+        assert gateway.lbs_busy_since(trio.current_time() + 1) == set()
 
 
 async def test_oslo_call_validate_flavor_gets_our_reply(settings: GatewaySettings) -> None:
@@ -361,3 +364,26 @@ async def test_malformed_messages_of_every_kind_leave_the_queue_without_a_reconn
             assert gateway.counters.rejected == len(messages)
             assert gateway.counters.reconnects == 0
         await channel.queue_delete(dead_queue)
+
+
+async def test_busy_load_balancers_are_those_in_flight_or_with_a_recent_outcome(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``lbs_busy_since``: in flight, or an outcome at or after the time asked; outcomes are
+    forgotten after ``BUSY_KEPT_S``."""
+    _, receive = trio.open_memory_channel[Outcome](1)
+    gateway = Gateway(GatewaySettings(), None, receive)  # type: ignore[arg-type]
+    with trio.fail_after(BUSY_KEPT_S * 3):
+        gateway._ledger_lbs["running"] = 1
+        gateway._outcome_out("a")
+        await trio.sleep(10)
+        gateway._outcome_out("b")
+        await trio.sleep(10)
+        gateway._outcome_out("a")  # a's last outcome is now the newest
+        now = trio.current_time()
+        assert gateway.lbs_busy_since(now - 5) == {"running", "a"}
+        assert gateway.lbs_busy_since(now - 15) == {"running", "a", "b"}
+        assert gateway.lbs_busy_since(now + 1) == {"running"}
+        await trio.sleep(BUSY_KEPT_S + 1)
+        gateway._outcome_out("c")
+        assert list(gateway._lb_outcome_at) == ["c"]

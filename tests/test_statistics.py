@@ -44,6 +44,8 @@ class FakeDriver:
         self.calls: list[str] = []
         self.active = active or []
         self.answer = answer
+        self.busy: set[str] = set()
+        self.busy_asked: list[float] = []
 
     async def publish_cast(self, method: str, args_json: bytes) -> None:
         self.casts.append((method, msgspec.json.decode(args_json)))
@@ -53,6 +55,10 @@ class FakeDriver:
         if not self.answer:
             await trio.sleep_forever()
         return self.active
+
+    def lbs_busy_since(self, since: float) -> set[str]:
+        self.busy_asked.append(since)
+        return self.busy
 
 
 def test_batches_split_at_the_limit_and_never_empty() -> None:
@@ -199,6 +205,9 @@ class CreatedDuringTheRound:
             self.created = True
         return sorted(self.owned())
 
+    def lbs_busy_since(self, since: float) -> set[str]:
+        return set()
+
 
 @pytest.mark.parametrize("created_during", ["call", "collect"])
 async def test_a_load_balancer_created_during_a_sync_round_is_not_reported_offline(
@@ -211,3 +220,21 @@ async def test_a_load_balancer_created_during_a_sync_round_is_not_reported_offli
         world = CreatedDuringTheRound(created_during=created_during)
         assert await run_round(StatisticsSettings(sync_every=1), world, world, 1) == 0
         assert world.casts == []
+
+
+async def test_a_load_balancer_busy_since_before_the_sync_is_not_reported_offline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One deleted while the driver was asked is owned by nobody when the workers answer,
+    though the driver listed it: the gateway says it was busy, so it is left alone; the
+    look-back is ``sync_timeout`` before the driver was asked."""
+    await trio.sleep(100)
+    with trio.fail_after(60):
+        report = RoundReport(listeners=[], status_changes=[], owned_lb_ids={"mine"})
+        driver = FakeDriver(active=["mine", "deleted", "lost"])
+        driver.busy = {"deleted"}
+        settings = StatisticsSettings(sync_every=1, sync_timeout=7)
+        assert await run_round(settings, FakeSource(report), driver, 1) == 1
+        assert driver.busy_asked == [pytest.approx(93)]
+        assert driver.casts == [("update_loadbalancer_status", {"status": {"loadbalancers": [
+            {"id": "lost", "operating_status": "OFFLINE"}]}})]
