@@ -78,7 +78,7 @@ from lbactors.status import (
     pool_delete_status,
 )
 
-__all__ = ["CallWatch", "DeadlineExceeded", "failed_outcome", "run_operation"]
+__all__ = ["CallWatch", "DeadlineExceeded", "failed_outcome", "resume", "run_operation"]
 
 log = structlog.get_logger("lbactors.dispatch")
 
@@ -171,7 +171,7 @@ async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None
 
 
 @types.coroutine
-def _resume(call: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
+def resume(call: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
     """Go on with ``call``, suspended at ``trap`` (what its first step yielded to trio): pass
     trio's answers in and its next traps out, as ``await`` would have."""
     while True:
@@ -202,7 +202,7 @@ async def _within_scope(
     scope.deadline = deadline
     watch.deadline = deadline
     try:
-        return await _resume(call, trap)
+        return await resume(call, trap)
     except trio.Cancelled:
         if not scope.cancel_called:
             raise  # cancelled from outside: not ours to turn into a failure
