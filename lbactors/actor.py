@@ -267,7 +267,7 @@ class ActorSystem:
         self._owned: dict[str, str | None] = {}
         self._idle_timeout = idle_timeout
         self._cancel_grace = cancel_grace
-        #: every operation running now (actors' and queries')
+        #: the watches of the runners (an operation's while it runs) and of running queries
         self._running: set[CallWatch] = set()
         #: the locks of the keys shared by several load balancers
         self.key_locks = KeyedLocks()
@@ -465,9 +465,9 @@ class ActorSystem:
         op = watch.op
         assert op is not None
         watch.abandoned = True
-        self._running.discard(watch)
         self.abandoned += 1
         overdue = now - watch.deadline
+        watch.deadline = math.inf  # given up on: never overdue again
         reason = (
             f"the backend call ignored its cancellation: still running {overdue:.1f} s "
             f"after its deadline"
@@ -568,8 +568,7 @@ class ActorSystem:
             trio.lowlevel.reschedule(self._parked.pop())
         self._closing_progress.set()
 
-    @types.coroutine
-    def _step(self, operation: Coroutine[Any, Any, _T]) -> Generator[Any, Any, _T]:
+    async def _step(self, operation: Coroutine[Any, Any, _T]) -> _T:
         """Await ``operation``; should it suspend (a backend call that waits, a key's lock,
         a full ``outcomes``), this runner is taken until it is over and the ready queue gets
         another runner. One that never suspends (the noop backend) costs no switch."""
@@ -577,6 +576,11 @@ class ActorSystem:
             trap = operation.send(None)
         except StopIteration as stop:
             return cast(_T, stop.value)
+        return await self._taken(operation, trap)
+
+    @types.coroutine
+    def _taken(self, operation: Coroutine[Any, Any, _T], trap: Any) -> Generator[Any, Any, _T]:
+        """The rest of ``operation``, suspended at ``trap`` (:meth:`_step`)."""
         self._free -= 1
         if self._ready and not self._free:
             self._add_runner()
@@ -612,7 +616,6 @@ class ActorSystem:
         key = op.key
         shared = bool(key) and key != op.lb_id
         watch.hold = functools.partial(self.key_locks.hold, key) if shared else None
-        self._running.add(watch)
         try:
             return await run_operation(
                 self._backend, op, parents_on_failure=self._parents_on_failure, watch=watch
@@ -629,12 +632,14 @@ class ActorSystem:
                 ),
                 reason=f"internal error: {type(exc).__name__}: {exc}",
             )
-        finally:
-            self._running.discard(watch)
 
     async def _run_query(self, op: Operation) -> None:
         watch = CallWatch()
-        outcome = await self._run_one(op, watch, None)
+        self._running.add(watch)
+        try:
+            outcome = await self._run_one(op, watch, None)
+        finally:
+            self._running.discard(watch)
         if not watch.abandoned:
             await self._outcomes.send(outcome)
         self._ended()
@@ -650,6 +655,7 @@ class ActorSystem:
         abandoned: the load balancer's later operations wait for it to return).
         """
         watch = CallWatch()
+        self._running.add(watch)
         mailbox: _Mailbox | None = None
         ran = 0
         try:
@@ -680,11 +686,17 @@ class ActorSystem:
                             mailbox.pass_room_on()
                         mailbox.busy = True
                         self._owned[mailbox.lb_id] = _owner_key(op, mailbox.lb_id)
-                        outcome = await self._step(self._run_one(op, watch, mailbox.log))
                         ran += 1
-                        if scope.cancel_called:
-                            carried = (op, outcome)
-                            break
+                        run = self._run_one(op, watch, mailbox.log)
+                        try:  # _step, inline: the hot path
+                            trap = run.send(None)
+                        except StopIteration as stop:
+                            outcome = stop.value  # it never suspended: no deadline fired
+                        else:
+                            outcome = await self._taken(run, trap)
+                            if scope.cancel_called:
+                                carried = (op, outcome)
+                                break
                         if await self._settle(mailbox, op, outcome, watch):
                             mailbox = None
                 watch.scope = None
@@ -698,6 +710,7 @@ class ActorSystem:
                 mailbox.close()
                 if self._actors.get(mailbox.lb_id) is mailbox:
                     del self._actors[mailbox.lb_id]
+            self._running.discard(watch)
             self._free -= 1
             self._runners -= 1
             self._ended()

@@ -159,8 +159,18 @@ class CallWatch:
 async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
     """Await one backend call, cancelled after ``seconds`` (then :class:`DeadlineExceeded`),
     holding ``watch.hold`` when there is one (waiting for it is not part of the deadline)."""
-    hold = watch.hold if watch is not None else None
+    if watch is None:
+        return await _within(call, seconds, None)
+    hold = watch.hold
     if hold is None:
+        scope = watch.scope
+        if scope is not None and type(call) is types.CoroutineType:
+            # an actor's call (the hot path): stepped here, with no coroutine in between
+            try:
+                trap = call.send(None)
+            except StopIteration as stop:  # done without suspending: no deadline applied
+                return stop.value
+            return await _suspended(call, trap, seconds, watch, scope)
         return await _within(call, seconds, watch)
     try:
         async with hold():
@@ -197,7 +207,18 @@ async def _within_scope(
         trap = call.send(None)
     except StopIteration as stop:  # done without suspending: no deadline could apply
         return stop.value
-    # it suspends: from now on it runs under its deadline (set before trio sees the trap)
+    return await _suspended(call, trap, seconds, watch, scope)
+
+
+async def _suspended(
+    call: Coroutine[Any, Any, Any],
+    trap: Any,
+    seconds: float,
+    watch: CallWatch,
+    scope: trio.CancelScope,
+) -> Any:
+    """The rest of ``call``, whose first step suspended at ``trap``, under its deadline on
+    ``scope`` (set before trio sees the trap, so measured from its first suspension)."""
     deadline = trio.current_time() + seconds
     scope.deadline = deadline
     watch.deadline = deadline
