@@ -180,9 +180,11 @@ class _Mailbox:
         return len(queue) < self.size or (not self.scheduled and not queue)
 
     def pass_room_on(self) -> None:
-        """Room appeared (or the actor went idle): the first waiting submitter may go."""
-        if self.waiting and self.room is not None:
-            self.room.unpark()
+        """Room appeared (or the actor went idle): the first waiting submitter may go
+        (unless one was woken already and has not run yet: the lot is empty then)."""
+        room = self.room
+        if self.waiting and room is not None and len(room):
+            room.unpark()
 
     def close(self) -> None:
         self.closed = True
@@ -610,28 +612,35 @@ class ActorSystem:
 
         return abort
 
-    async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
+    def _start(self, op: Operation, watch: CallWatch) -> Coroutine[Any, Any, Outcome]:
+        """``op`` under ``watch``, not yet started (:func:`run_operation`)."""
         watch.op = op
         watch.abandoned = False
         key = op.key
         shared = bool(key) and key != op.lb_id
         watch.hold = functools.partial(self.key_locks.hold, key) if shared else None
+        return run_operation(
+            self._backend, op, parents_on_failure=self._parents_on_failure, watch=watch
+        )
+
+    def _escaped(self, op: Operation, exc: Exception, actor_log: Any) -> Outcome:
+        """The outcome of ``op`` when even :func:`run_operation` raised (it never should:
+        this is the last net, so that nothing escapes an actor)."""
+        (actor_log or log).error("operation escaped", op_id=op.op_id, method=op.method, exc_info=exc)
+        return Outcome(
+            op_id=op.op_id,
+            lb_id=op.lb_id,
+            failure=Failure(
+                exc_class=type(exc).__name__, module=type(exc).__module__, message=str(exc)
+            ),
+            reason=f"internal error: {type(exc).__name__}: {exc}",
+        )
+
+    async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
         try:
-            return await run_operation(
-                self._backend, op, parents_on_failure=self._parents_on_failure, watch=watch
-            )
-        except Exception as exc:  # run_operation never raises; this is the last net
-            (actor_log or log).error(
-                "operation escaped", op_id=op.op_id, method=op.method, exc_info=exc
-            )
-            return Outcome(
-                op_id=op.op_id,
-                lb_id=op.lb_id,
-                failure=Failure(
-                    exc_class=type(exc).__name__, module=type(exc).__module__, message=str(exc)
-                ),
-                reason=f"internal error: {type(exc).__name__}: {exc}",
-            )
+            return await self._start(op, watch)
+        except Exception as exc:
+            return self._escaped(op, exc, actor_log)
 
     async def _run_query(self, op: Operation) -> None:
         watch = CallWatch()
@@ -656,6 +665,7 @@ class ActorSystem:
         """
         watch = CallWatch()
         self._running.add(watch)
+        outcomes = self._outcomes
         mailbox: _Mailbox | None = None
         ran = 0
         try:
@@ -687,24 +697,39 @@ class ActorSystem:
                         mailbox.busy = True
                         self._owned[mailbox.lb_id] = _owner_key(op, mailbox.lb_id)
                         ran += 1
-                        run = self._run_one(op, watch, mailbox.log)
-                        try:  # _step, inline: the hot path
+                        # _run_one and _step, inline: the hot path
+                        run = self._start(op, watch)
+                        try:
                             trap = run.send(None)
                         except StopIteration as stop:
                             outcome = stop.value  # it never suspended: no deadline fired
+                        except Exception as exc:
+                            outcome = self._escaped(op, exc, mailbox.log)
                         else:
-                            outcome = await self._taken(run, trap)
+                            try:
+                                outcome = await self._taken(run, trap)
+                            except Exception as exc:
+                                outcome = self._escaped(op, exc, mailbox.log)
                             if scope.cancel_called:
                                 carried = (op, outcome)
                                 break
-                        if await self._settle(mailbox, op, outcome, watch):
-                            mailbox = None
+                        retired = self._settle(mailbox, op, outcome, watch)
+                        if retired is not None:
+                            try:  # _send, inline
+                                outcomes.send_nowait(outcome)
+                            except trio.WouldBlock:
+                                await self._step(outcomes.send(outcome))
+                            if retired:
+                                mailbox = None
                 watch.scope = None
                 if carried is None:
                     return
                 assert mailbox is not None
-                if await self._settle(mailbox, *carried, watch):
-                    mailbox = None
+                retired = self._settle(mailbox, *carried, watch)
+                if retired is not None:
+                    await self._send(carried[1])
+                    if retired:
+                        mailbox = None
         finally:
             if mailbox is not None:  # cancelled with it: later submitters go to a fresh one
                 mailbox.close()
@@ -715,11 +740,12 @@ class ActorSystem:
             self._runners -= 1
             self._ended()
 
-    async def _settle(
+    def _settle(
         self, mailbox: _Mailbox, op: Operation, outcome: Outcome, watch: CallWatch
-    ) -> bool:
-        """After ``op`` ran: its outcome into ``outcomes`` (in order), the re-assertions it
-        changes, the actor's retirement; whether the actor retired."""
+    ) -> bool | None:
+        """After ``op`` ran, before its outcome goes into ``outcomes`` (:meth:`_send`, at
+        once, so in order): the re-assertions it changes, the actor's retirement. Whether
+        the actor retired; ``None``: the outcome went out already (abandoned), drop it."""
         lb_id = mailbox.lb_id
         mailbox.busy = False
         mailbox.last_used = self._clock.current_time()
@@ -732,7 +758,7 @@ class ActorSystem:
                 op_id=op.op_id,
                 method=op.method,
             )
-            return False
+            return None
         if outcome.reason is None:
             mailbox.log.debug("operation done", op_id=op.op_id, method=op.method)
         deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(outcome, lb_id)
@@ -750,12 +776,14 @@ class ActorSystem:
             mailbox.close()
             mailbox.scheduled = False
             mailbox.log.debug("actor retired", op_id=op.op_id, method=op.method)
+        return retire
+
+    async def _send(self, outcome: Outcome) -> None:
         outcomes = self._outcomes
         try:
             outcomes.send_nowait(outcome)
         except trio.WouldBlock:
             await self._step(outcomes.send(outcome))
-        return retire
 
     def _not_before(self, lb_id: str, now: float) -> float:
         """When a re-assertion of ``lb_id`` may be sent: ``now`` if it has no operation
