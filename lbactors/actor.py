@@ -571,9 +571,9 @@ class ActorSystem:
         self._closing_progress.set()
 
     async def _step(self, operation: Coroutine[Any, Any, _T]) -> _T:
-        """Await ``operation``; should it suspend (a backend call that waits, a key's lock,
-        a full ``outcomes``), this runner is taken until it is over and the ready queue gets
-        another runner. One that never suspends (the noop backend) costs no switch."""
+        """Await ``operation`` (an outcome sent into a full ``outcomes``); should it suspend,
+        this runner is taken until it is over and the ready queue gets another runner. (An
+        operation's own waits are reported by dispatch instead: ``CallWatch.on_wait``.)"""
         try:
             trap = operation.send(None)
         except StopIteration as stop:
@@ -664,6 +664,21 @@ class ActorSystem:
         abandoned: the load balancer's later operations wait for it to return).
         """
         watch = CallWatch()
+        waited = False
+
+        def on_wait(waiting: bool) -> None:
+            # the operation waits (dispatch.CallWatch.on_wait): this runner is taken until
+            # it is over, and the ready queue needs another
+            nonlocal waited
+            if waiting:
+                waited = True
+                self._free -= 1
+                if self._ready and not self._free:
+                    self._add_runner()
+            else:
+                self._free += 1
+
+        watch.on_wait = on_wait
         self._running.add(watch)
         outcomes = self._outcomes
         mailbox: _Mailbox | None = None
@@ -697,22 +712,14 @@ class ActorSystem:
                         mailbox.busy = True
                         self._owned[mailbox.lb_id] = _owner_key(op, mailbox.lb_id)
                         ran += 1
-                        # _run_one and _step, inline: the hot path
-                        run = self._start(op, watch)
-                        try:
-                            trap = run.send(None)
-                        except StopIteration as stop:
-                            outcome = stop.value  # it never suspended: no deadline fired
+                        waited = False
+                        try:  # _run_one, inline: the hot path
+                            outcome = await self._start(op, watch)
                         except Exception as exc:
                             outcome = self._escaped(op, exc, mailbox.log)
-                        else:
-                            try:
-                                outcome = await self._taken(run, trap)
-                            except Exception as exc:
-                                outcome = self._escaped(op, exc, mailbox.log)
-                            if scope.cancel_called:
-                                carried = (op, outcome)
-                                break
+                        if waited and scope.cancel_called:  # else no deadline could fire
+                            carried = (op, outcome)
+                            break
                         retired = self._settle(mailbox, op, outcome, watch)
                         if retired is not None:
                             try:  # _send, inline

@@ -140,7 +140,7 @@ class CallWatch:
     """One running operation, as the actor system watches it: ``deadline`` is when its
     current backend call must be over (trio clock; ``inf`` between calls)."""
 
-    __slots__ = ("abandoned", "deadline", "hold", "op", "scope")
+    __slots__ = ("abandoned", "deadline", "hold", "on_wait", "op", "scope")
 
     def __init__(self, op: Operation | None = None) -> None:
         self.op = op
@@ -154,6 +154,10 @@ class CallWatch:
         #: Once it is ``cancel_called`` the caller must leave it before awaiting anything
         #: else, and give the next operation a fresh one. ``None``: a scope per call.
         self.scope: trio.CancelScope | None = None
+        #: told ``True`` before the operation may wait (a backend call that suspended, a
+        #: key's lock) and ``False`` once that is over: backend calls are the only places
+        #: where :func:`run_operation` can suspend (an actor's runner is taken meanwhile)
+        self.on_wait: Callable[[bool], None] | None = None
 
 
 async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
@@ -161,16 +165,30 @@ async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None
     holding ``watch.hold`` when there is one (waiting for it is not part of the deadline)."""
     if watch is None:
         return await _within(call, seconds, None)
+    scope = watch.scope
+    if watch.hold is None and scope is not None and type(call) is types.CoroutineType:
+        # an actor's call (the hot path): stepped here, with no coroutine in between
+        try:
+            trap = call.send(None)
+        except StopIteration as stop:  # done without suspending: no deadline applied
+            return stop.value
+        rest = _suspended(call, trap, seconds, watch, scope)
+    else:
+        rest = _held(call, seconds, watch)  # may or may not wait: counted as waiting
+    on_wait = watch.on_wait
+    if on_wait is None:
+        return await rest
+    on_wait(True)
+    try:
+        return await rest
+    finally:
+        on_wait(False)
+
+
+async def _held(call: Awaitable[Any], seconds: float, watch: CallWatch) -> Any:
+    """:func:`_within`, holding ``watch.hold`` when there is one."""
     hold = watch.hold
     if hold is None:
-        scope = watch.scope
-        if scope is not None and type(call) is types.CoroutineType:
-            # an actor's call (the hot path): stepped here, with no coroutine in between
-            try:
-                trap = call.send(None)
-            except StopIteration as stop:  # done without suspending: no deadline applied
-                return stop.value
-            return await _suspended(call, trap, seconds, watch, scope)
         return await _within(call, seconds, watch)
     try:
         async with hold():
