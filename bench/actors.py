@@ -162,6 +162,9 @@ async def run_size(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(consume)
         gc.collect()
+        # the payloads prepared above stay to the end: out of the collector's sight, as the
+        # worker freezes what it holds once started (lbactors.worker.serve_worker)
+        gc.freeze()
         start = time.perf_counter()
         cpu_start = time.process_time()
         async with open_actor_system(
@@ -187,6 +190,7 @@ async def run_size(
             await done.wait()
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
+    gc.unfreeze()  # the next size starts from a clean slate
     await backend.aclose()
     return Result(
         load_balancers=n_lbs,

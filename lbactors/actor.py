@@ -1,7 +1,14 @@
-"""One actor per load balancer: a task with a bounded mailbox that runs one operation at a time.
+"""One actor per load balancer: a bounded mailbox whose operations run one at a time.
 
-:func:`open_actor_system` owns the actors (tasks in its nursery) and the ``outcomes``
-channel. :meth:`ActorSystem.submit` hands an :class:`~lbactors.messages.Operation` to the
+:func:`open_actor_system` owns the actors and the ``outcomes`` channel. An actor is data,
+not a task: a mailbox with work is *ready*, and a few runner tasks (in the system's nursery)
+take ready mailboxes in turn and run each one's operations until it is empty. A runner stays
+with an operation that suspends (a backend call that waits); when every runner waits so,
+the next ready mailbox gets a new runner, and runners left with nothing to do end, except
+``SPARE_RUNNERS`` parked ones. So a backend whose calls never suspend (the noop backend)
+runs every load balancer on one task, with no task switch per operation and no task per
+load balancer, and one whose calls wait runs as many at once as it has calls waiting.
+:meth:`ActorSystem.submit` hands an :class:`~lbactors.messages.Operation` to the
 actor of ``op.lb_id``, creating it on first use, and waits while that actor's mailbox is full
 (backpressure travels back to whoever submits, and from there to the broker's prefetch).
 
@@ -55,17 +62,18 @@ import heapq
 import itertools
 import math
 import sys
+import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import msgspec
 import structlog
 import trio
 
 from lbactors.backends.base import Backend
-from lbactors.dispatch import CallWatch, failed_outcome, run_operation
+from lbactors.dispatch import CallWatch, failed_outcome, resume, run_operation
 from lbactors.messages import (
     Failure,
     ListenerStatistics,
@@ -89,7 +97,13 @@ REASSERT_BUSY_RETRY = 0.5
 #: driver that gates on our statuses casts its next operation within milliseconds of one,
 #: so a quiet load balancer is unlikely to have one on its way (the residual window)
 REASSERT_QUIET = 0.5
+#: runners kept parked when there is nothing to run; more end (one is spawned when all
+#: the others wait inside operations, so a backend whose calls suspend needs several)
+SPARE_RUNNERS = 4
+#: operations a runner runs before it lets the other tasks (the submitters) run
+RUN_BATCH = 64
 _PLURAL_KEYS = tuple(PLURAL.values())
+_T = TypeVar("_T")
 #: ``<kind>_create`` -> the status key of the created object's own entry
 _CREATED_KEY = {f"{kind}_create": key for kind, key in PLURAL.items()}
 
@@ -130,31 +144,24 @@ class KeyedLocks:
                 del self._locks[key]
 
 
-def _abort_read(mailbox: _Mailbox) -> Callable[[Any], trio.lowlevel.Abort]:
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        mailbox.reader = None
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    return abort
-
-
 class _Mailbox:
-    """One actor's operations: a deque, the actor parked on it while it is empty, and the
-    submitters waiting for room, served in the order they came (what a trio memory channel
-    of ``size`` does, ``0`` a rendezvous, without its per-operation objects and exceptions:
-    one of these per resident load balancer, one hand-over per operation)."""
+    """One load balancer's actor, as data: its queued operations and the submitters waiting
+    for room, served in the order they came (what a trio memory channel of ``size`` does,
+    ``0`` a rendezvous, without its per-operation objects and exceptions). No task of its
+    own: while it has work it is *scheduled*, in the system's ready queue or held by the one
+    runner task that runs its operations (:meth:`ActorSystem._serve_runner`)."""
 
     __slots__ = (
-        "busy", "closed", "last_used", "lb_id", "queue", "reader", "room", "size", "waiting",
-        "watch",
+        "busy", "closed", "last_used", "lb_id", "log", "queue", "room", "scheduled", "size",
+        "waiting",
     )
 
     def __init__(self, lb_id: str, size: float) -> None:
         self.lb_id = lb_id
         self.size = size
         self.queue: deque[Operation] = deque()
-        #: the actor, parked while the queue is empty
-        self.reader: trio.lowlevel.Task | None = None
+        #: in the ready queue or held by a runner; ``False``: idle, as a parked actor
+        self.scheduled = False
         #: submitters waiting for room (created when the first one has to wait)
         self.room: trio.lowlevel.ParkingLot | None = None
         #: submitters waiting for room, or woken and not yet run: later ones queue behind
@@ -165,43 +172,28 @@ class _Mailbox:
         self.busy = False
         #: when an operation was last handed over or finished (trio clock)
         self.last_used = 0.0
-        #: the operation running now and the deadline of its backend call
-        self.watch = CallWatch()
+        #: logger bound to the load balancer
+        self.log: Any = log.bind(lb_id=lb_id)
 
     def has_room(self) -> bool:
         queue = self.queue
-        return len(queue) < self.size or (self.reader is not None and not queue)
-
-    def put(self, op: Operation) -> None:
-        self.queue.append(op)
-        reader = self.reader
-        if reader is not None:
-            self.reader = None
-            trio.lowlevel.reschedule(reader)
+        return len(queue) < self.size or (not self.scheduled and not queue)
 
     def pass_room_on(self) -> None:
-        """Room appeared (or the actor is about to wait): the first waiting submitter may go."""
-        if self.waiting and self.room is not None:
-            self.room.unpark()
-
-    async def wait_for_work(self) -> None:
-        """Park the actor until an operation arrives or the mailbox closes."""
-        self.pass_room_on()  # a rendezvous: a waiting submitter may hand over now
-        self.reader = trio.lowlevel.current_task()
-        await trio.lowlevel.wait_task_rescheduled(_abort_read(self))
+        """Room appeared (or the actor went idle): the first waiting submitter may go
+        (unless one was woken already and has not run yet: the lot is empty then)."""
+        room = self.room
+        if self.waiting and room is not None and len(room):
+            room.unpark()
 
     def close(self) -> None:
         self.closed = True
-        reader = self.reader
-        if reader is not None:
-            self.reader = None
-            trio.lowlevel.reschedule(reader)
         if self.room is not None:
             self.room.unpark_all()
 
-    async def wait_for_room(self, op: Operation) -> bool:
-        """``op`` into the queue once there is room and the submitters before it went;
-        ``False`` if the mailbox closed first."""
+    async def wait_for_room(self, put: Callable[[_Mailbox, Operation], None], op: Operation) -> bool:
+        """``put(self, op)`` once there is room and the submitters before it went; ``False``
+        if the mailbox closed first."""
         self.waiting += 1
         if self.room is None:
             self.room = trio.lowlevel.ParkingLot()
@@ -211,7 +203,7 @@ class _Mailbox:
                 if self.closed:
                     return False
                 if self.has_room():
-                    self.put(op)
+                    put(self, op)
                     return True
         finally:
             self.waiting -= 1
@@ -277,7 +269,7 @@ class ActorSystem:
         self._owned: dict[str, str | None] = {}
         self._idle_timeout = idle_timeout
         self._cancel_grace = cancel_grace
-        #: every operation running now (actors' and queries')
+        #: the watches of the runners (an operation's while it runs) and of running queries
         self._running: set[CallWatch] = set()
         #: the locks of the keys shared by several load balancers
         self.key_locks = KeyedLocks()
@@ -304,6 +296,15 @@ class ActorSystem:
         self.reassertions_sent = 0
         #: trio's clock, read directly on the hot path (what trio.current_time() reads)
         self._clock = trio.lowlevel.current_clock()
+        #: scheduled mailboxes that no runner holds, in the order they got work
+        self._ready: deque[_Mailbox] = deque()
+        #: runner tasks alive
+        self._runners = 0
+        #: runners that will come back to ``_ready`` without waiting for anything: neither
+        #: parked nor inside a suspended operation. ``0`` with work ready: one more is needed
+        self._free = 0
+        #: parked runners, the last parked woken first
+        self._parked: list[trio.lowlevel.Task] = []
 
     # ------------------------------------------------------------------ public
 
@@ -332,11 +333,13 @@ class ActorSystem:
             mailbox.last_used = self._clock.current_time()
             if not mailbox.waiting and mailbox.has_room():
                 # hot path: room in the mailbox, no trip through the scheduler
-                mailbox.put(op)
+                self._put(mailbox, op)
                 return
-            if await mailbox.wait_for_room(op):
+            if await mailbox.wait_for_room(self._put, op):
                 return
             # the actor retired while we waited: a fresh one takes the operation
+            if self._closed:
+                raise trio.ClosedResourceError("the actor system is closed")
 
     def actor_count(self) -> int:
         """How many actors are alive (load balancers used within ``idle_timeout``)."""
@@ -388,14 +391,14 @@ class ActorSystem:
             idle = [
                 mailbox
                 for mailbox in self._actors.values()
-                if not mailbox.busy
+                if not mailbox.scheduled
                 and mailbox.last_used < deadline
                 and not mailbox.queue
                 and not mailbox.waiting
             ]
             for mailbox in idle:
                 del self._actors[mailbox.lb_id]
-                mailbox.close()  # the actor sees the end of its mailbox and returns
+                mailbox.close()
 
     async def reassert_due(self) -> None:
         """Send the re-assertions that are due (module docstring), until cancelled.
@@ -452,7 +455,7 @@ class ActorSystem:
         deadline (it ignored its cancellation; see the module docstring), until the system
         is closed and nothing runs any more."""
         period = min(1.0, max(self._cancel_grace / 2, 0.05))
-        while not (self._closed and not self._actors and not self._running):
+        while not (self._closed and not self._runners and not self._running):
             with trio.move_on_after(period):
                 await self._closing_progress.wait()
             self._closing_progress = trio.Event()
@@ -464,9 +467,9 @@ class ActorSystem:
         op = watch.op
         assert op is not None
         watch.abandoned = True
-        self._running.discard(watch)
         self.abandoned += 1
         overdue = now - watch.deadline
+        watch.deadline = math.inf  # given up on: never overdue again
         reason = (
             f"the backend call ignored its cancellation: still running {overdue:.1f} s "
             f"after its deadline"
@@ -536,57 +539,153 @@ class ActorSystem:
     def _spawn(self, lb_id: str) -> _Mailbox:
         mailbox = _Mailbox(sys.intern(lb_id), self._mailbox_size)
         self._actors[lb_id] = mailbox
-        self._nursery.start_soon(self._serve_actor, mailbox, name=f"actor {lb_id}")
+        mailbox.log.debug("actor started")
         return mailbox
+
+    def _put(self, mailbox: _Mailbox, op: Operation) -> None:
+        """``op`` into ``mailbox`` (there is room); an idle mailbox becomes ready, and gets a
+        runner if every runner is parked or waiting inside an operation."""
+        mailbox.queue.append(op)
+        if not mailbox.scheduled:
+            mailbox.scheduled = True
+            self._ready.append(mailbox)
+            if not self._free:
+                self._add_runner()
+
+    def _add_runner(self) -> None:
+        """One more runner for the ready queue: a parked one, else a new task."""
+        self._free += 1
+        if self._parked:
+            trio.lowlevel.reschedule(self._parked.pop())
+            return
+        self._runners += 1
+        self._nursery.start_soon(self._serve_runner, name="actor runner")
 
     def _close(self) -> None:
         self._closed = True
         for mailbox in self._actors.values():
             mailbox.close()
+        while self._parked:  # nothing new will come: they end
+            self._free += 1
+            trio.lowlevel.reschedule(self._parked.pop())
         self._closing_progress.set()
 
-    async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
+    async def _step(self, operation: Coroutine[Any, Any, _T]) -> _T:
+        """Await ``operation`` (an outcome sent into a full ``outcomes``); should it suspend,
+        this runner is taken until it is over and the ready queue gets another runner. (An
+        operation's own waits are reported by dispatch instead: ``CallWatch.on_wait``.)"""
+        try:
+            trap = operation.send(None)
+        except StopIteration as stop:
+            return cast(_T, stop.value)
+        return await self._taken(operation, trap)
+
+    @types.coroutine
+    def _taken(self, operation: Coroutine[Any, Any, _T], trap: Any) -> Generator[Any, Any, _T]:
+        """The rest of ``operation``, suspended at ``trap`` (:meth:`_step`)."""
+        self._free -= 1
+        if self._ready and not self._free:
+            self._add_runner()
+        try:
+            return cast(_T, (yield from resume(operation, trap)))
+        finally:
+            self._free += 1
+
+    async def _next_mailbox(self) -> _Mailbox | None:
+        """The next ready mailbox, parking while there is none; ``None``: this runner ends
+        (the system is closed, or enough runners are parked already)."""
+        ready = self._ready
+        while not ready:
+            if self._closed or len(self._parked) >= SPARE_RUNNERS:
+                return None
+            task = trio.lowlevel.current_task()
+            self._free -= 1
+            self._parked.append(task)
+            await trio.lowlevel.wait_task_rescheduled(self._abort_park(task))
+        return ready.popleft()
+
+    def _abort_park(self, task: trio.lowlevel.Task) -> Callable[[Any], trio.lowlevel.Abort]:
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked.remove(task)
+            self._free += 1
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return abort
+
+    def _start(self, op: Operation, watch: CallWatch) -> Coroutine[Any, Any, Outcome]:
+        """``op`` under ``watch``, not yet started (:func:`run_operation`)."""
         watch.op = op
         watch.abandoned = False
         key = op.key
         shared = bool(key) and key != op.lb_id
         watch.hold = functools.partial(self.key_locks.hold, key) if shared else None
-        self._running.add(watch)
+        return run_operation(
+            self._backend, op, parents_on_failure=self._parents_on_failure, watch=watch
+        )
+
+    def _escaped(self, op: Operation, exc: Exception, actor_log: Any) -> Outcome:
+        """The outcome of ``op`` when even :func:`run_operation` raised (it never should:
+        this is the last net, so that nothing escapes an actor)."""
+        (actor_log or log).error("operation escaped", op_id=op.op_id, method=op.method, exc_info=exc)
+        return Outcome(
+            op_id=op.op_id,
+            lb_id=op.lb_id,
+            failure=Failure(
+                exc_class=type(exc).__name__, module=type(exc).__module__, message=str(exc)
+            ),
+            reason=f"internal error: {type(exc).__name__}: {exc}",
+        )
+
+    async def _run_one(self, op: Operation, watch: CallWatch, actor_log: Any) -> Outcome:
         try:
-            return await run_operation(
-                self._backend, op, parents_on_failure=self._parents_on_failure, watch=watch
-            )
-        except Exception as exc:  # run_operation never raises; this is the last net
-            (actor_log or log).error(
-                "operation escaped", op_id=op.op_id, method=op.method, exc_info=exc
-            )
-            return Outcome(
-                op_id=op.op_id,
-                lb_id=op.lb_id,
-                failure=Failure(
-                    exc_class=type(exc).__name__, module=type(exc).__module__, message=str(exc)
-                ),
-                reason=f"internal error: {type(exc).__name__}: {exc}",
-            )
-        finally:
-            self._running.discard(watch)
+            return await self._start(op, watch)
+        except Exception as exc:
+            return self._escaped(op, exc, actor_log)
 
     async def _run_query(self, op: Operation) -> None:
         watch = CallWatch()
-        outcome = await self._run_one(op, watch, None)
+        self._running.add(watch)
+        try:
+            outcome = await self._run_one(op, watch, None)
+        finally:
+            self._running.discard(watch)
         if not watch.abandoned:
             await self._outcomes.send(outcome)
         self._ended()
 
-    async def _serve_actor(self, mailbox: _Mailbox) -> None:
-        lb_id = mailbox.lb_id
-        actor_log = log.bind(lb_id=lb_id)
-        actor_log.debug("actor started")
-        queue = mailbox.queue
-        watch = mailbox.watch
+    async def _serve_runner(self) -> None:
+        """Run ready mailboxes, each until it is empty, one operation at a time; end when
+        none is ready and enough runners are parked, or the system is closed.
+
+        A mailbox is held by one runner from the moment it leaves the ready queue until its
+        queue is empty (or its actor retired): the operations of a load balancer never
+        overlap and run in order, and its outcomes leave in that order. A runner stays with
+        an operation that suspends (and so behind a call that ignores its cancellation,
+        abandoned: the load balancer's later operations wait for it to return).
+        """
+        watch = CallWatch()
+        waited = False
+
+        def on_wait(waiting: bool) -> None:
+            # the operation waits (dispatch.CallWatch.on_wait): this runner is taken until
+            # it is over, and the ready queue needs another
+            nonlocal waited
+            if waiting:
+                waited = True
+                self._free -= 1
+                if self._ready and not self._free:
+                    self._add_runner()
+            else:
+                self._free += 1
+
+        watch.on_wait = on_wait
+        self._running.add(watch)
+        outcomes = self._outcomes
+        mailbox: _Mailbox | None = None
+        ran = 0
         try:
             while True:
-                # One cancel scope for the operations of this actor, not one per backend
+                # One cancel scope for the operations this runner runs, not one per backend
                 # call: a call that suspends gets its deadline on it (dispatch.CallWatch.scope).
                 # A deadline that expired leaves it cancelled: the outcome of that operation
                 # is settled outside it, and the next operations run in a fresh one.
@@ -594,53 +693,81 @@ class ActorSystem:
                 with trio.CancelScope() as scope:
                     watch.scope = scope
                     while True:
-                        if not queue:
-                            if mailbox.closed:
+                        if mailbox is None:
+                            mailbox = await self._next_mailbox()
+                            if mailbox is None:
                                 break
-                            await mailbox.wait_for_work()
+                        queue = mailbox.queue
+                        if not queue:
+                            mailbox.scheduled = False  # idle: a rendezvous may hand over now
+                            mailbox.pass_room_on()
+                            mailbox = None
+                            if ran >= RUN_BATCH:  # let the submitters and the rest run
+                                ran = 0
+                                await trio.lowlevel.checkpoint()
                             continue
                         op = queue.popleft()
                         if mailbox.waiting:
                             mailbox.pass_room_on()
                         mailbox.busy = True
-                        self._owned[lb_id] = _owner_key(op, lb_id)
-                        outcome = await self._run_one(op, watch, actor_log)
-                        if scope.cancel_called:
+                        self._owned[mailbox.lb_id] = _owner_key(op, mailbox.lb_id)
+                        ran += 1
+                        waited = False
+                        try:  # _run_one, inline: the hot path
+                            outcome = await self._start(op, watch)
+                        except Exception as exc:
+                            outcome = self._escaped(op, exc, mailbox.log)
+                        if waited and scope.cancel_called:  # else no deadline could fire
                             carried = (op, outcome)
                             break
-                        if await self._settle(mailbox, op, outcome, actor_log):
-                            return
+                        retired = self._settle(mailbox, op, outcome, watch)
+                        if retired is not None:
+                            try:  # _send, inline
+                                outcomes.send_nowait(outcome)
+                            except trio.WouldBlock:
+                                await self._step(outcomes.send(outcome))
+                            if retired:
+                                mailbox = None
                 watch.scope = None
                 if carried is None:
-                    break  # the mailbox ended
-                if await self._settle(mailbox, *carried, actor_log):
                     return
+                assert mailbox is not None
+                retired = self._settle(mailbox, *carried, watch)
+                if retired is not None:
+                    await self._send(carried[1])
+                    if retired:
+                        mailbox = None
         finally:
-            mailbox.close()  # whatever ends the actor: later submitters go to a fresh one
-        if self._actors.get(lb_id) is mailbox:
-            del self._actors[lb_id]
-        self._ended()
+            if mailbox is not None:  # cancelled with it: later submitters go to a fresh one
+                mailbox.close()
+                if self._actors.get(mailbox.lb_id) is mailbox:
+                    del self._actors[mailbox.lb_id]
+            self._running.discard(watch)
+            self._free -= 1
+            self._runners -= 1
+            self._ended()
 
-    async def _settle(
-        self, mailbox: _Mailbox, op: Operation, outcome: Outcome, actor_log: Any
-    ) -> bool:
-        """After ``op`` ran: its outcome into ``outcomes`` (in order), the re-assertions it
-        changes, the actor's retirement; whether the actor retired."""
+    def _settle(
+        self, mailbox: _Mailbox, op: Operation, outcome: Outcome, watch: CallWatch
+    ) -> bool | None:
+        """After ``op`` ran, before its outcome goes into ``outcomes`` (:meth:`_send`, at
+        once, so in order): the re-assertions it changes, the actor's retirement. Whether
+        the actor retired; ``None``: the outcome went out already (abandoned), drop it."""
         lb_id = mailbox.lb_id
         mailbox.busy = False
         mailbox.last_used = self._clock.current_time()
-        if mailbox.watch.abandoned:
+        if watch.abandoned:
             # its outcome went out already: the late result of a call that ignored
             # its cancellation is dropped. The call is over, so the operations
             # queued behind it may run now without overlapping it.
-            actor_log.warning(
+            mailbox.log.warning(
                 "abandoned backend call returned; its result is dropped",
                 op_id=op.op_id,
                 method=op.method,
             )
-            return False
+            return None
         if outcome.reason is None:
-            actor_log.debug("operation done", op_id=op.op_id, method=op.method)
+            mailbox.log.debug("operation done", op_id=op.op_id, method=op.method)
         deleted = op.method.startswith("loadbalancer_delete") and _deleted_lb(outcome, lb_id)
         if self._reassert_after:
             # before the outcome is in the channel: a re-assertion sent from now on
@@ -654,16 +781,16 @@ class ActorSystem:
                 del self._actors[lb_id]
             self._owned.pop(lb_id, None)
             mailbox.close()
-            actor_log.debug("actor retired", op_id=op.op_id, method=op.method)
+            mailbox.scheduled = False
+            mailbox.log.debug("actor retired", op_id=op.op_id, method=op.method)
+        return retire
+
+    async def _send(self, outcome: Outcome) -> None:
         outcomes = self._outcomes
         try:
             outcomes.send_nowait(outcome)
         except trio.WouldBlock:
-            await outcomes.send(outcome)
-        if retire:
-            self._ended()
-            return True
-        return False
+            await self._step(outcomes.send(outcome))
 
     def _not_before(self, lb_id: str, now: float) -> float:
         """When a re-assertion of ``lb_id`` may be sent: ``now`` if it has no operation

@@ -78,7 +78,7 @@ from lbactors.status import (
     pool_delete_status,
 )
 
-__all__ = ["CallWatch", "DeadlineExceeded", "failed_outcome", "run_operation"]
+__all__ = ["CallWatch", "DeadlineExceeded", "failed_outcome", "resume", "run_operation"]
 
 log = structlog.get_logger("lbactors.dispatch")
 
@@ -140,7 +140,7 @@ class CallWatch:
     """One running operation, as the actor system watches it: ``deadline`` is when its
     current backend call must be over (trio clock; ``inf`` between calls)."""
 
-    __slots__ = ("abandoned", "deadline", "hold", "op", "scope")
+    __slots__ = ("abandoned", "deadline", "hold", "on_wait", "op", "scope")
 
     def __init__(self, op: Operation | None = None) -> None:
         self.op = op
@@ -154,12 +154,40 @@ class CallWatch:
         #: Once it is ``cancel_called`` the caller must leave it before awaiting anything
         #: else, and give the next operation a fresh one. ``None``: a scope per call.
         self.scope: trio.CancelScope | None = None
+        #: told ``True`` before the operation may wait (a backend call that suspended, a
+        #: key's lock) and ``False`` once that is over: backend calls are the only places
+        #: where :func:`run_operation` can suspend (an actor's runner is taken meanwhile)
+        self.on_wait: Callable[[bool], None] | None = None
 
 
 async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None) -> Any:
     """Await one backend call, cancelled after ``seconds`` (then :class:`DeadlineExceeded`),
     holding ``watch.hold`` when there is one (waiting for it is not part of the deadline)."""
-    hold = watch.hold if watch is not None else None
+    if watch is None:
+        return await _within(call, seconds, None)
+    scope = watch.scope
+    if watch.hold is None and scope is not None and type(call) is types.CoroutineType:
+        # an actor's call (the hot path): stepped here, with no coroutine in between
+        try:
+            trap = call.send(None)
+        except StopIteration as stop:  # done without suspending: no deadline applied
+            return stop.value
+        rest = _suspended(call, trap, seconds, watch, scope)
+    else:
+        rest = _held(call, seconds, watch)  # may or may not wait: counted as waiting
+    on_wait = watch.on_wait
+    if on_wait is None:
+        return await rest
+    on_wait(True)
+    try:
+        return await rest
+    finally:
+        on_wait(False)
+
+
+async def _held(call: Awaitable[Any], seconds: float, watch: CallWatch) -> Any:
+    """:func:`_within`, holding ``watch.hold`` when there is one."""
+    hold = watch.hold
     if hold is None:
         return await _within(call, seconds, watch)
     try:
@@ -171,7 +199,7 @@ async def _bounded(call: Awaitable[Any], seconds: float, watch: CallWatch | None
 
 
 @types.coroutine
-def _resume(call: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
+def resume(call: Coroutine[Any, Any, Any], trap: Any) -> Generator[Any, Any, Any]:
     """Go on with ``call``, suspended at ``trap`` (what its first step yielded to trio): pass
     trio's answers in and its next traps out, as ``await`` would have."""
     while True:
@@ -197,12 +225,23 @@ async def _within_scope(
         trap = call.send(None)
     except StopIteration as stop:  # done without suspending: no deadline could apply
         return stop.value
-    # it suspends: from now on it runs under its deadline (set before trio sees the trap)
+    return await _suspended(call, trap, seconds, watch, scope)
+
+
+async def _suspended(
+    call: Coroutine[Any, Any, Any],
+    trap: Any,
+    seconds: float,
+    watch: CallWatch,
+    scope: trio.CancelScope,
+) -> Any:
+    """The rest of ``call``, whose first step suspended at ``trap``, under its deadline on
+    ``scope`` (set before trio sees the trap, so measured from its first suspension)."""
     deadline = trio.current_time() + seconds
     scope.deadline = deadline
     watch.deadline = deadline
     try:
-        return await _resume(call, trap)
+        return await resume(call, trap)
     except trio.Cancelled:
         if not scope.cancel_called:
             raise  # cancelled from outside: not ours to turn into a failure

@@ -263,6 +263,19 @@ METHODS = _build_args_types()
 _DECODERS = {method: msgspec.json.Decoder(spec[2]) for method, spec in METHODS.items()}
 
 
+#: CRUD method -> (the args field of its object, that of the old object of an update or
+#: ``None``, the path of the object's id in error messages): no string built per message
+_OBJECT_FIELDS = {
+    method: (
+        (f"new_{kind}", f"old_{kind}", f"new_{kind}.id")
+        if action == "update"
+        else (kind, None, f"{kind}.id")
+    )
+    for method, (kind, action, _) in METHODS.items()
+    if kind is not None
+}
+
+
 #: update method -> decoder of the keys present in its ``new_<kind>`` object
 _NEW_KEYS_DECODERS = {
     method: msgspec.json.Decoder(
@@ -365,13 +378,13 @@ def decode_request(method: str, raw: bytes) -> Request:
         metadata = None if metadata_field is None else getattr(args, metadata_field)
         return Request(method=method, kind=None, action="query", metadata=metadata)
 
-    if action == "update":
-        old = getattr(args, f"old_{kind}")
-        new = _merge(old, getattr(args, f"new_{kind}"), present)
-        obj, field = new, f"new_{kind}.id"
+    obj_field, old_field, field = _OBJECT_FIELDS[method]
+    if old_field is not None:
+        old = getattr(args, old_field)
+        obj = _merge(old, getattr(args, obj_field), present)
     else:
         old = None
-        obj, field = getattr(args, kind), f"{kind}.id"
+        obj = getattr(args, obj_field)
     if not obj.id:
         raise InvalidOperation(method, field, "object id is missing", object_kind=kind)
     return Request(

@@ -22,6 +22,7 @@ which :func:`parents_of` reports as ``loadbalancer_id=None``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -101,67 +102,90 @@ def _pool_listener_ids(pool: Pool | None) -> tuple[str, ...]:
     )
 
 
+def _listener_parents(obj: Listener) -> Parents:
+    lb = obj.loadbalancer
+    return Parents(
+        loadbalancer_id=_first(obj.loadbalancer_id, lb.id if lb else None),
+        listener_ids=(),
+        pool_id=None,
+        l7policy_id=None,
+    )
+
+
+def _pool_parents(obj: Pool) -> Parents:
+    return Parents(
+        loadbalancer_id=_first(
+            obj.loadbalancer_id,
+            obj.loadbalancer.id if obj.loadbalancer else None,
+            obj.listener.loadbalancer_id if obj.listener else None,
+        ),
+        listener_ids=_pool_listener_ids(obj),
+        pool_id=None,
+        l7policy_id=None,
+    )
+
+
+def _pool_child_parents(obj: Member | HealthMonitor) -> Parents:
+    pool = obj.pool
+    return Parents(
+        loadbalancer_id=_first(
+            obj.loadbalancer_id,
+            obj.loadbalancer.id if obj.loadbalancer else None,
+            pool.loadbalancer_id if pool else None,
+            pool.loadbalancer.id if pool and pool.loadbalancer else None,
+        ),
+        listener_ids=_pool_listener_ids(pool),
+        pool_id=_first(obj.pool_id, pool.id if pool else None),
+        l7policy_id=None,
+    )
+
+
+def _l7policy_parents(obj: L7Policy) -> Parents:
+    listener = obj.listener
+    listener_id = _first(obj.listener_id, listener.id if listener else None)
+    return Parents(
+        loadbalancer_id=_first(
+            listener.loadbalancer_id if listener else None,
+            listener.loadbalancer.id if listener and listener.loadbalancer else None,
+        ),
+        listener_ids=_all(listener_id),
+        pool_id=None,
+        l7policy_id=None,
+    )
+
+
+def _l7rule_parents(obj: L7Rule) -> Parents:
+    policy = obj.policy
+    listener = policy.listener if policy else None
+    listener_id = _first(policy.listener_id if policy else None, listener.id if listener else None)
+    return Parents(
+        loadbalancer_id=listener.loadbalancer_id if listener else None,
+        listener_ids=_all(listener_id),
+        pool_id=None,
+        l7policy_id=_first(obj.l7policy_id, policy.id if policy else None),
+    )
+
+
+#: the "Parents" table of status-semantics.md: class -> where its parents are, in order of
+#: preference (looked up by exact type: no walk of ``isinstance`` tests per object)
+_PARENTS_IN: dict[type, Callable[[Any], Parents]] = {
+    LoadBalancer: lambda _: _NO_PARENTS,
+    Listener: _listener_parents,
+    Pool: _pool_parents,
+    Member: _pool_child_parents,
+    HealthMonitor: _pool_child_parents,
+    L7Policy: _l7policy_parents,
+    L7Rule: _l7rule_parents,
+}
+
+
 def _parents_in(obj: OctaviaObject) -> Parents:
-    """The "Parents" table of status-semantics.md, for one object, in order of preference."""
-    if isinstance(obj, LoadBalancer):
-        return _NO_PARENTS
-    if isinstance(obj, Listener):
-        lb = obj.loadbalancer
-        return Parents(
-            loadbalancer_id=_first(obj.loadbalancer_id, lb.id if lb else None),
-            listener_ids=(),
-            pool_id=None,
-            l7policy_id=None,
-        )
-    if isinstance(obj, Pool):
-        return Parents(
-            loadbalancer_id=_first(
-                obj.loadbalancer_id,
-                obj.loadbalancer.id if obj.loadbalancer else None,
-                obj.listener.loadbalancer_id if obj.listener else None,
-            ),
-            listener_ids=_pool_listener_ids(obj),
-            pool_id=None,
-            l7policy_id=None,
-        )
-    if isinstance(obj, Member | HealthMonitor):
-        pool = obj.pool
-        return Parents(
-            loadbalancer_id=_first(
-                obj.loadbalancer_id,
-                obj.loadbalancer.id if obj.loadbalancer else None,
-                pool.loadbalancer_id if pool else None,
-                pool.loadbalancer.id if pool and pool.loadbalancer else None,
-            ),
-            listener_ids=_pool_listener_ids(pool),
-            pool_id=_first(obj.pool_id, pool.id if pool else None),
-            l7policy_id=None,
-        )
-    if isinstance(obj, L7Policy):
-        listener = obj.listener
-        listener_id = _first(obj.listener_id, listener.id if listener else None)
-        return Parents(
-            loadbalancer_id=_first(
-                listener.loadbalancer_id if listener else None,
-                listener.loadbalancer.id if listener and listener.loadbalancer else None,
-            ),
-            listener_ids=_all(listener_id),
-            pool_id=None,
-            l7policy_id=None,
-        )
-    if isinstance(obj, L7Rule):
-        policy = obj.policy
-        listener = policy.listener if policy else None
-        listener_id = _first(
-            policy.listener_id if policy else None, listener.id if listener else None
-        )
-        return Parents(
-            loadbalancer_id=listener.loadbalancer_id if listener else None,
-            listener_ids=_all(listener_id),
-            pool_id=None,
-            l7policy_id=_first(obj.l7policy_id, policy.id if policy else None),
-        )
-    raise TypeError(f"not an Octavia object: {type(obj).__name__}")  # pragma: no cover
+    find = _PARENTS_IN.get(type(obj))
+    if find is None:  # a subclass
+        find = next((f for cls, f in _PARENTS_IN.items() if isinstance(obj, cls)), None)
+        if find is None:
+            raise TypeError(f"not an Octavia object: {type(obj).__name__}")
+    return find(obj)
 
 
 def _check_kind(kind: str, obj: object) -> None:
@@ -307,13 +331,47 @@ def operation_status(
             obj, plan, completed=len(plan), failed=False, parents_on_failure=parents_on_failure
         )
 
-    entries = _Entries()
     if success:
-        entries.add(kind, own_id, DELETED if deleting else ACTIVE, ONLINE)
+        own = StatusEntry(
+            id=own_id, provisioning_status=DELETED if deleting else ACTIVE, operating_status=ONLINE
+        )
     else:
-        entries.add(kind, own_id, ERROR, ERROR)
-    entries.add_parents(parents_of(kind, obj, request.old), parent_prov, parent_oper)
-    return entries.build()
+        own = StatusEntry(id=own_id, provisioning_status=ERROR, operating_status=ERROR)
+    parents = parents_of(kind, obj, request.old)
+    # Built directly (this is every operation's status): no parent is of the object's own
+    # kind (the "Parents" table) and the listener ids are distinct, so no id repeats.
+    status = StatusUpdate()
+    setattr(status, PLURAL[kind], [own])
+    if parents.loadbalancer_id:
+        status.loadbalancers = [
+            StatusEntry(
+                id=parents.loadbalancer_id,
+                provisioning_status=parent_prov,
+                operating_status=parent_oper,
+            )
+        ]
+    if parents.listener_ids:
+        status.listeners = [
+            StatusEntry(
+                id=listener_id, provisioning_status=parent_prov, operating_status=parent_oper
+            )
+            for listener_id in parents.listener_ids
+        ]
+    if parents.pool_id:
+        status.pools = [
+            StatusEntry(
+                id=parents.pool_id, provisioning_status=parent_prov, operating_status=parent_oper
+            )
+        ]
+    if parents.l7policy_id:
+        status.l7policies = [
+            StatusEntry(
+                id=parents.l7policy_id,
+                provisioning_status=parent_prov,
+                operating_status=parent_oper,
+            )
+        ]
+    return status
 
 
 def pool_delete_status(

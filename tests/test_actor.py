@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -120,6 +121,65 @@ async def test_one_lb_runs_one_operation_at_a_time_different_lbs_overlap(
         ]
         assert overlaps  # the two LBs did run at the same time
         assert trio.current_time() == pytest.approx(4.0)  # 2 x 4 ops of 1 s each, in 4 s
+
+
+async def test_runners_are_added_while_calls_wait_and_only_spares_stay(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Actors are data run by runner tasks: a runner whose call suspends is taken, and the
+    next ready load balancer gets another runner, so ten load balancers whose calls each
+    take 1 s finish in 1 s; afterwards only ``SPARE_RUNNERS`` of the ten stay (parked)."""
+    with trio.fail_after(600):
+        ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(10)]
+        async with running(InstrumentedBackend(duration=1.0)) as h:
+            for i, lb_id in enumerate(ids):
+                await h.system.submit(make_op(i, "loadbalancer_create", lb_id=lb_id, args=lb_args(lb_id)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert task_names().count("actor runner") == len(ids)
+            await h.wait_for(len(ids))
+            assert trio.current_time() == pytest.approx(1.0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert task_names().count("actor runner") == lbactors.actor.SPARE_RUNNERS
+
+
+class CountingBackend(NoopBackend):
+    """Counts CRUD calls; its calls never suspend, as the noop backend's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def _put(self, kind: str, action: str, obj: Any, old: Any = None) -> None:
+        self.calls += 1
+        await super()._put(kind, action, obj, old)
+
+
+async def test_a_runner_lets_other_tasks_run_between_batches() -> None:
+    """Calls that never suspend never yield to trio: a runner yields itself every
+    ``RUN_BATCH`` operations, so a long ready queue does not starve the other tasks."""
+    with trio.fail_after(10):
+        batch = lbactors.actor.RUN_BATCH
+        # fewer outcomes than the harness's channel holds: a runner never waits on it
+        ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(12 * batch)]
+        backend = CountingBackend()
+        seen: list[int] = []
+        async with running(backend, mailbox_size=math.inf) as h, trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                while True:
+                    seen.append(backend.calls)
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(watch)
+            await trio.lowlevel.checkpoint()
+            for i, lb_id in enumerate(ids):  # no checkpoint: submit does not yield with room
+                await h.system.submit(make_op(i, "loadbalancer_create", lb_id=lb_id, args=lb_args(lb_id)))
+            await h.wait_for(len(ids))
+            nursery.cancel_scope.cancel()
+        # seen between batches (trio orders the tasks of a batch at random: not each one)
+        progress = sorted(set(seen) - {0})
+        assert progress[0] < len(ids)
+        assert len(progress) >= 3
 
 
 def tree_of(args: dict[str, Any], suffix: str) -> dict[str, Any]:
@@ -353,7 +413,8 @@ async def test_memory_follows_live_lbs_not_history() -> None:
             await h.wait_for(2 * len(ids))
             assert h.system.actor_count() == 0
             await trio.testing.wait_all_tasks_blocked()
-            assert not [name for name in task_names() if name.startswith("actor ")]
+            # no task per load balancer: one runner ran them all (no call ever suspended)
+            assert [name for name in task_names() if name.startswith("actor")] == ["actor runner"]
 
 
 def task_names() -> list[str]:
@@ -366,12 +427,12 @@ def task_names() -> list[str]:
     return names
 
 
-async def test_task_names_sees_actor_tasks() -> None:
+async def test_task_names_sees_runner_tasks() -> None:
     with trio.fail_after(10):
         async with running(NoopBackend()) as h:
             await h.system.submit(make_op(0, "loadbalancer_create"))
             await h.wait_for(1)
-            assert f"actor {LB}" in task_names()
+            assert "actor runner" in task_names()
 
 
 # --------------------------------------------------------------------------- nothing escapes
