@@ -44,6 +44,24 @@ OUTCOME_BATCH = 256
 OUTCOME_BUFFER = 1024
 
 
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's ``malloc_trim(0)``; a no-op where there is none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+#: gives the C heap's free pages back to the system. Each operation leaves short-lived
+#: objects (decoded payloads, frames, statistics readings) among the resident ones; freed,
+#: their pages stay in the process (about half the RSS of a worker holding 10 000 trees)
+#: until trimmed. Called after each statistics round and once a burst of operations is over
+#: (a Ping finds no actor left after some ran): one pass over the heap, milliseconds.
+trim_memory = _malloc_trim()
+
+
 def _frame(item: Outbound) -> ipc.Frame:
     if isinstance(item, Outcome):
         return ipc.Done(outcome=item)
@@ -124,6 +142,11 @@ class _Statistics:
         return reported
 
     async def answer(self, request: ipc.CollectStats) -> None:
+        """Answer ``request``, then trim the heap (the round's readings are gone by then)."""
+        await self._answer(request)
+        trim_memory()
+
+    async def _answer(self, request: ipc.CollectStats) -> None:
         if self.running:  # the previous round's read still runs: this round goes without us
             await self.frames.send(ipc.StatsReport(round=request.round, listeners=[],
                                                    status_changes=[], complete=False))
@@ -204,17 +227,21 @@ async def serve_worker(
                     await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
                     log.info("worker ready", backend=config.backend.name)
                     task_status.started()
+                    #: operations received since the last trim
+                    received = 0
                     with intake_send:
                         async for frame in frames:
                             if isinstance(frame, ipc.Submit):
                                 intake_send.send_nowait(frame.op)
+                                received += 1
                             elif isinstance(frame, ipc.Ping):
+                                actors = system.actor_count()
                                 await frames.send(
-                                    ipc.Pong(
-                                        actors=system.actor_count(),
-                                        resident=system.resident_count(),
-                                    )
+                                    ipc.Pong(actors=actors, resident=system.resident_count())
                                 )
+                                if received and not actors:  # a burst is over
+                                    received = 0
+                                    trim_memory()
                             elif isinstance(frame, ipc.CollectStats):
                                 nursery.start_soon(statistics.answer, frame)
                             else:
