@@ -27,7 +27,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from lbactors import ipc
+from lbactors import ipc, memory
 from lbactors.actor import ActorSystem, open_actor_system
 from lbactors.backends import load_backend
 from lbactors.backends.base import Backend
@@ -44,22 +44,9 @@ OUTCOME_BATCH = 256
 OUTCOME_BUFFER = 1024
 
 
-def _malloc_trim() -> Callable[[], object]:
-    """glibc's ``malloc_trim(0)``; a no-op where there is none (musl, macOS)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-#: gives the C heap's free pages back to the system. Each operation leaves short-lived
-#: objects (decoded payloads, frames, statistics readings) among the resident ones; freed,
-#: their pages stay in the process (about half the RSS of a worker holding 10 000 trees)
-#: until trimmed. Called after each statistics round and once a burst of operations is over
-#: (a Ping finds no actor left after some ran): one pass over the heap, milliseconds.
-trim_memory = _malloc_trim()
+#: the heap's free pages go back to the system after each statistics round and once a burst
+#: of operations is over (a Ping finds no actor left after some ran); see lbactors.memory
+trim_memory = memory.trim_memory
 
 
 def _frame(item: Outbound) -> ipc.Frame:
