@@ -106,19 +106,26 @@ _Key = tuple[str, str]
 _KINDS: tuple[str, ...] = tuple(sorted(CLASS_OF_KIND))
 _KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(_KINDS)}
 _LISTENER = _KIND_CODE["listener"]
-_STRIDE = 3  # a tree's entries: (object id, kind code << 1 | offline, packed fields)
+
+
+class _Ref:
+    """A decoded reference to the tree's n-th id (its entries' ids, then its other ids)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
 
 
 class _Packing:
     """How one kind's own fields are packed into, and unpacked from, a msgpack array.
 
-    Resident objects are kept as bytes, not Structs: the values of the kind's fields in
-    declaration order, with ``id`` (the entry's key), the nested objects and trailing
-    ``None`` left out, and an id field equal to the object's own id (its ``<kind>_id``)
-    or to its load balancer's packed as ``true`` or ``false`` (an id field never holds a
-    boolean), and other ids in the forms Octavia and Keystone write them (a lowercase UUID,
-    32 lowercase hex digits) packed as 16 bytes. About a seventh of a decoded Struct with
-    its strings.
+    The values of the kind's fields in declaration order, with ``id`` (the entry's own id,
+    kept beside the blob), the nested objects and trailing ``None`` left out, and an id field
+    equal to the object's own id (its ``<kind>_id``) or to its load balancer's packed as
+    ``true`` or ``false`` (an id field never holds a boolean). Any other id is a reference
+    to the tree's n-th id (:class:`_TreeCodec`): a parent in the tree, or one of the tree's
+    other ids (its project, a subnet, ...) kept once per tree.
     """
 
     __slots__ = ("cls", "fields", "id_fields", "nested")
@@ -132,38 +139,46 @@ class _Packing:
             i for i, name in enumerate(self.fields) if i and name.endswith("_id")
         )
 
-    def pack(self, obj: OctaviaObject, lb_id: str) -> bytes:
+    def values(self, obj: OctaviaObject) -> list[Any]:
+        """``obj``'s own fields, ids as strings (what :meth:`pack` takes)."""
         values: list[Any] = list(msgspec.structs.astuple(obj))
-        object_id = values[0]
         values[0] = None
         for i in self.nested:
             values[i] = None
+        return values
+
+    def pack(self, values: list[Any], object_id: str, lb_id: str, refs: _Refs) -> list[Any]:
+        packed = list(values)
         for i in self.id_fields:
-            value = values[i]
+            value = packed[i]
             if value is None:
                 continue
             if value == object_id:
-                values[i] = True
+                packed[i] = True
             elif value == lb_id:
-                values[i] = False
-            elif _UUID.fullmatch(value):
-                values[i] = msgspec.msgpack.Ext(_EXT_UUID, uuid.UUID(value).bytes)
-            elif _HEX32.fullmatch(value):
-                values[i] = msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value))
-        while values and values[-1] is None:
-            values.pop()
-        return _encode(values)
+                packed[i] = False
+            else:
+                packed[i] = refs.ref(value)
+        while packed and packed[-1] is None:
+            packed.pop()
+        return packed
 
-    def unpack(self, blob: bytes, object_id: str, lb_id: str) -> OctaviaObject:
-        values: list[Any] = _decode(blob)
-        values.extend([None] * (len(self.fields) - len(values)))
-        values[0] = object_id
+    def unpack(self, packed: list[Any], object_id: str, lb_id: str, ids: list[str]) -> list[Any]:
+        """The values :meth:`values` gave, from what :meth:`pack` made of them."""
+        packed.extend([None] * (len(self.fields) - len(packed)))
         for i in self.id_fields:
-            value = values[i]
+            value = packed[i]
             if value is True:
-                values[i] = object_id
+                packed[i] = object_id
             elif value is False:
-                values[i] = lb_id
+                packed[i] = lb_id
+            elif type(value) is _Ref:
+                packed[i] = ids[value.index]
+        return packed
+
+    def build(self, values: list[Any], object_id: str) -> OctaviaObject:
+        values = list(values)
+        values[0] = object_id
         return self.cls(**dict(zip(self.fields, values, strict=True)))
 
 
@@ -171,25 +186,95 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _EXT_UUID = 1
 _EXT_HEX32 = 2
+_EXT_REF = 3
 
 
-def _unpack_id(code: int, data: memoryview) -> str:
+class _Refs:
+    """The ids a tree's fields refer to: its entries' ids first (index = entry), then its
+    other ids, each kept once (ids in the forms Octavia and Keystone write them, a lowercase
+    UUID or 32 lowercase hex digits, as 16 bytes; others as strings)."""
+
+    __slots__ = ("entries", "extra", "index")
+
+    def __init__(self, entry_ids: Sequence[str]) -> None:
+        self.index: dict[str, int] = {}
+        for i, object_id in enumerate(entry_ids):
+            self.index.setdefault(object_id, i)
+        self.entries = len(entry_ids)
+        self.extra: list[Any] = []
+
+    def ref(self, value: str) -> msgspec.msgpack.Ext:
+        i = self.index.get(value)
+        if i is None:
+            i = self.index[value] = self.entries + len(self.extra)
+            if _UUID.fullmatch(value):
+                self.extra.append(msgspec.msgpack.Ext(_EXT_UUID, uuid.UUID(value).bytes))
+            elif _HEX32.fullmatch(value):
+                self.extra.append(msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value)))
+            else:
+                self.extra.append(value)
+        return msgspec.msgpack.Ext(_EXT_REF, i.to_bytes(1 + (i > 255) + (i > 65535), "big"))
+
+
+def _ext(code: int, data: memoryview) -> Any:
+    if code == _EXT_REF:
+        return _Ref(int.from_bytes(data, "big"))
     if code == _EXT_UUID:
         return str(uuid.UUID(bytes=bytes(data)))
     return bytes(data).hex()
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list, ext_hook=_unpack_id).decode
+_decode = msgspec.msgpack.Decoder(list, ext_hook=_ext).decode
 _PACKING: tuple[_Packing, ...] = tuple(_Packing(CLASS_OF_KIND[kind]) for kind in _KINDS)
+
+#: a tree is a list: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``
+_IDS = 2
+
+
+def _codes(record: list[Any]) -> bytes:
+    """Each entry's ``kind code << 1 | offline``: the blob's first bytes, one per entry."""
+    codes: bytes = record[1][: len(record) - _IDS]
+    return codes
+
+
+def _entries(record: list[Any]) -> list[tuple[str, int, list[Any]]]:
+    """A tree's entries unpacked: (object id, code, own field values with ids as strings)."""
+    lb_id: str = record[0]
+    blob: bytes = record[1]
+    if not blob:  # a new tree
+        return []
+    n = len(record) - _IDS
+    extra, *packed = _decode(memoryview(blob)[n:])
+    ids = [*record[_IDS:], *extra]
+    return [
+        (object_id, code, _PACKING[code >> 1].unpack(fields, object_id, lb_id, ids))
+        for object_id, code, fields in zip(record[_IDS:], blob[:n], packed, strict=True)
+    ]
+
+
+def _store(record: list[Any], entries: list[tuple[str, int, list[Any]]]) -> None:
+    """Pack ``entries`` into ``record`` in place (one blob; the list sized to fit)."""
+    lb_id: str = record[0]
+    entry_ids = [object_id for object_id, _, _ in entries]
+    refs = _Refs(entry_ids)
+    packed = [
+        _PACKING[code >> 1].pack(values, object_id, lb_id, refs)
+        for object_id, code, values in entries
+    ]
+    blob = bytes(code for _, code, _ in entries) + _encode([refs.extra, *packed])
+    # cleared then refilled: the list's storage fits (an append would over-allocate)
+    record.clear()
+    record.extend((lb_id, blob, *entry_ids))
 
 
 def _find(record: list[Any], kind_code: int, object_id: str) -> int:
-    """The index of ``(kind, object_id)``'s entry in a tree; 0: not there."""
-    for i in range(1, len(record), _STRIDE):
-        if record[i] == object_id and record[i + 1] >> 1 == kind_code:
+    """The index of ``(kind, object_id)``'s entry in a tree; -1: not there."""
+    codes = record[1]
+    for i in range(len(record) - _IDS):
+        if record[_IDS + i] == object_id and codes[i] >> 1 == kind_code:
             return i
-    return 0
+    return -1
 
 
 class NoopOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
@@ -261,10 +346,13 @@ class NoopBackend(Backend):
         self.crash_pattern = re.compile(crash_pattern) if crash_pattern else None
         self.seed = seed
         self.deadlines = deadlines or NoopOptions()
-        #: load balancer id -> its tree: ``[lb_id, *entries]``, an entry being three items
-        #: (object id, kind code << 1 | offline, packed fields: :class:`_Packing`); the LB
-        #: itself is an entry of its tree once created. One list per load balancer and no
-        #: Structs, tuples or sets per object: 100 000 resident trees fit in memory.
+        #: load balancer id -> its tree: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``,
+        #: the blob being each entry's ``kind code << 1 | offline`` (one byte each), then the
+        #: msgpack array of the tree's other ids and its entries' packed fields
+        #: (:class:`_Packing`, :func:`_store`); the LB itself is an entry of its tree once
+        #: created. Per load balancer one list and one bytes object, and the ids as strings
+        #: (the actor layer's operating statuses share them): 100 000 resident trees fit in
+        #: memory. A change re-packs the tree (a few microseconds per entry).
         self._trees: dict[str, list[Any]] = {}
         #: object id (not a load balancer's) -> the tree it belongs to. Keyed by the id alone:
         #: Octavia's ids are UUIDs, unique across kinds (the tree's entry has the kind)
@@ -364,13 +452,10 @@ class NoopBackend(Backend):
         record = self._trees.get(lb_id)
         if record is None:
             return {}
-        lb_id = record[0]
-        result: dict[_Key, OctaviaObject] = {}
-        for i in range(1, len(record), _STRIDE):
-            object_id, code, blob = record[i : i + _STRIDE]
-            packing = _PACKING[code >> 1]
-            result[(_KINDS[code >> 1], object_id)] = packing.unpack(blob, object_id, lb_id)
-        return result
+        return {
+            (_KINDS[code >> 1], object_id): _PACKING[code >> 1].build(values, object_id)
+            for object_id, code, values in _entries(record)
+        }
 
     def lb_ids(self) -> list[str]:
         return list(self._trees)
@@ -381,7 +466,7 @@ class NoopBackend(Backend):
             record = self._trees.get(object_id)
         else:
             record = self._owner.get(object_id)
-        if record is None or not _find(record, _KIND_CODE[kind], object_id):
+        if record is None or _find(record, _KIND_CODE[kind], object_id) < 0:
             return None
         lb_id: str = record[0]
         return lb_id
@@ -443,24 +528,25 @@ class NoopBackend(Backend):
         if record is None:
             # one string for the id wherever it is kept (here and in the actor layer)
             lb_id = sys.intern(lb_id)
-            record = self._trees[lb_id] = [lb_id]
+            record = self._trees[lb_id] = [lb_id, b""]
         else:
             lb_id = record[0]
         kind_code = _KIND_CODE[kind]
-        # only the object's own state, packed: keeping the payload's Structs (nested
-        # parents and all) would cost memory and garbage-collector time per resident object
+        # only the object's own state, packed with its tree's: keeping the payload's Structs
+        # (nested parents and all) would cost memory and garbage-collector time per object
         code = kind_code << 1 | (obj.admin_state_up is False)
-        blob = _PACKING[kind_code].pack(obj, lb_id)
+        entries = _entries(record)
         i = _find(record, kind_code, object_id)
-        if i:
-            record[i + 1] = code
-            record[i + 2] = blob
+        if i >= 0:
+            object_id = entries[i][0]
+            entries[i] = (object_id, code, _PACKING[kind_code].values(obj))
         else:
             if object_id == lb_id:
                 object_id = lb_id
-            record += (object_id, code, blob)
+            entries.append((object_id, code, _PACKING[kind_code].values(obj)))
             if kind != "loadbalancer":
                 self._owner[object_id] = record
+        _store(record, entries)
         if kind_code == _LISTENER and object_id not in self._counters:
             self._counters[object_id] = self._new_counters(object_id)
         if kind == "loadbalancer":
@@ -481,20 +567,22 @@ class NoopBackend(Backend):
         if kind == "loadbalancer":
             record = self._trees.pop(obj.id, None)
             if record is not None:
-                for i in range(1, len(record), _STRIDE):
-                    self._forget(record, record[i], record[i + 1] >> 1)
+                for object_id, code in zip(record[_IDS:], _codes(record), strict=True):
+                    self._forget(record, object_id, code >> 1)
             path = self._lb_file(obj.id)
             if path is not None:
                 path.unlink(missing_ok=True)
             return
         record = self._owner.get(obj.id)
         kind_code = _KIND_CODE[kind]
-        i = _find(record, kind_code, obj.id) if record is not None else 0
-        if record is None or not i:
+        i = _find(record, kind_code, obj.id) if record is not None else -1
+        if record is None or i < 0:
             return  # never seen or already deleted: done
-        del record[i : i + _STRIDE]
+        entries = _entries(record)
+        del entries[i]
+        _store(record, entries)
         self._forget(record, obj.id, kind_code)
-        if len(record) == 1:
+        if len(record) == _IDS:
             del self._trees[record[0]]
 
     def _forget(self, record: list[Any], object_id: str, kind_code: int) -> None:
@@ -594,7 +682,9 @@ class NoopBackend(Backend):
         if record is None:
             return []
         listener_ids = sorted(
-            record[i] for i in range(1, len(record), _STRIDE) if record[i + 1] >> 1 == _LISTENER
+            object_id
+            for object_id, code in zip(record[_IDS:], _codes(record), strict=True)
+            if code >> 1 == _LISTENER
         )
         result = []
         for object_id in listener_ids:
@@ -619,8 +709,8 @@ class NoopBackend(Backend):
         if record is None:
             return []
         result: list[OperatingStatus] = [
-            (_KINDS[record[i + 1] >> 1], record[i], "OFFLINE" if record[i + 1] & 1 else "ONLINE")
-            for i in range(1, len(record), _STRIDE)
+            (_KINDS[code >> 1], object_id, "OFFLINE" if code & 1 else "ONLINE")
+            for object_id, code in zip(record[_IDS:], _codes(record), strict=True)
         ]
         result.sort()
         return result
