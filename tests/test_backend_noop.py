@@ -350,3 +350,28 @@ async def test_a_tree_packed_as_one_blob_keeps_every_object_through_updates_and_
         assert backend.tree(LB) == expected(rest)
         assert ("member", MEMBER, "OFFLINE") in await backend.operating_statuses(LB)
         assert backend.lb_of("member", "m-2") == LB and backend.lb_of("pool", POOL) is None
+
+
+async def test_a_deleted_listeners_counters_are_forgotten_and_its_slot_taken_afresh() -> None:
+    """Counters live in one table: a listener created again starts over from its seed, and
+    one that takes a deleted listener's place in the table does not inherit its counts."""
+    with trio.fail_after(10):
+        async def first_round(backend: NoopBackend, listener_id: str) -> dict[str, Any]:
+            [stats] = [
+                s for s in await backend.listener_statistics(LB) if s.id == listener_id
+            ]
+            return msgspec.structs.asdict(stats)
+
+        fresh = NoopBackend()
+        await fresh.listener_create(listener(id="l2", listener_id="l2"), None)
+        l2_first = await first_round(fresh, "l2")
+        backend = NoopBackend()
+        await backend.listener_create(listener(), None)
+        once = await first_round(backend, LISTENER)
+        for _ in range(3):
+            await backend.listener_statistics(LB)
+        await backend.listener_delete(listener())
+        await backend.listener_create(listener(id="l2", listener_id="l2"), None)
+        assert await first_round(backend, "l2") == l2_first
+        await backend.listener_create(listener(), None)
+        assert await first_round(backend, LISTENER) == once

@@ -51,6 +51,7 @@ import re
 import sys
 import time
 import uuid
+from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -297,18 +298,64 @@ class NoopOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
 _MASK = (1 << 64) - 1
 
 
-class _Counters:
-    __slots__ = ("active", "bytes_in", "bytes_out", "errors", "rounds", "state", "total")
+class _CounterTable:
+    """Every listener's traffic counters in one array of 64-bit words, ``WIDTH`` per listener:
+    no object per listener, and a statistics round writes its new values in place (no new
+    integers kept per round)."""
 
-    def __init__(self, state: int = 0) -> None:
-        self.active = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.errors = 0
-        self.rounds = 0
-        self.total = 0
-        #: a 64-bit LCG state, seeded from (seed, listener id): counters are reproducible
-        self.state = state
+    #: the LCG state (seeded from (seed, listener id): counters are reproducible), rounds,
+    #: total, active, bytes in, bytes out, errors
+    WIDTH = 7
+    __slots__ = ("free", "slots", "words")
+
+    def __init__(self) -> None:
+        #: listener id -> the index of its first word
+        self.slots: dict[str, int] = {}
+        self.words = array("Q")
+        #: slots of deleted listeners, taken again first
+        self.free: list[int] = []
+
+    def __contains__(self, listener_id: str) -> bool:
+        return listener_id in self.slots
+
+    def add(self, listener_id: str, state: int) -> int:
+        if self.free:
+            slot = self.free.pop()
+            self.words[slot : slot + self.WIDTH] = array("Q", [state, 0, 0, 0, 0, 0, 0])
+        else:
+            slot = len(self.words)
+            self.words.extend((state, 0, 0, 0, 0, 0, 0))
+        self.slots[listener_id] = slot
+        return slot
+
+    def remove(self, listener_id: str) -> None:
+        slot = self.slots.pop(listener_id, None)
+        if slot is not None:
+            self.free.append(slot)
+
+    def advance(self, slot: int, listener_id: str) -> ListenerStatistics:
+        """One round of plausible traffic, a pure function of (seed, listener, round)."""
+        words = self.words
+        state, rounds, total, _, bytes_in, bytes_out, errors = words[slot : slot + self.WIDTH]
+        state = x = (state * 6364136223846793005 + 1442695040888963407) & _MASK
+        x >>= 16  # the low bits of an LCG are weak
+        new = 1 + x % 100  # at least one connection per round: totals always grow
+        total += new
+        active = (x >> 8) % (new + 1)
+        bytes_in += new * (200 + (x >> 16) % 800)
+        bytes_out += new * (1000 + (x >> 26) % 9000)
+        errors += 1 if (x >> 40) % 10 == 0 else 0
+        words[slot : slot + self.WIDTH] = array(
+            "Q", (state, rounds + 1, total, active, bytes_in, bytes_out, errors)
+        )
+        return ListenerStatistics(
+            id=listener_id,
+            active_connections=active,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            request_errors=errors,
+            total_connections=total,
+        )
 
 
 class NoopBackend(Backend):
@@ -357,8 +404,8 @@ class NoopBackend(Backend):
         #: object id (not a load balancer's) -> the tree it belongs to. Keyed by the id alone:
         #: Octavia's ids are UUIDs, unique across kinds (the tree's entry has the kind)
         self._owner: dict[str, list[Any]] = {}
-        #: listener id -> its traffic counters
-        self._counters: dict[str, _Counters] = {}
+        #: every listener's traffic counters
+        self._counters = _CounterTable()
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> NoopBackend:
@@ -548,7 +595,7 @@ class NoopBackend(Backend):
                 self._owner[object_id] = record
         _store(record, entries)
         if kind_code == _LISTENER and object_id not in self._counters:
-            self._counters[object_id] = self._new_counters(object_id)
+            self._new_counters(object_id)
         if kind == "loadbalancer":
             path = self._lb_file(object_id)
             if path is not None:
@@ -589,7 +636,7 @@ class NoopBackend(Backend):
         if self._owner.get(object_id) is record:
             del self._owner[object_id]
         if kind_code == _LISTENER:
-            self._counters.pop(object_id, None)
+            self._counters.remove(object_id)
 
     # ------------------------------------------------------------------ CRUD
 
@@ -660,22 +707,9 @@ class NoopBackend(Backend):
 
     # ------------------------------------------------------------------ read side
 
-    def _new_counters(self, listener_id: str) -> _Counters:
+    def _new_counters(self, listener_id: str) -> int:
         digest = hashlib.blake2b(f"{self.seed}:{listener_id}".encode(), digest_size=8).digest()
-        return _Counters(int.from_bytes(digest, "big"))
-
-    @staticmethod
-    def _advance(listener_id: str, c: _Counters) -> None:
-        """One round of plausible traffic, a pure function of (seed, listener, round)."""
-        c.rounds += 1
-        c.state = x = (c.state * 6364136223846793005 + 1442695040888963407) & _MASK
-        x >>= 16  # the low bits of an LCG are weak
-        new = 1 + x % 100  # at least one connection per round: totals always grow
-        c.total += new
-        c.active = (x >> 8) % (new + 1)
-        c.bytes_in += new * (200 + (x >> 16) % 800)
-        c.bytes_out += new * (1000 + (x >> 26) % 9000)
-        c.errors += 1 if (x >> 40) % 10 == 0 else 0
+        return self._counters.add(listener_id, int.from_bytes(digest, "big"))
 
     def _listener_statistics_now(self, lb_id: str) -> list[ListenerStatistics]:
         record = self._trees.get(lb_id)
@@ -686,22 +720,14 @@ class NoopBackend(Backend):
             for object_id, code in zip(record[_IDS:], _codes(record), strict=True)
             if code >> 1 == _LISTENER
         )
+        counters = self._counters
+        slots = counters.slots
         result = []
         for object_id in listener_ids:
-            c = self._counters.get(object_id) or self._counters.setdefault(
-                object_id, self._new_counters(object_id)
-            )
-            self._advance(object_id, c)
-            result.append(
-                ListenerStatistics(
-                    id=object_id,
-                    active_connections=c.active,
-                    bytes_in=c.bytes_in,
-                    bytes_out=c.bytes_out,
-                    request_errors=c.errors,
-                    total_connections=c.total,
-                )
-            )
+            slot = slots.get(object_id)
+            if slot is None:
+                slot = self._new_counters(object_id)
+            result.append(counters.advance(slot, object_id))
         return result
 
     def _operating_statuses_now(self, lb_id: str) -> list[OperatingStatus]:
