@@ -50,7 +50,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -110,7 +109,8 @@ _LISTENER = _KIND_CODE["listener"]
 
 
 class _Ref:
-    """A decoded reference to the tree's n-th id (its entries' ids, then its other ids)."""
+    """A decoded reference to one of the tree's ids: entry ``index`` when >= 0, else the
+    tree's other id ``~index``."""
 
     __slots__ = ("index",)
 
@@ -164,7 +164,9 @@ class _Packing:
             packed.pop()
         return packed
 
-    def unpack(self, packed: list[Any], object_id: str, lb_id: str, ids: list[str]) -> list[Any]:
+    def unpack(
+        self, packed: list[Any], object_id: str, lb_id: str, ids: Sequence[str], extra: list[str]
+    ) -> list[Any]:
         """The values :meth:`values` gave, from what :meth:`pack` made of them."""
         packed.extend([None] * (len(self.fields) - len(packed)))
         for i in self.id_fields:
@@ -174,7 +176,8 @@ class _Packing:
             elif value is False:
                 packed[i] = lb_id
             elif type(value) is _Ref:
-                packed[i] = ids[value.index]
+                index = value.index
+                packed[i] = ids[index] if index >= 0 else extra[~index]
         return packed
 
     def build(self, values: list[Any], object_id: str) -> OctaviaObject:
@@ -187,56 +190,96 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _EXT_UUID = 1
 _EXT_HEX32 = 2
-_EXT_REF = 3
+_EXT_REF = 3  # the tree's entry n
+_EXT_EXTRA = 4  # the tree's other id n
 
 
 class _Refs:
-    """The ids a tree's fields refer to: its entries' ids first (index = entry), then its
-    other ids, each kept once (ids in the forms Octavia and Keystone write them, a lowercase
-    UUID or 32 lowercase hex digits, as 16 bytes; others as strings)."""
+    """The ids a tree's fields refer to: its entries' ids (by entry), and its other ids, each
+    kept once (ids in the forms Octavia and Keystone write them, a lowercase UUID or 32
+    lowercase hex digits, as 16 bytes; others as strings). Entries and other ids are numbered
+    apart, so that appending an entry or another id leaves every reference as it was."""
 
-    __slots__ = ("entries", "extra", "index")
+    __slots__ = ("added", "extra", "index")
 
-    def __init__(self, entry_ids: Sequence[str]) -> None:
-        self.index: dict[str, int] = {}
+    def __init__(self, entry_ids: Sequence[str], extra: list[str]) -> None:
+        self.index: dict[str, msgspec.msgpack.Ext] = {}
+        for i, value in enumerate(extra):
+            self.index.setdefault(value, msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(i)))
         for i, object_id in enumerate(entry_ids):
-            self.index.setdefault(object_id, i)
-        self.entries = len(entry_ids)
-        self.extra: list[Any] = []
+            self.index[object_id] = msgspec.msgpack.Ext(_EXT_REF, _index_bytes(i))
+        self.extra = extra
+        self.added = False
 
     def ref(self, value: str) -> msgspec.msgpack.Ext:
-        i = self.index.get(value)
-        if i is None:
-            i = self.index[value] = self.entries + len(self.extra)
+        ext = self.index.get(value)
+        if ext is None:
+            ext = self.index[value] = msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(len(self.extra)))
+            self.extra.append(value)
+            self.added = True
+        return ext
+
+    def encoded_extra(self) -> bytes:
+        packed: list[Any] = []
+        for value in self.extra:
             if _UUID.fullmatch(value):
-                self.extra.append(msgspec.msgpack.Ext(_EXT_UUID, uuid.UUID(value).bytes))
+                packed.append(msgspec.msgpack.Ext(_EXT_UUID, bytes.fromhex(value.replace("-", ""))))
             elif _HEX32.fullmatch(value):
-                self.extra.append(msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value)))
+                packed.append(msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value)))
             else:
-                self.extra.append(value)
-        return msgspec.msgpack.Ext(_EXT_REF, i.to_bytes(1 + (i > 255) + (i > 65535), "big"))
+                packed.append(value)
+        return _encode(packed)
+
+
+def _index_bytes(i: int) -> bytes:
+    return i.to_bytes(1 + (i > 255) + (i > 65535), "big")
 
 
 def _ext(code: int, data: memoryview) -> Any:
     if code == _EXT_REF:
         return _Ref(int.from_bytes(data, "big"))
-    if code == _EXT_UUID:
-        return str(uuid.UUID(bytes=bytes(data)))
-    return bytes(data).hex()
+    if code == _EXT_EXTRA:
+        return _Ref(~int.from_bytes(data, "big"))
+    h = data.hex()
+    if code == _EXT_UUID:  # as str(uuid.UUID(...)) writes it, without its cost
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return h
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list, ext_hook=_ext).decode
 _PACKING: tuple[_Packing, ...] = tuple(_Packing(CLASS_OF_KIND[kind]) for kind in _KINDS)
 
-#: a tree is a list: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``
+#: a tree is a list: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``; the blob: each
+#: entry's ``kind code << 1 | offline`` (one byte each), the length of the next part (4 bytes),
+#: the msgpack array of the tree's other ids, then each entry's packed fields, one msgpack
+#: array after the other
 _IDS = 2
+_LEN = 4
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def _codes(record: list[Any]) -> bytes:
     """Each entry's ``kind code << 1 | offline``: the blob's first bytes, one per entry."""
     codes: bytes = record[1][: len(record) - _IDS]
     return codes
+
+
+def _parts(record: list[Any]) -> tuple[list[str], int]:
+    """A tree's other ids, and where its entries' fields start in the blob."""
+    blob: bytes = record[1]
+    n = len(record) - _IDS
+    size = int.from_bytes(blob[n : n + _LEN], "big")
+    extra: list[str] = _decode(memoryview(blob)[n + _LEN : n + _LEN + size])
+    return extra, n + _LEN + size
 
 
 def _entries(record: list[Any]) -> list[tuple[str, int, list[Any]]]:
@@ -246,11 +289,12 @@ def _entries(record: list[Any]) -> list[tuple[str, int, list[Any]]]:
     if not blob:  # a new tree
         return []
     n = len(record) - _IDS
-    extra, *packed = _decode(memoryview(blob)[n:])
-    ids = [*record[_IDS:], *extra]
+    extra, start = _parts(record)
+    packed = _decode(_array_header(n) + blob[start:])
+    ids = record[_IDS:]
     return [
-        (object_id, code, _PACKING[code >> 1].unpack(fields, object_id, lb_id, ids))
-        for object_id, code, fields in zip(record[_IDS:], blob[:n], packed, strict=True)
+        (object_id, code, _PACKING[code >> 1].unpack(fields, object_id, lb_id, ids, extra))
+        for object_id, code, fields in zip(ids, blob[:n], packed, strict=True)
     ]
 
 
@@ -258,13 +302,37 @@ def _store(record: list[Any], entries: list[tuple[str, int, list[Any]]]) -> None
     """Pack ``entries`` into ``record`` in place (one blob; the list sized to fit)."""
     lb_id: str = record[0]
     entry_ids = [object_id for object_id, _, _ in entries]
-    refs = _Refs(entry_ids)
-    packed = [
-        _PACKING[code >> 1].pack(values, object_id, lb_id, refs)
+    refs = _Refs(entry_ids, [])
+    body = b"".join(
+        _encode(_PACKING[code >> 1].pack(values, object_id, lb_id, refs))
         for object_id, code, values in entries
-    ]
-    blob = bytes(code for _, code, _ in entries) + _encode([refs.extra, *packed])
+    )
+    extra = refs.encoded_extra()
+    codes = bytes(code for _, code, _ in entries)
+    blob = codes + len(extra).to_bytes(_LEN, "big") + extra + body
     # cleared then refilled: the list's storage fits (an append would over-allocate)
+    record.clear()
+    record.extend((lb_id, blob, *entry_ids))
+
+
+def _append(record: list[Any], object_id: str, code: int, values: list[Any]) -> None:
+    """Add an entry to ``record`` without unpacking the others (a create: the usual change)."""
+    blob: bytes = record[1]
+    if not blob:
+        _store(record, [(object_id, code, values)])
+        return
+    lb_id: str = record[0]
+    n = len(record) - _IDS
+    entry_ids = [*record[_IDS:], object_id]
+    extra, start = _parts(record)
+    refs = _Refs(entry_ids, extra)
+    fields = _encode(_PACKING[code >> 1].pack(values, object_id, lb_id, refs))
+    if refs.added:
+        encoded = refs.encoded_extra()
+        head = len(encoded).to_bytes(_LEN, "big") + encoded
+    else:
+        head = blob[n:start]
+    blob = blob[:n] + bytes((code,)) + head + blob[start:] + fields
     record.clear()
     record.extend((lb_id, blob, *entry_ids))
 
@@ -582,18 +650,19 @@ class NoopBackend(Backend):
         # only the object's own state, packed with its tree's: keeping the payload's Structs
         # (nested parents and all) would cost memory and garbage-collector time per object
         code = kind_code << 1 | (obj.admin_state_up is False)
-        entries = _entries(record)
+        values = _PACKING[kind_code].values(obj)
         i = _find(record, kind_code, object_id)
         if i >= 0:
+            entries = _entries(record)
             object_id = entries[i][0]
-            entries[i] = (object_id, code, _PACKING[kind_code].values(obj))
+            entries[i] = (object_id, code, values)
+            _store(record, entries)
         else:
             if object_id == lb_id:
                 object_id = lb_id
-            entries.append((object_id, code, _PACKING[kind_code].values(obj)))
+            _append(record, object_id, code, values)
             if kind != "loadbalancer":
                 self._owner[object_id] = record
-        _store(record, entries)
         if kind_code == _LISTENER and object_id not in self._counters:
             self._new_counters(object_id)
         if kind == "loadbalancer":
