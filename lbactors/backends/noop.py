@@ -125,7 +125,7 @@ class _Packing:
     kept beside the blob), the nested objects and trailing ``None`` left out, and an id field
     equal to the object's own id (its ``<kind>_id``) or to its load balancer's packed as
     ``true`` or ``false`` (an id field never holds a boolean). Any other id is a reference
-    to the tree's n-th id (:class:`_TreeCodec`): a parent in the tree, or one of the tree's
+    to one of the tree's ids (:class:`_Refs`): a parent in the tree, or one of the tree's
     other ids (its project, a subnet, ...) kept once per tree.
     """
 
@@ -462,12 +462,12 @@ class NoopBackend(Backend):
         self.seed = seed
         self.deadlines = deadlines or NoopOptions()
         #: load balancer id -> its tree: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``,
-        #: the blob being each entry's ``kind code << 1 | offline`` (one byte each), then the
-        #: msgpack array of the tree's other ids and its entries' packed fields
-        #: (:class:`_Packing`, :func:`_store`); the LB itself is an entry of its tree once
-        #: created. Per load balancer one list and one bytes object, and the ids as strings
-        #: (the actor layer's operating statuses share them): 100 000 resident trees fit in
-        #: memory. A change re-packs the tree (a few microseconds per entry).
+        #: the blob holding each entry's ``kind code << 1 | offline`` and packed fields and the
+        #: tree's other ids (:data:`_IDS`, :class:`_Packing`, :func:`_store`); the LB itself is
+        #: an entry of its tree once created. Per load balancer one list and one bytes object,
+        #: and the ids as strings (the actor layer's operating statuses share them): 100 000
+        #: resident trees fit in memory. A create appends to the blob (:func:`_append`); an
+        #: update or a delete re-packs the tree.
         self._trees: dict[str, list[Any]] = {}
         #: object id (not a load balancer's) -> the tree it belongs to. Keyed by the id alone:
         #: Octavia's ids are UUIDs, unique across kinds (the tree's entry has the kind)
