@@ -438,12 +438,14 @@ def scenario_scale(args: argparse.Namespace) -> int:
         daemon = start_daemon(args, stats_interval=args.stats_interval)
         try:
             idle_mem = procs.memory_kib(daemon.pids())
+            idle_supervisor = procs.memory_kib([daemon.pid])
             row, stats = trio.run(_scale_run, args, daemon, n)
         finally:
             stop_target(args, daemon)
         row.update({
             "target": "lbactors", "resident_lbs": n, "startup_s": round(daemon.startup_s or 0, 3),
             "idle_rss_mib": round(idle_mem["rss_kib"] / 1024, 1),
+            "idle_supervisor_rss_mib": round(idle_supervisor["rss_kib"] / 1024, 1),
             "wall_s": round(time.monotonic() - t0, 1), **stats,
         })
         writer.add(row)
@@ -455,6 +457,7 @@ def scenario_scale(args: argparse.Namespace) -> int:
         columns=[("resident_lbs", "resident LBs"), ("objects", "objects"),
                  ("startup_s", "start-up s"), ("idle_rss_mib", "idle RSS MiB"),
                  ("rss_mib", "RSS MiB (all processes)"), ("pss_mib", "PSS MiB"),
+                 ("window_rss_mib", "RSS MiB after stats window"),
                  ("settled_rss_mib", "settled RSS MiB"), ("settled_pss_mib", "settled PSS MiB"),
                  ("processes", "processes"), ("create_ops_per_s", "create ops/s"),
                  ("errors_and_missing", "errors"),
@@ -472,6 +475,7 @@ async def _scale_run(args: argparse.Namespace, daemon: procs.Daemon, n: int) -> 
     async with open_driver(config) as driver:
         cpu = daemon.cpu()
         result = await driver.run_workload()
+        workload_end = trio.current_time()
         create_cpu = cpu.seconds()
         mem = procs.memory_kib(daemon.pids())
         stats: Row = {}
@@ -499,8 +503,14 @@ async def _scale_run(args: argparse.Namespace, daemon: procs.Daemon, n: int) -> 
                 "stats_messages_per_round": (statistics.median(len(r) for r in rounds)
                                              if rounds else None),
             }
-        # after the statistics window: actors idle longer than daemon.actor_idle_timeout
-        # have retired, what stays is the resident state
+        # after the statistics window (what earlier runs called settled: actors created in
+        # the workload's last minute may still be alive)
+        window = procs.memory_kib(daemon.pids())
+        stats["window_rss_mib"] = round(window["rss_kib"] / 1024, 1)
+        # then until actors idle longer than daemon.actor_idle_timeout (60 s by default) have
+        # retired and the workers' next ping found none (they trim their heap then): what
+        # stays is the resident state
+        await trio.sleep_until(workload_end + args.settle)
         pids = daemon.pids()
         settled = procs.memory_kib(pids)
         stats["settled_rss_mib"] = round(settled["rss_kib"] / 1024, 1)
@@ -622,6 +632,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="LBACTORS_STATS_INTERVAL of the daemon (0: no statistics)")
     s.add_argument("--stats-rounds", type=int, default=3,
                    help="statistics rounds to watch once the load balancers exist")
+    s.add_argument("--settle", type=float, default=75.0,
+                   help="seconds after the last operation before the settled RSS is read "
+                        "(the default actor_idle_timeout, 60 s, plus a ping interval and a margin)")
     s.set_defaults(max_duration=3600.0)
 
     ck = sub.add_parser("check", help="--check: the hot path's figures next to the committed "

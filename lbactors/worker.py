@@ -27,7 +27,7 @@ from collections.abc import Callable
 import structlog
 import trio
 
-from lbactors import ipc
+from lbactors import ipc, memory
 from lbactors.actor import ActorSystem, open_actor_system
 from lbactors.backends import load_backend
 from lbactors.backends.base import Backend
@@ -42,6 +42,11 @@ log = structlog.get_logger("lbactors.worker")
 OUTCOME_BATCH = 256
 #: outcomes finished but not yet written to the supervisor (actors wait beyond this)
 OUTCOME_BUFFER = 1024
+
+
+#: the heap's free pages go back to the system after each statistics round and once a burst
+#: of operations is over (a Ping finds no actor left after some ran); see lbactors.memory
+trim_memory = memory.trim_memory
 
 
 def _frame(item: Outbound) -> ipc.Frame:
@@ -124,6 +129,11 @@ class _Statistics:
         return reported
 
     async def answer(self, request: ipc.CollectStats) -> None:
+        """Answer ``request``, then trim the heap (the round's readings are gone by then)."""
+        await self._answer(request)
+        trim_memory()
+
+    async def _answer(self, request: ipc.CollectStats) -> None:
         if self.running:  # the previous round's read still runs: this round goes without us
             await self.frames.send(ipc.StatsReport(round=request.round, listeners=[],
                                                    status_changes=[], complete=False))
@@ -204,17 +214,21 @@ async def serve_worker(
                     await frames.send(ipc.Ready(worker_index=spawn.worker_index, pid=os.getpid()))
                     log.info("worker ready", backend=config.backend.name)
                     task_status.started()
+                    #: operations received since the last trim
+                    received = 0
                     with intake_send:
                         async for frame in frames:
                             if isinstance(frame, ipc.Submit):
                                 intake_send.send_nowait(frame.op)
+                                received += 1
                             elif isinstance(frame, ipc.Ping):
+                                actors = system.actor_count()
                                 await frames.send(
-                                    ipc.Pong(
-                                        actors=system.actor_count(),
-                                        resident=system.resident_count(),
-                                    )
+                                    ipc.Pong(actors=actors, resident=system.resident_count())
                                 )
+                                if received and not actors:  # a burst is over
+                                    received = 0
+                                    trim_memory()
                             elif isinstance(frame, ipc.CollectStats):
                                 nursery.start_soon(statistics.answer, frame)
                             else:

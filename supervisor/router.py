@@ -54,7 +54,7 @@ from typing import Protocol
 import structlog
 import trio
 
-from lbactors import ipc
+from lbactors import ipc, memory
 from lbactors.config import Config, encode_config
 from lbactors.dispatch import failed_outcome
 from lbactors.messages import Operation, Outbound
@@ -63,6 +63,9 @@ from lbactors.statistics import RoundReport
 from supervisor.sdnotify import child_environment
 
 log = structlog.get_logger("lbactors.supervisor")
+
+#: ``malloc_trim(0)`` before each statistics round (tests replace it)
+trim_memory = memory.trim_memory
 
 #: operations queued for one worker before ``submit`` waits
 OUTBOX_LIMIT = 4096
@@ -712,7 +715,13 @@ class Router:
         operating-status changes only of the load balancers of those shards; a change of
         another one is dropped, not kept for later (its owner reports its own; should its
         shard be held here again, its statuses are all reported afresh). The owned ids
-        (``with_owned_ids``) are not filtered."""
+        (``with_owned_ids``) are not filtered.
+
+        First the supervisor's heap is trimmed (:mod:`lbactors.memory`): the previous round
+        and the operations since then are gone, but their pages stay until trimmed (the
+        supervisor's RSS grew about 1 KB per load balancer created, with no Python object
+        kept for any of them)."""
+        trim_memory()
         self._stats_round += 1
         round_id = self._stats_round
         send, receive = trio.open_memory_channel[tuple[int, ipc.StatsReport]](len(self.workers))

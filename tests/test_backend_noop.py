@@ -301,3 +301,77 @@ def test_only_backends_whose_state_is_off_this_host_fail_over() -> None:
     assert Backend.failover is True
     assert NoopBackend.failover is True
     assert HaproxyBackend.failover is False
+
+
+async def test_a_tree_packed_as_one_blob_keeps_every_object_through_updates_and_deletes() -> None:
+    """A tree is one blob whose ids refer to each other (a member's ``pool_id`` to its pool's
+    entry, the project once for all): each object comes back field for field, also after an
+    object before it in the tree is deleted (the references move) and after updates; ids in
+    other forms (not a UUID, 32 hex digits) included."""
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        pool: Pool = obj("pool_create")
+        created = [
+            lb(),
+            listener(project_id="0123456789abcdef0123456789abcdef"),
+            pool,
+            member(),
+            member(id="m-2", name="second", subnet_id="subnet-not-a-uuid", port=8081),
+        ]
+        for item in created:
+            kind = type(item).__name__.lower()
+            method = getattr(backend, f"{kind}_create")
+            if isinstance(item, Listener):
+                await method(item, None)
+            else:
+                await method(item)
+
+        def own(item: Any) -> Any:
+            nested = {
+                name: None
+                for name, value in msgspec.structs.asdict(item).items()
+                if isinstance(value, (msgspec.Struct, list)) and name != "allowed_cidrs"
+            }
+            return msgspec.structs.replace(item, **nested)
+
+        def expected(items: list[Any]) -> dict[tuple[str, str], Any]:
+            kinds = {LoadBalancer: "loadbalancer", Listener: "listener", Pool: "pool",
+                     Member: "member"}
+            return {(kinds[type(item)], item.id): own(item) for item in items}
+
+        assert backend.tree(LB) == expected(created)
+        assert created[4].pool_id == POOL and created[4].subnet_id == "subnet-not-a-uuid"
+        await backend.pool_delete(pool)  # the members' pool_id referred to its entry
+        rest = [created[0], created[1], created[3], created[4]]
+        assert backend.tree(LB) == expected(rest)
+        updated = msgspec.structs.replace(created[3], weight=7, admin_state_up=False)
+        await backend.member_update(created[3], updated)
+        rest[2] = updated
+        assert backend.tree(LB) == expected(rest)
+        assert ("member", MEMBER, "OFFLINE") in await backend.operating_statuses(LB)
+        assert backend.lb_of("member", "m-2") == LB and backend.lb_of("pool", POOL) is None
+
+
+async def test_a_deleted_listeners_counters_are_forgotten_and_its_slot_taken_afresh() -> None:
+    """Counters live in one table: a listener created again starts over from its seed, and
+    one that takes a deleted listener's place in the table does not inherit its counts."""
+    with trio.fail_after(10):
+        async def first_round(backend: NoopBackend, listener_id: str) -> dict[str, Any]:
+            [stats] = [
+                s for s in await backend.listener_statistics(LB) if s.id == listener_id
+            ]
+            return msgspec.structs.asdict(stats)
+
+        fresh = NoopBackend()
+        await fresh.listener_create(listener(id="l2", listener_id="l2"), None)
+        l2_first = await first_round(fresh, "l2")
+        backend = NoopBackend()
+        await backend.listener_create(listener(), None)
+        once = await first_round(backend, LISTENER)
+        for _ in range(3):
+            await backend.listener_statistics(LB)
+        await backend.listener_delete(listener())
+        await backend.listener_create(listener(id="l2", listener_id="l2"), None)
+        assert await first_round(backend, "l2") == l2_first
+        await backend.listener_create(listener(), None)
+        assert await first_round(backend, LISTENER) == once

@@ -498,6 +498,22 @@ async def test_statistics_round_over_workers_that_all_answer(
             assert report.owned_lb_ids is None and len(report.listeners) == 3
 
 
+async def test_each_statistics_round_trims_the_supervisors_heap(
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(router_module, "trim_memory", lambda: trims.append(1))
+    with trio.fail_after(60):
+        async with open_router(workers=2) as (router, fakes, _):
+            for index in range(2):
+                await fakes.incarnation(index, 1)
+            assert trims == []
+            await router.collect_round(5, with_owned_ids=False)
+            assert len(trims) == 1
+            await router.collect_round(5, with_owned_ids=True)
+            assert len(trims) == 2
+
+
 async def test_a_statistics_round_asks_workers_for_the_held_shards_only(
     autojump_clock: trio.abc.Clock,
 ) -> None:

@@ -12,11 +12,11 @@ import pytest
 import trio
 import trio.testing
 
-from lbactors import ipc
+from lbactors import ipc, worker
 from lbactors.backends import BACKENDS
 from lbactors.backends.base import Reading
 from lbactors.backends.noop import NoopBackend
-from lbactors.config import BackendSection, Config, encode_config
+from lbactors.config import BackendSection, Config, DaemonSection, encode_config
 from lbactors.messages import ListenerStatistics, Operation
 from lbactors.routing import shard, shard_of
 from lbactors.worker import serve_worker
@@ -136,4 +136,53 @@ async def test_a_worker_adopts_the_resident_load_balancers_of_its_keys(tmp_path:
             report = await frames.receive()
             assert isinstance(report, ipc.StatsReport)
             assert set(report.owned_lb_ids or []) == by_key
+            await frames.send_eof()
+
+
+async def test_a_worker_trims_its_heap_after_a_statistics_round_and_after_a_burst(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``malloc_trim`` once a statistics round is answered, and on the first ping that finds
+    no actor left after operations ran; not on a ping with nothing new since."""
+    trims: list[int] = []
+    monkeypatch.setattr(worker, "trim_memory", lambda: trims.append(1))
+    config = Config(daemon=DaemonSection(actor_idle_timeout=0.05))
+    ours, theirs = trio.testing.memory_stream_pair()
+    frames = ipc.FrameStream(ours)
+
+    async def trimmed(count: int) -> None:
+        while len(trims) < count:
+            await trio.sleep(0.01)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_worker, theirs)
+            await frames.send(
+                ipc.Spawn(worker_index=0, worker_count=1, incarnation=1, config=encode_config(config))
+            )
+            assert isinstance(await frames.receive(), ipc.Ready)
+            await frames.send(ipc.Ping())
+            assert isinstance(await frames.receive(), ipc.Pong)
+            await frames.send(ipc.CollectStats(round=1))
+            assert isinstance(await frames.receive(), ipc.StatsReport)
+            await trimmed(1)
+
+            args = msgspec.json.encode(tree_of(P.args("loadbalancer_create"), "1111"))
+            op = Operation(op_id=1, method="loadbalancer_create", args=args, lb_id=LB_OP)
+            await frames.send(ipc.Submit(op=op))
+            done = await frames.receive()
+            assert isinstance(done, ipc.Done) and done.outcome.failure is None
+            while True:  # until the actor retired
+                await frames.send(ipc.Ping())
+                pong = await frames.receive()
+                if isinstance(pong, ipc.Pong) and pong.actors == 0:
+                    break
+                await trio.sleep(0.02)
+            await trimmed(2)
+            await frames.send(ipc.Ping())
+            assert isinstance(await frames.receive(), ipc.Pong)
+            await frames.send(ipc.Ping())
+            assert isinstance(await frames.receive(), ipc.Pong)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(trims) == 2
             await frames.send_eof()

@@ -50,7 +50,7 @@ import os
 import re
 import sys
 import time
-import uuid
+from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -106,19 +106,27 @@ _Key = tuple[str, str]
 _KINDS: tuple[str, ...] = tuple(sorted(CLASS_OF_KIND))
 _KIND_CODE: dict[str, int] = {kind: code for code, kind in enumerate(_KINDS)}
 _LISTENER = _KIND_CODE["listener"]
-_STRIDE = 3  # a tree's entries: (object id, kind code << 1 | offline, packed fields)
+
+
+class _Ref:
+    """A decoded reference to one of the tree's ids: entry ``index`` when >= 0, else the
+    tree's other id ``~index``."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
 
 
 class _Packing:
     """How one kind's own fields are packed into, and unpacked from, a msgpack array.
 
-    Resident objects are kept as bytes, not Structs: the values of the kind's fields in
-    declaration order, with ``id`` (the entry's key), the nested objects and trailing
-    ``None`` left out, and an id field equal to the object's own id (its ``<kind>_id``)
-    or to its load balancer's packed as ``true`` or ``false`` (an id field never holds a
-    boolean), and other ids in the forms Octavia and Keystone write them (a lowercase UUID,
-    32 lowercase hex digits) packed as 16 bytes. About a seventh of a decoded Struct with
-    its strings.
+    The values of the kind's fields in declaration order, with ``id`` (the entry's own id,
+    kept beside the blob), the nested objects and trailing ``None`` left out, and an id field
+    equal to the object's own id (its ``<kind>_id``) or to its load balancer's packed as
+    ``true`` or ``false`` (an id field never holds a boolean). Any other id is a reference
+    to one of the tree's ids (:class:`_Refs`): a parent in the tree, or one of the tree's
+    other ids (its project, a subnet, ...) kept once per tree.
     """
 
     __slots__ = ("cls", "fields", "id_fields", "nested")
@@ -132,38 +140,49 @@ class _Packing:
             i for i, name in enumerate(self.fields) if i and name.endswith("_id")
         )
 
-    def pack(self, obj: OctaviaObject, lb_id: str) -> bytes:
+    def values(self, obj: OctaviaObject) -> list[Any]:
+        """``obj``'s own fields, ids as strings (what :meth:`pack` takes)."""
         values: list[Any] = list(msgspec.structs.astuple(obj))
-        object_id = values[0]
         values[0] = None
         for i in self.nested:
             values[i] = None
+        return values
+
+    def pack(self, values: list[Any], object_id: str, lb_id: str, refs: _Refs) -> list[Any]:
+        packed = list(values)
         for i in self.id_fields:
-            value = values[i]
+            value = packed[i]
             if value is None:
                 continue
             if value == object_id:
-                values[i] = True
+                packed[i] = True
             elif value == lb_id:
-                values[i] = False
-            elif _UUID.fullmatch(value):
-                values[i] = msgspec.msgpack.Ext(_EXT_UUID, uuid.UUID(value).bytes)
-            elif _HEX32.fullmatch(value):
-                values[i] = msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value))
-        while values and values[-1] is None:
-            values.pop()
-        return _encode(values)
+                packed[i] = False
+            else:
+                packed[i] = refs.ref(value)
+        while packed and packed[-1] is None:
+            packed.pop()
+        return packed
 
-    def unpack(self, blob: bytes, object_id: str, lb_id: str) -> OctaviaObject:
-        values: list[Any] = _decode(blob)
-        values.extend([None] * (len(self.fields) - len(values)))
-        values[0] = object_id
+    def unpack(
+        self, packed: list[Any], object_id: str, lb_id: str, ids: Sequence[str], extra: list[str]
+    ) -> list[Any]:
+        """The values :meth:`values` gave, from what :meth:`pack` made of them."""
+        packed.extend([None] * (len(self.fields) - len(packed)))
         for i in self.id_fields:
-            value = values[i]
+            value = packed[i]
             if value is True:
-                values[i] = object_id
+                packed[i] = object_id
             elif value is False:
-                values[i] = lb_id
+                packed[i] = lb_id
+            elif type(value) is _Ref:
+                index = value.index
+                packed[i] = ids[index] if index >= 0 else extra[~index]
+        return packed
+
+    def build(self, values: list[Any], object_id: str) -> OctaviaObject:
+        values = list(values)
+        values[0] = object_id
         return self.cls(**dict(zip(self.fields, values, strict=True)))
 
 
@@ -171,25 +190,160 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _EXT_UUID = 1
 _EXT_HEX32 = 2
+_EXT_REF = 3  # the tree's entry n
+_EXT_EXTRA = 4  # the tree's other id n
 
 
-def _unpack_id(code: int, data: memoryview) -> str:
-    if code == _EXT_UUID:
-        return str(uuid.UUID(bytes=bytes(data)))
-    return bytes(data).hex()
+class _Refs:
+    """The ids a tree's fields refer to: its entries' ids (by entry), and its other ids, each
+    kept once (ids in the forms Octavia and Keystone write them, a lowercase UUID or 32
+    lowercase hex digits, as 16 bytes; others as strings). Entries and other ids are numbered
+    apart, so that appending an entry or another id leaves every reference as it was."""
+
+    __slots__ = ("added", "extra", "index")
+
+    def __init__(self, entry_ids: Sequence[str], extra: list[str]) -> None:
+        self.index: dict[str, msgspec.msgpack.Ext] = {}
+        for i, value in enumerate(extra):
+            self.index.setdefault(value, msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(i)))
+        for i, object_id in enumerate(entry_ids):
+            self.index[object_id] = msgspec.msgpack.Ext(_EXT_REF, _index_bytes(i))
+        self.extra = extra
+        self.added = False
+
+    def ref(self, value: str) -> msgspec.msgpack.Ext:
+        ext = self.index.get(value)
+        if ext is None:
+            ext = self.index[value] = msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(len(self.extra)))
+            self.extra.append(value)
+            self.added = True
+        return ext
+
+    def encoded_extra(self) -> bytes:
+        packed: list[Any] = []
+        for value in self.extra:
+            if _UUID.fullmatch(value):
+                packed.append(msgspec.msgpack.Ext(_EXT_UUID, bytes.fromhex(value.replace("-", ""))))
+            elif _HEX32.fullmatch(value):
+                packed.append(msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value)))
+            else:
+                packed.append(value)
+        return _encode(packed)
+
+
+def _index_bytes(i: int) -> bytes:
+    return i.to_bytes(1 + (i > 255) + (i > 65535), "big")
+
+
+def _ext(code: int, data: memoryview) -> Any:
+    if code == _EXT_REF:
+        return _Ref(int.from_bytes(data, "big"))
+    if code == _EXT_EXTRA:
+        return _Ref(~int.from_bytes(data, "big"))
+    h = data.hex()
+    if code == _EXT_UUID:  # as str(uuid.UUID(...)) writes it, without its cost
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return h
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list, ext_hook=_unpack_id).decode
+_decode = msgspec.msgpack.Decoder(list, ext_hook=_ext).decode
 _PACKING: tuple[_Packing, ...] = tuple(_Packing(CLASS_OF_KIND[kind]) for kind in _KINDS)
+
+#: a tree is a list: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``; the blob: each
+#: entry's ``kind code << 1 | offline`` (one byte each), the length of the next part (4 bytes),
+#: the msgpack array of the tree's other ids, then each entry's packed fields, one msgpack
+#: array after the other
+_IDS = 2
+_LEN = 4
+
+
+def _array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _codes(record: list[Any]) -> bytes:
+    """Each entry's ``kind code << 1 | offline``: the blob's first bytes, one per entry."""
+    codes: bytes = record[1][: len(record) - _IDS]
+    return codes
+
+
+def _parts(record: list[Any]) -> tuple[list[str], int]:
+    """A tree's other ids, and where its entries' fields start in the blob."""
+    blob: bytes = record[1]
+    n = len(record) - _IDS
+    size = int.from_bytes(blob[n : n + _LEN], "big")
+    extra: list[str] = _decode(memoryview(blob)[n + _LEN : n + _LEN + size])
+    return extra, n + _LEN + size
+
+
+def _entries(record: list[Any]) -> list[tuple[str, int, list[Any]]]:
+    """A tree's entries unpacked: (object id, code, own field values with ids as strings)."""
+    lb_id: str = record[0]
+    blob: bytes = record[1]
+    if not blob:  # a new tree
+        return []
+    n = len(record) - _IDS
+    extra, start = _parts(record)
+    packed = _decode(_array_header(n) + blob[start:])
+    ids = record[_IDS:]
+    return [
+        (object_id, code, _PACKING[code >> 1].unpack(fields, object_id, lb_id, ids, extra))
+        for object_id, code, fields in zip(ids, blob[:n], packed, strict=True)
+    ]
+
+
+def _store(record: list[Any], entries: list[tuple[str, int, list[Any]]]) -> None:
+    """Pack ``entries`` into ``record`` in place (one blob; the list sized to fit)."""
+    lb_id: str = record[0]
+    entry_ids = [object_id for object_id, _, _ in entries]
+    refs = _Refs(entry_ids, [])
+    body = b"".join(
+        _encode(_PACKING[code >> 1].pack(values, object_id, lb_id, refs))
+        for object_id, code, values in entries
+    )
+    extra = refs.encoded_extra()
+    codes = bytes(code for _, code, _ in entries)
+    blob = codes + len(extra).to_bytes(_LEN, "big") + extra + body
+    # cleared then refilled: the list's storage fits (an append would over-allocate)
+    record.clear()
+    record.extend((lb_id, blob, *entry_ids))
+
+
+def _append(record: list[Any], object_id: str, code: int, values: list[Any]) -> None:
+    """Add an entry to ``record`` without unpacking the others (a create: the usual change)."""
+    blob: bytes = record[1]
+    if not blob:
+        _store(record, [(object_id, code, values)])
+        return
+    lb_id: str = record[0]
+    n = len(record) - _IDS
+    entry_ids = [*record[_IDS:], object_id]
+    extra, start = _parts(record)
+    refs = _Refs(entry_ids, extra)
+    fields = _encode(_PACKING[code >> 1].pack(values, object_id, lb_id, refs))
+    if refs.added:
+        encoded = refs.encoded_extra()
+        head = len(encoded).to_bytes(_LEN, "big") + encoded
+    else:
+        head = blob[n:start]
+    blob = blob[:n] + bytes((code,)) + head + blob[start:] + fields
+    record.clear()
+    record.extend((lb_id, blob, *entry_ids))
 
 
 def _find(record: list[Any], kind_code: int, object_id: str) -> int:
-    """The index of ``(kind, object_id)``'s entry in a tree; 0: not there."""
-    for i in range(1, len(record), _STRIDE):
-        if record[i] == object_id and record[i + 1] >> 1 == kind_code:
+    """The index of ``(kind, object_id)``'s entry in a tree; -1: not there."""
+    codes = record[1]
+    for i in range(len(record) - _IDS):
+        if record[_IDS + i] == object_id and codes[i] >> 1 == kind_code:
             return i
-    return 0
+    return -1
 
 
 class NoopOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
@@ -212,18 +366,64 @@ class NoopOptions(Deadlines, kw_only=True, forbid_unknown_fields=True):
 _MASK = (1 << 64) - 1
 
 
-class _Counters:
-    __slots__ = ("active", "bytes_in", "bytes_out", "errors", "rounds", "state", "total")
+class _CounterTable:
+    """Every listener's traffic counters in one array of 64-bit words, ``WIDTH`` per listener:
+    no object per listener, and a statistics round writes its new values in place (no new
+    integers kept per round)."""
 
-    def __init__(self, state: int = 0) -> None:
-        self.active = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.errors = 0
-        self.rounds = 0
-        self.total = 0
-        #: a 64-bit LCG state, seeded from (seed, listener id): counters are reproducible
-        self.state = state
+    #: the LCG state (seeded from (seed, listener id): counters are reproducible), rounds,
+    #: total, active, bytes in, bytes out, errors
+    WIDTH = 7
+    __slots__ = ("free", "slots", "words")
+
+    def __init__(self) -> None:
+        #: listener id -> the index of its first word
+        self.slots: dict[str, int] = {}
+        self.words = array("Q")
+        #: slots of deleted listeners, taken again first
+        self.free: list[int] = []
+
+    def __contains__(self, listener_id: str) -> bool:
+        return listener_id in self.slots
+
+    def add(self, listener_id: str, state: int) -> int:
+        if self.free:
+            slot = self.free.pop()
+            self.words[slot : slot + self.WIDTH] = array("Q", [state, 0, 0, 0, 0, 0, 0])
+        else:
+            slot = len(self.words)
+            self.words.extend((state, 0, 0, 0, 0, 0, 0))
+        self.slots[listener_id] = slot
+        return slot
+
+    def remove(self, listener_id: str) -> None:
+        slot = self.slots.pop(listener_id, None)
+        if slot is not None:
+            self.free.append(slot)
+
+    def advance(self, slot: int, listener_id: str) -> ListenerStatistics:
+        """One round of plausible traffic, a pure function of (seed, listener, round)."""
+        words = self.words
+        state, rounds, total, _, bytes_in, bytes_out, errors = words[slot : slot + self.WIDTH]
+        state = x = (state * 6364136223846793005 + 1442695040888963407) & _MASK
+        x >>= 16  # the low bits of an LCG are weak
+        new = 1 + x % 100  # at least one connection per round: totals always grow
+        total += new
+        active = (x >> 8) % (new + 1)
+        bytes_in += new * (200 + (x >> 16) % 800)
+        bytes_out += new * (1000 + (x >> 26) % 9000)
+        errors += 1 if (x >> 40) % 10 == 0 else 0
+        words[slot : slot + self.WIDTH] = array(
+            "Q", (state, rounds + 1, total, active, bytes_in, bytes_out, errors)
+        )
+        return ListenerStatistics(
+            id=listener_id,
+            active_connections=active,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            request_errors=errors,
+            total_connections=total,
+        )
 
 
 class NoopBackend(Backend):
@@ -261,16 +461,19 @@ class NoopBackend(Backend):
         self.crash_pattern = re.compile(crash_pattern) if crash_pattern else None
         self.seed = seed
         self.deadlines = deadlines or NoopOptions()
-        #: load balancer id -> its tree: ``[lb_id, *entries]``, an entry being three items
-        #: (object id, kind code << 1 | offline, packed fields: :class:`_Packing`); the LB
-        #: itself is an entry of its tree once created. One list per load balancer and no
-        #: Structs, tuples or sets per object: 100 000 resident trees fit in memory.
+        #: load balancer id -> its tree: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``,
+        #: the blob holding each entry's ``kind code << 1 | offline`` and packed fields and the
+        #: tree's other ids (:data:`_IDS`, :class:`_Packing`, :func:`_store`); the LB itself is
+        #: an entry of its tree once created. Per load balancer one list and one bytes object,
+        #: and the ids as strings (the actor layer's operating statuses share them): 100 000
+        #: resident trees fit in memory. A create appends to the blob (:func:`_append`); an
+        #: update or a delete re-packs the tree.
         self._trees: dict[str, list[Any]] = {}
         #: object id (not a load balancer's) -> the tree it belongs to. Keyed by the id alone:
         #: Octavia's ids are UUIDs, unique across kinds (the tree's entry has the kind)
         self._owner: dict[str, list[Any]] = {}
-        #: listener id -> its traffic counters
-        self._counters: dict[str, _Counters] = {}
+        #: every listener's traffic counters
+        self._counters = _CounterTable()
 
     @classmethod
     def from_options(cls, options: dict[str, Any] | None) -> NoopBackend:
@@ -364,13 +567,10 @@ class NoopBackend(Backend):
         record = self._trees.get(lb_id)
         if record is None:
             return {}
-        lb_id = record[0]
-        result: dict[_Key, OctaviaObject] = {}
-        for i in range(1, len(record), _STRIDE):
-            object_id, code, blob = record[i : i + _STRIDE]
-            packing = _PACKING[code >> 1]
-            result[(_KINDS[code >> 1], object_id)] = packing.unpack(blob, object_id, lb_id)
-        return result
+        return {
+            (_KINDS[code >> 1], object_id): _PACKING[code >> 1].build(values, object_id)
+            for object_id, code, values in _entries(record)
+        }
 
     def lb_ids(self) -> list[str]:
         return list(self._trees)
@@ -381,7 +581,7 @@ class NoopBackend(Backend):
             record = self._trees.get(object_id)
         else:
             record = self._owner.get(object_id)
-        if record is None or not _find(record, _KIND_CODE[kind], object_id):
+        if record is None or _find(record, _KIND_CODE[kind], object_id) < 0:
             return None
         lb_id: str = record[0]
         return lb_id
@@ -443,26 +643,28 @@ class NoopBackend(Backend):
         if record is None:
             # one string for the id wherever it is kept (here and in the actor layer)
             lb_id = sys.intern(lb_id)
-            record = self._trees[lb_id] = [lb_id]
+            record = self._trees[lb_id] = [lb_id, b""]
         else:
             lb_id = record[0]
         kind_code = _KIND_CODE[kind]
-        # only the object's own state, packed: keeping the payload's Structs (nested
-        # parents and all) would cost memory and garbage-collector time per resident object
+        # only the object's own state, packed with its tree's: keeping the payload's Structs
+        # (nested parents and all) would cost memory and garbage-collector time per object
         code = kind_code << 1 | (obj.admin_state_up is False)
-        blob = _PACKING[kind_code].pack(obj, lb_id)
+        values = _PACKING[kind_code].values(obj)
         i = _find(record, kind_code, object_id)
-        if i:
-            record[i + 1] = code
-            record[i + 2] = blob
+        if i >= 0:
+            entries = _entries(record)
+            object_id = entries[i][0]
+            entries[i] = (object_id, code, values)
+            _store(record, entries)
         else:
             if object_id == lb_id:
                 object_id = lb_id
-            record += (object_id, code, blob)
+            _append(record, object_id, code, values)
             if kind != "loadbalancer":
                 self._owner[object_id] = record
         if kind_code == _LISTENER and object_id not in self._counters:
-            self._counters[object_id] = self._new_counters(object_id)
+            self._new_counters(object_id)
         if kind == "loadbalancer":
             path = self._lb_file(object_id)
             if path is not None:
@@ -481,27 +683,29 @@ class NoopBackend(Backend):
         if kind == "loadbalancer":
             record = self._trees.pop(obj.id, None)
             if record is not None:
-                for i in range(1, len(record), _STRIDE):
-                    self._forget(record, record[i], record[i + 1] >> 1)
+                for object_id, code in zip(record[_IDS:], _codes(record), strict=True):
+                    self._forget(record, object_id, code >> 1)
             path = self._lb_file(obj.id)
             if path is not None:
                 path.unlink(missing_ok=True)
             return
         record = self._owner.get(obj.id)
         kind_code = _KIND_CODE[kind]
-        i = _find(record, kind_code, obj.id) if record is not None else 0
-        if record is None or not i:
+        i = _find(record, kind_code, obj.id) if record is not None else -1
+        if record is None or i < 0:
             return  # never seen or already deleted: done
-        del record[i : i + _STRIDE]
+        entries = _entries(record)
+        del entries[i]
+        _store(record, entries)
         self._forget(record, obj.id, kind_code)
-        if len(record) == 1:
+        if len(record) == _IDS:
             del self._trees[record[0]]
 
     def _forget(self, record: list[Any], object_id: str, kind_code: int) -> None:
         if self._owner.get(object_id) is record:
             del self._owner[object_id]
         if kind_code == _LISTENER:
-            self._counters.pop(object_id, None)
+            self._counters.remove(object_id)
 
     # ------------------------------------------------------------------ CRUD
 
@@ -572,46 +776,27 @@ class NoopBackend(Backend):
 
     # ------------------------------------------------------------------ read side
 
-    def _new_counters(self, listener_id: str) -> _Counters:
+    def _new_counters(self, listener_id: str) -> int:
         digest = hashlib.blake2b(f"{self.seed}:{listener_id}".encode(), digest_size=8).digest()
-        return _Counters(int.from_bytes(digest, "big"))
-
-    @staticmethod
-    def _advance(listener_id: str, c: _Counters) -> None:
-        """One round of plausible traffic, a pure function of (seed, listener, round)."""
-        c.rounds += 1
-        c.state = x = (c.state * 6364136223846793005 + 1442695040888963407) & _MASK
-        x >>= 16  # the low bits of an LCG are weak
-        new = 1 + x % 100  # at least one connection per round: totals always grow
-        c.total += new
-        c.active = (x >> 8) % (new + 1)
-        c.bytes_in += new * (200 + (x >> 16) % 800)
-        c.bytes_out += new * (1000 + (x >> 26) % 9000)
-        c.errors += 1 if (x >> 40) % 10 == 0 else 0
+        return self._counters.add(listener_id, int.from_bytes(digest, "big"))
 
     def _listener_statistics_now(self, lb_id: str) -> list[ListenerStatistics]:
         record = self._trees.get(lb_id)
         if record is None:
             return []
         listener_ids = sorted(
-            record[i] for i in range(1, len(record), _STRIDE) if record[i + 1] >> 1 == _LISTENER
+            object_id
+            for object_id, code in zip(record[_IDS:], _codes(record), strict=True)
+            if code >> 1 == _LISTENER
         )
+        counters = self._counters
+        slots = counters.slots
         result = []
         for object_id in listener_ids:
-            c = self._counters.get(object_id) or self._counters.setdefault(
-                object_id, self._new_counters(object_id)
-            )
-            self._advance(object_id, c)
-            result.append(
-                ListenerStatistics(
-                    id=object_id,
-                    active_connections=c.active,
-                    bytes_in=c.bytes_in,
-                    bytes_out=c.bytes_out,
-                    request_errors=c.errors,
-                    total_connections=c.total,
-                )
-            )
+            slot = slots.get(object_id)
+            if slot is None:
+                slot = self._new_counters(object_id)
+            result.append(counters.advance(slot, object_id))
         return result
 
     def _operating_statuses_now(self, lb_id: str) -> list[OperatingStatus]:
@@ -619,8 +804,8 @@ class NoopBackend(Backend):
         if record is None:
             return []
         result: list[OperatingStatus] = [
-            (_KINDS[record[i + 1] >> 1], record[i], "OFFLINE" if record[i + 1] & 1 else "ONLINE")
-            for i in range(1, len(record), _STRIDE)
+            (_KINDS[code >> 1], object_id, "OFFLINE" if code & 1 else "ONLINE")
+            for object_id, code in zip(record[_IDS:], _codes(record), strict=True)
         ]
         result.sort()
         return result
