@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from lbactors.amqp.connection import Channel, Consumer, Delivery, open_connection
-from tests.rabbit_cluster import RabbitCluster, rabbit_cluster
+from tests.rabbit_cluster import ClusterError, RabbitCluster, rabbit_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -248,3 +248,32 @@ async def test_single_active_consumer_only_one_receives_and_the_next_takes_over_
     assert [d.body for d in b_received] == sent[5:]
     assert all(d.redelivered for d in b_received[:5])
     assert not any(d.redelivered for d in b_received[5:])
+
+
+def test_a_join_whose_start_app_fails_is_retried_from_a_reset_node(tmp_path) -> None:
+    """No broker: the rabbitmqctl calls of a join whose first ``start_app`` fails."""
+    calls: list[tuple[str, ...]] = []
+
+    class Node:
+        name = "seed@localhost"
+
+        def fail(self, what: str) -> ClusterError:
+            return ClusterError(what)
+
+    class Recording(RabbitCluster):
+        def rabbitmqctl(self, index: int, *args: str, timeout: float = 0) -> str:
+            calls.append((str(index), *args))
+            if args == ("start_app",) and calls.count((str(index), "start_app")) == 1:
+                raise ClusterError("start_app failed (69)")
+            return ""
+
+    cluster = Recording(tmp_path, [Node(), Node()], {})  # type: ignore[list-item]
+    cluster.join(1)
+    assert calls == [
+        ("1", "stop_app"), ("1", "join_cluster", "seed@localhost"), ("1", "start_app"),
+        ("1", "stop_app"), ("1", "reset"), ("1", "join_cluster", "seed@localhost"),
+        ("1", "start_app"),
+    ]
+    calls.clear()
+    with pytest.raises(ClusterError):
+        cluster.join(1, attempts=1)
