@@ -375,3 +375,32 @@ async def test_a_deleted_listeners_counters_are_forgotten_and_its_slot_taken_afr
         assert await first_round(backend, "l2") == l2_first
         await backend.listener_create(listener(), None)
         assert await first_round(backend, LISTENER) == once
+
+
+async def test_deleting_the_last_entry_never_leaves_a_reference_to_its_place() -> None:
+    """The last entry is dropped without repacking the tree, unless an earlier entry refers
+    to it by its place (a listener's ``default_pool_id`` set to a pool created after it):
+    then the tree is packed anew, and the next entry appended in that place is not taken
+    for the deleted one."""
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        first = listener()
+        pool: Pool = obj("pool_create")
+        await backend.loadbalancer_create(lb())
+        await backend.listener_create(first, None)
+        await backend.pool_create(pool)
+        pointing = msgspec.structs.replace(first, default_pool_id=POOL)
+        await backend.listener_update(first, pointing, None)
+        await backend.pool_delete(pool)  # the last entry, referred to by the listener
+        other = msgspec.structs.replace(pool, id="p2", pool_id="p2", name="second")
+        await backend.pool_create(other)  # appended where the deleted pool was
+        tree = backend.tree(LB)
+        assert tree[("listener", LISTENER)].default_pool_id == POOL
+        assert tree[("pool", "p2")].name == "second"
+        # a last entry nobody refers to: dropped, the rest unchanged
+        before = backend.tree(LB)
+        extra = member(id="m-9", name="nine")
+        await backend.member_create(extra)
+        assert ("member", "m-9") in backend.tree(LB)
+        await backend.member_delete(extra)
+        assert backend.tree(LB) == before

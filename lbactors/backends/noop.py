@@ -248,6 +248,7 @@ def _ext(code: int, data: memoryview) -> Any:
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list, ext_hook=_ext).decode
+_decode_raw = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
 _PACKING: tuple[_Packing, ...] = tuple(_Packing(CLASS_OF_KIND[kind]) for kind in _KINDS)
 
 #: a tree is a list: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``; the blob: each
@@ -335,6 +336,53 @@ def _append(record: list[Any], object_id: str, code: int, values: list[Any]) -> 
     blob = blob[:n] + bytes((code,)) + head + blob[start:] + fields
     record.clear()
     record.extend((lb_id, blob, *entry_ids))
+
+
+def _raw_entries(record: list[Any], n: int, start: int) -> list[msgspec.Raw]:
+    """Each entry's packed fields, as the bytes they are in the blob (nothing unpacked)."""
+    raws: list[msgspec.Raw] = _decode_raw(_array_header(n) + record[1][start:])
+    return raws
+
+
+def _replace(record: list[Any], i: int, code: int, values: list[Any]) -> None:
+    """Entry ``i`` of ``record`` takes ``code`` and ``values`` (an update), without unpacking
+    the others: entries keep their indexes, and a new other id is appended, so every
+    reference stays as it was."""
+    blob: bytes = record[1]
+    lb_id: str = record[0]
+    n = len(record) - _IDS
+    extra, start = _parts(record)
+    raws = _raw_entries(record, n, start)
+    refs = _Refs(record[_IDS:], extra)
+    fields = _encode(_PACKING[code >> 1].pack(values, record[_IDS + i], lb_id, refs))
+    if refs.added:
+        encoded = refs.encoded_extra()
+        head = len(encoded).to_bytes(_LEN, "big") + encoded
+    else:
+        head = blob[n:start]
+    codes = bytearray(blob[:n])
+    codes[i] = code
+    record[1] = bytes(codes) + head + b"".join(
+        fields if j == i else bytes(raw) for j, raw in enumerate(raws)
+    )
+
+
+def _drop_last(record: list[Any]) -> bool:
+    """Remove the last entry of ``record`` without unpacking the others, unless another
+    entry may refer to it (a listener's ``default_pool_id`` to a pool created after it, say:
+    its reference's bytes appear in that entry; a false alarm only costs the slow way).
+    Whether it was removed. Its other ids stay until the tree is next packed whole."""
+    blob: bytes = record[1]
+    n = len(record) - _IDS
+    _, start = _parts(record)
+    raws = _raw_entries(record, n, start)
+    reference = _encode(msgspec.msgpack.Ext(_EXT_REF, _index_bytes(n - 1)))
+    kept = [bytes(raw) for raw in raws[:-1]]
+    if any(reference in raw for raw in kept):
+        return False
+    record[1] = blob[: n - 1] + blob[n:start] + b"".join(kept)
+    del record[-1]
+    return True
 
 
 def _find(record: list[Any], kind_code: int, object_id: str) -> int:
@@ -466,8 +514,9 @@ class NoopBackend(Backend):
         #: tree's other ids (:data:`_IDS`, :class:`_Packing`, :func:`_store`); the LB itself is
         #: an entry of its tree once created. Per load balancer one list and one bytes object,
         #: and the ids as strings (the actor layer's operating statuses share them): 100 000
-        #: resident trees fit in memory. A create appends to the blob (:func:`_append`); an
-        #: update or a delete re-packs the tree.
+        #: resident trees fit in memory. A create appends to the blob (:func:`_append`), an
+        #: update replaces its entry's bytes (:func:`_replace`), a delete of the last entry
+        #: nobody refers to cuts it off (:func:`_drop_last`); another delete re-packs the tree.
         self._trees: dict[str, list[Any]] = {}
         #: object id (not a load balancer's) -> the tree it belongs to. Keyed by the id alone:
         #: Octavia's ids are UUIDs, unique across kinds (the tree's entry has the kind)
@@ -653,10 +702,8 @@ class NoopBackend(Backend):
         values = _PACKING[kind_code].values(obj)
         i = _find(record, kind_code, object_id)
         if i >= 0:
-            entries = _entries(record)
-            object_id = entries[i][0]
-            entries[i] = (object_id, code, values)
-            _store(record, entries)
+            object_id = record[_IDS + i]
+            _replace(record, i, code, values)
         else:
             if object_id == lb_id:
                 object_id = lb_id
@@ -694,9 +741,11 @@ class NoopBackend(Backend):
         i = _find(record, kind_code, obj.id) if record is not None else -1
         if record is None or i < 0:
             return  # never seen or already deleted: done
-        entries = _entries(record)
-        del entries[i]
-        _store(record, entries)
+        if not (i == len(record) - _IDS - 1 and _drop_last(record)):
+            # entries may refer to it, or to those after it by their place: packed anew
+            entries = _entries(record)
+            del entries[i]
+            _store(record, entries)
         self._forget(record, obj.id, kind_code)
         if len(record) == _IDS:
             del self._trees[record[0]]
