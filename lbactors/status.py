@@ -338,39 +338,24 @@ def operation_status(
     else:
         own = StatusEntry(id=own_id, provisioning_status=ERROR, operating_status=ERROR)
     parents = parents_of(kind, obj, request.old)
+
+    def parent(parent_id: str) -> StatusEntry:
+        return StatusEntry(
+            id=parent_id, provisioning_status=parent_prov, operating_status=parent_oper
+        )
+
     # Built directly (this is every operation's status): no parent is of the object's own
     # kind (the "Parents" table) and the listener ids are distinct, so no id repeats.
     status = StatusUpdate()
     setattr(status, PLURAL[kind], [own])
     if parents.loadbalancer_id:
-        status.loadbalancers = [
-            StatusEntry(
-                id=parents.loadbalancer_id,
-                provisioning_status=parent_prov,
-                operating_status=parent_oper,
-            )
-        ]
+        status.loadbalancers = [parent(parents.loadbalancer_id)]
     if parents.listener_ids:
-        status.listeners = [
-            StatusEntry(
-                id=listener_id, provisioning_status=parent_prov, operating_status=parent_oper
-            )
-            for listener_id in parents.listener_ids
-        ]
+        status.listeners = [parent(listener_id) for listener_id in parents.listener_ids]
     if parents.pool_id:
-        status.pools = [
-            StatusEntry(
-                id=parents.pool_id, provisioning_status=parent_prov, operating_status=parent_oper
-            )
-        ]
+        status.pools = [parent(parents.pool_id)]
     if parents.l7policy_id:
-        status.l7policies = [
-            StatusEntry(
-                id=parents.l7policy_id,
-                provisioning_status=parent_prov,
-                operating_status=parent_oper,
-            )
-        ]
+        status.l7policies = [parent(parents.l7policy_id)]
     return status
 
 

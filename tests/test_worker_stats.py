@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
@@ -68,21 +69,30 @@ def changed_ids(report: ipc.StatsReport) -> list[str]:
     )
 
 
+@asynccontextmanager
+async def serving_worker(config: Config, workers: int = 1) -> AsyncIterator[ipc.FrameStream]:
+    """A worker served in this process over a memory stream, spawned with ``config`` and
+    ready: its frame stream; the end of input when the block is left."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    frames = ipc.FrameStream(ours)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_worker, theirs)
+        await frames.send(
+            ipc.Spawn(worker_index=0, worker_count=workers, incarnation=1, config=encode_config(config))
+        )
+        assert isinstance(await frames.receive(), ipc.Ready)
+        yield frames
+        await frames.send_eof()
+
+
 async def test_a_round_with_held_shards_reports_only_their_load_balancers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert shard_of(LB_OP, SHARDS) not in HELD and shard_of(RES_OTHER, SHARDS) not in HELD
     monkeypatch.setitem(BACKENDS, "every-lb-reads", lambda options: EveryLbReads())
     config = Config(backend=BackendSection(name="every-lb-reads"))
-    ours, theirs = trio.testing.memory_stream_pair()
-    frames = ipc.FrameStream(ours)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_worker, theirs)
-            await frames.send(
-                ipc.Spawn(worker_index=0, worker_count=1, incarnation=1, config=encode_config(config))
-            )
-            assert isinstance(await frames.receive(), ipc.Ready)
+        async with serving_worker(config) as frames:
             args = msgspec.json.encode(tree_of(P.args("loadbalancer_create"), "1111"))
             op = Operation(op_id=1, method="loadbalancer_create", args=args, lb_id=LB_OP, key=KEY)
             await frames.send(ipc.Submit(op=op))
@@ -108,7 +118,6 @@ async def test_a_round_with_held_shards_reports_only_their_load_balancers(
             )
             # the others' statuses were never reported: they are news now
             assert changed_ids(every) == sorted([RES_UNKNOWN, RES_OTHER])
-            await frames.send_eof()
 
 
 async def test_a_worker_adopts_the_resident_load_balancers_of_its_keys(tmp_path: Path) -> None:
@@ -123,44 +132,29 @@ async def test_a_worker_adopts_the_resident_load_balancers_of_its_keys(tmp_path:
     config = Config(
         backend=BackendSection(noop={"state_dir": str(tmp_path), "affinity_prefix": 3})
     )
-    ours, theirs = trio.testing.memory_stream_pair()
-    frames = ipc.FrameStream(ours)
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_worker, theirs)
-            await frames.send(
-                ipc.Spawn(worker_index=0, worker_count=workers, incarnation=1, config=encode_config(config))
-            )
-            assert isinstance(await frames.receive(), ipc.Ready)
+        async with serving_worker(config, workers) as frames:
             await frames.send(ipc.CollectStats(round=1, with_owned_ids=True))
             report = await frames.receive()
             assert isinstance(report, ipc.StatsReport)
             assert set(report.owned_lb_ids or []) == by_key
-            await frames.send_eof()
 
 
 async def test_a_worker_trims_its_heap_after_a_statistics_round_and_after_a_burst(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
 ) -> None:
     """``malloc_trim`` once a statistics round is answered, and on the first ping that finds
     no actor left after operations ran; not on a ping with nothing new since."""
     trims: list[int] = []
     monkeypatch.setattr(worker, "trim_memory", lambda: trims.append(1))
     config = Config(daemon=DaemonSection(actor_idle_timeout=0.05))
-    ours, theirs = trio.testing.memory_stream_pair()
-    frames = ipc.FrameStream(ours)
 
     async def trimmed(count: int) -> None:
         while len(trims) < count:
             await trio.sleep(0.01)
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_worker, theirs)
-            await frames.send(
-                ipc.Spawn(worker_index=0, worker_count=1, incarnation=1, config=encode_config(config))
-            )
-            assert isinstance(await frames.receive(), ipc.Ready)
+        async with serving_worker(config) as frames:
             await frames.send(ipc.Ping())
             assert isinstance(await frames.receive(), ipc.Pong)
             await frames.send(ipc.CollectStats(round=1))
@@ -185,4 +179,3 @@ async def test_a_worker_trims_its_heap_after_a_statistics_round_and_after_a_burs
             assert isinstance(await frames.receive(), ipc.Pong)
             await trio.testing.wait_all_tasks_blocked()
             assert len(trims) == 2
-            await frames.send_eof()
