@@ -69,7 +69,9 @@ from lbactors.messages import (
     Request,
     StatusUpdate,
     decode_request,
+    merge_update,
 )
+from lbactors.model import sparse_variant
 from lbactors.routing import owner_of, shard_of, shard_queue
 
 log = structlog.get_logger("lbactors.gateway")
@@ -408,25 +410,29 @@ def _lb_of(obj: _IdsOf) -> str | None:
     return listener.loadbalancer_id if listener else None
 
 
-def _ids_decoders() -> dict[str, tuple[str, Any, Any]]:
-    """method -> (kind, decoder of its args' objects, decoder of the keys an update's new
-    object sends), for every load balancer method of ``messages.METHODS``."""
-    out: dict[str, tuple[str, Any, Any]] = {}
+#: the sparse variants of the ids Structs: an update's new object in one decode, with the keys
+#: it left out ``UNSET`` (``model.sparse_variant``)
+_SPARSE_IDS_OF_KIND = {kind: sparse_variant(cls) for kind, cls in _IDS_OF_KIND.items()}
+
+
+def _ids_decoders() -> dict[str, tuple[str, Any, bool]]:
+    """method -> (kind, decoder of its args' objects, whether it is an update), for every load
+    balancer method of ``messages.METHODS``."""
+    out: dict[str, tuple[str, Any, bool]] = {}
     for method, (kind, action, _) in METHODS.items():
         if kind is None:
             continue
         ids = _IDS_OF_KIND[kind]
         if action == "update":
             args = msgspec.defstruct(
-                f"{method}_ids", [(f"old_{kind}", ids), (f"new_{kind}", ids)], kw_only=True
+                f"{method}_ids",
+                [(f"old_{kind}", ids), (f"new_{kind}", _SPARSE_IDS_OF_KIND[kind])],
+                kw_only=True,
             )
-            keys = msgspec.defstruct(
-                f"{method}_ids_keys", [(f"new_{kind}", dict[str, msgspec.Raw])], kw_only=True
-            )
-            out[method] = (kind, msgspec.json.Decoder(args), msgspec.json.Decoder(keys))
+            out[method] = (kind, msgspec.json.Decoder(args), True)
         else:
             args = msgspec.defstruct(f"{method}_ids", [(kind, ids)], kw_only=True)
-            out[method] = (kind, msgspec.json.Decoder(args), None)
+            out[method] = (kind, msgspec.json.Decoder(args), False)
     return out
 
 
@@ -443,22 +449,15 @@ def _owner_from_ids(method: str, raw_args: bytes) -> str | None:
     spec = _IDS_DECODERS.get(method)
     if spec is None:
         return None
-    kind, decoder, keys = spec
+    kind, decoder, update = spec
     try:
         args = decoder.decode(raw_args)
-        if keys is None:
+        if not update:
             obj: _IdsOf = getattr(args, kind)
             old = None
         else:
             old = getattr(args, f"old_{kind}")
-            new = getattr(args, f"new_{kind}")
-            present = getattr(keys.decode(raw_args), f"new_{kind}")
-            changes = {
-                f: getattr(new, f)
-                for f in new.__struct_fields__
-                if getattr(new, f) is not None or (f in present and f != "id")
-            }
-            obj = msgspec.structs.replace(old, **changes)
+            obj = merge_update(old, getattr(args, f"new_{kind}"), kind)
     except _ROUTING_ERRORS:
         return None
     if not obj.id:

@@ -28,6 +28,7 @@ import msgspec
 
 from lbactors.model import (
     CLASS_OF_KIND,
+    SPARSE_CLASS_OF_KIND,
     Certificate,
     LoadBalancer,
     OctaviaObject,
@@ -236,7 +237,11 @@ def _build_args_types() -> dict[str, tuple[str | None, Action, type[msgspec.Stru
             "update",
             _args_struct(
                 f"{kind}_update",
-                [(f"old_{kind}", cls, _REQUIRED), (f"new_{kind}", cls, _REQUIRED), *extra],
+                [
+                    (f"old_{kind}", cls, _REQUIRED),
+                    (f"new_{kind}", SPARSE_CLASS_OF_KIND[kind], _REQUIRED),
+                    *extra,
+                ],
             ),
         )
         delete_fields: list[tuple[str, Any, Any]] = [(kind, cls, _REQUIRED)]
@@ -276,31 +281,29 @@ _OBJECT_FIELDS = {
 }
 
 
-#: update method -> decoder of the keys present in its ``new_<kind>`` object
-_NEW_KEYS_DECODERS = {
-    method: msgspec.json.Decoder(
-        msgspec.defstruct(f"{method}_keys", [(f"new_{spec[0]}", dict[str, msgspec.Raw])])
-    )
-    for method, spec in METHODS.items()
-    if spec[1] == "update"
-}
-
-
 _S = TypeVar("_S", bound=msgspec.Struct)
 
 
-def _merge(old: _S, new: _S, present: Any) -> _S:
+def merge_update(old: _S, new: msgspec.Struct, kind: str) -> _S:
     """The new object of a sparse update: every field ``new`` leaves out comes from ``old``.
 
-    A field that ``new`` sends, even as null, is a change: the driver's new object is
-    ``deepcopy(old)`` overlaid with the changes, and clearing a field (a listener's
-    ``default_pool_id``) is sent as null. The id is never cleared.
+    ``new`` is the sparse variant of ``old``'s class (:func:`model.sparse_variant`): a field
+    it sends, even as null, is a change (the driver's new object is ``deepcopy(old)`` overlaid
+    with the changes, and clearing a field, a listener's ``default_pool_id``, is sent as null);
+    one it leaves out is ``UNSET``. The id is never cleared, and falls back to
+    ``<kind>_id`` as the model's does.
     """
-    changes = {
-        f: getattr(new, f)
-        for f in new.__struct_fields__
-        if getattr(new, f) is not None or (f in present and f != "id")
-    }
+    changes = {}
+    for f in new.__struct_fields__:
+        value = getattr(new, f)
+        if value is not msgspec.UNSET:
+            changes[f] = value
+    if changes.get("id", msgspec.UNSET) is None:
+        del changes["id"]
+    if "id" not in changes:
+        fallback = changes.get(f"{kind}_id")
+        if fallback is not None:
+            changes["id"] = fallback
     return msgspec.structs.replace(old, **changes)
 
 
@@ -350,11 +353,6 @@ def decode_request(method: str, raw: bytes) -> Request:
     kind, action, _ = spec
     try:
         args = _DECODERS[method].decode(raw)
-        present = (
-            getattr(_NEW_KEYS_DECODERS[method].decode(raw), f"new_{kind}")
-            if action == "update"
-            else None
-        )
     except msgspec.ValidationError as exc:
         guessed_kind, guessed_id = _guess_object(method, raw)
         raise InvalidOperation(
@@ -381,7 +379,7 @@ def decode_request(method: str, raw: bytes) -> Request:
     obj_field, old_field, field = _OBJECT_FIELDS[method]
     if old_field is not None:
         old = getattr(args, old_field)
-        obj = _merge(old, getattr(args, obj_field), present)
+        obj = merge_update(old, getattr(args, obj_field), kind)
     else:
         old = None
         obj = getattr(args, obj_field)

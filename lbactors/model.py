@@ -233,3 +233,21 @@ NESTED_FIELDS: dict[type[OctaviaObject], tuple[str, ...]] = {
     L7Policy: ("rules", "listener"),
     L7Rule: ("policy",),
 }
+
+
+def sparse_variant(cls: type[msgspec.Struct], name: str | None = None) -> type[msgspec.Struct]:
+    """A Struct with ``cls``'s fields, types and bounds, where a field the JSON leaves out is
+    ``msgspec.UNSET`` (not ``None``): an update's new object decoded once tells both its values
+    and which keys it sent (a field sent as null is a change, one left out is not). No
+    ``__post_init__``: whoever merges it applies the ``<kind>_id`` fallback."""
+    fields = [
+        (field.name, field.type | msgspec.UnsetType, msgspec.UNSET)
+        for field in msgspec.structs.fields(cls)
+    ]
+    return msgspec.defstruct(name or f"Sparse{cls.__name__}", fields, kw_only=True)
+
+
+#: the class of each kind's sparse variant (:func:`sparse_variant`), for updates' new objects
+SPARSE_CLASS_OF_KIND: dict[str, type[msgspec.Struct]] = {
+    kind: sparse_variant(cls) for kind, cls in CLASS_OF_KIND.items()
+}

@@ -161,6 +161,38 @@ def test_route_from_the_ids_alone_agrees_with_the_whole_decode() -> None:
     assert route("member_update", cases[-1][1]) == "lb-old"
 
 
+def test_route_of_sparse_updates_from_the_ids_agrees_with_the_whole_decode() -> None:
+    """Every mix of a new member's id fields left out, sent as null or sent (its id, its
+    ``member_id``, its ``loadbalancer_id``, its pool): when the ids decide, they name the load
+    balancer the whole decode finds."""
+    import itertools
+    import json
+
+    from lbactors.gateway import _owner_from_ids, route_key
+
+    states: dict[str, tuple[object, ...]] = {
+        "id": (None, "m1", "m2"),
+        "member_id": (None, "m1", "m3"),
+        "loadbalancer_id": (None, "lb-new"),
+        "pool": (None, {"id": "p", "loadbalancer_id": "lb-pool"}, {"id": "p"}),
+    }
+    olds = [
+        {"id": "m1", "pool": {"id": "p", "loadbalancer_id": "lb-old"}},
+        {"id": "m1", "loadbalancer_id": "lb-old-direct"},
+    ]
+    absent = object()
+    decided = 0
+    for old in olds:
+        for values in itertools.product(*((absent, *choice) for choice in states.values())):
+            new = {k: v for k, v in zip(states, values, strict=True) if v is not absent}
+            args = json.dumps({"old_member": old, "new_member": new}).encode()
+            fast = _owner_from_ids("member_update", args)
+            if fast is not None:
+                decided += 1
+                assert fast == route_key("member_update", args)[0], new
+    assert decided >= 150
+
+
 def test_owner_key_from_the_ids_when_the_backend_tells_it_from_the_load_balancer() -> None:
     """With a backend's affinity, the key comes from ``lb_affinity_key`` of the load balancer
     the ids name (the affinity contract: one key per load balancer for its life); when that

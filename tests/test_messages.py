@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from lbactors.messages import METHODS, InvalidOperation, Request, decode_request
 from lbactors.model import (
+    CLASS_OF_KIND,
     Certificate,
     HealthMonitor,
     L7Policy,
@@ -506,6 +507,52 @@ def test_update_clearing_a_field_clears_it() -> None:
     assert sparse.obj.id == LISTENER
     null_id = decode("listener_update", {"old_listener": old, "new_listener": {"id": None}})
     assert null_id.obj is not None and null_id.obj.id == LISTENER
+
+
+def _merged_the_two_pass_way(kind: str, old: dict[str, Any], new: dict[str, Any]) -> Any:
+    """The reference: the new object decoded whole (``<kind>_id`` fallback included), then
+    every field it holds that is not null, or that its JSON sends at all (but the id), over
+    the old object."""
+    cls = CLASS_OF_KIND[kind]
+    old_obj = msgspec.convert(old, cls)
+    new_obj = msgspec.convert(new, cls)
+    changes = {
+        f: getattr(new_obj, f)
+        for f in new_obj.__struct_fields__
+        if getattr(new_obj, f) is not None or (f in new and f != "id")
+    }
+    return msgspec.structs.replace(old_obj, **changes)
+
+
+_SPARSE_VALUES = {
+    "id": st.sampled_from([None, LISTENER, MEMBER]),
+    "name": st.sampled_from([None, "", "renamed"]),
+    "admin_state_up": st.sampled_from([None, True, False]),
+    "default_pool_id": st.sampled_from([None, POOL]),
+    "connection_limit": st.sampled_from([None, -1, 5]),
+    "loadbalancer_id": st.sampled_from([None, LB]),
+}
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            **_SPARSE_VALUES,
+            "listener_id": st.sampled_from([None, LISTENER, POOL]),
+            "loadbalancer": st.sampled_from([None, {"id": LB, "vip_address": "10.9.9.9"}]),
+        },
+    )
+)
+def test_sparse_update_in_one_decode_merges_as_the_two_pass_reference(
+    new: dict[str, Any],
+) -> None:
+    """A key left out keeps the old value, a key sent as null clears it (not the id), the id
+    falls back to ``listener_id``: the same object as decoding the new object whole and then
+    reading which keys it sent."""
+    old = P.listener() | {"default_pool_id": POOL, "connection_limit": 7}
+    request = decode("listener_update", {"old_listener": old, "new_listener": new})
+    assert request.obj == _merged_the_two_pass_way("listener", old, new)
 
 
 # --------------------------------------------------------------------------- errors
