@@ -261,7 +261,7 @@ def _queue_arguments(settings: GatewaySettings) -> dict[str, Any]:
 
 def _version_supported(version: str | None) -> bool:
     """oslo's rule: same major, endpoint minor >= requested; a missing version means 1.0."""
-    if version is None:
+    if version is None or version == "1.0":  # the driver's, every time: no parsing
         return True
     try:
         major, minor = (int(part) for part in version.split(".", 1))
