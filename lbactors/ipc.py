@@ -28,6 +28,7 @@ import msgspec
 import trio
 
 from lbactors.messages import ListenerStatistics, Operation, Outcome, Reassertion, StatusUpdate
+from lbactors.streams import acquire_soon, send_all_soon
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -150,8 +151,13 @@ class FrameStream:
             self._encode(frame, out)
         if not out:
             return
-        async with self._send_lock:
-            await self._stream.send_all(out)
+        # neither the lock nor the write yields when they need not: the callers wait on a
+        # channel or an event between two sends (lbactors/streams.py)
+        await acquire_soon(self._send_lock)
+        try:
+            await send_all_soon(self._stream, out)
+        finally:
+            self._send_lock.release()
 
     def _parse(self) -> None:
         buffer = self._buffer

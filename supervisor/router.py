@@ -60,6 +60,7 @@ from lbactors.dispatch import failed_outcome
 from lbactors.messages import Operation, Outbound
 from lbactors.routing import shard
 from lbactors.statistics import RoundReport
+from lbactors.streams import acquire_soon
 from supervisor.sdnotify import child_environment
 
 log = structlog.get_logger("lbactors.supervisor")
@@ -319,8 +320,12 @@ class Router:
             if batch or control:
                 for op in batch:
                     worker.sent_to[op.op_id] = incarnation
-                async with worker.send_lock:
+                # the wait above is this loop's checkpoint: taking a free lock need not yield
+                await acquire_soon(worker.send_lock)
+                try:
                     await frames.send_many([*control, *(ipc.Submit(op=op) for op in batch)])
+                finally:
+                    worker.send_lock.release()
 
     def _send_control(self, worker: WorkerHandle, frame: ipc.Frame) -> bool:
         """Queue ``frame`` for the worker's sender; False when the worker is down."""

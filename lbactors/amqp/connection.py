@@ -75,6 +75,7 @@ from lbactors.amqp.protocol import (
     nack_frame,
     reject_frame,
 )
+from lbactors.streams import send_all_soon
 
 __all__ = [
     "Channel",
@@ -711,7 +712,9 @@ class Connection:
                 data = self._send_buffer
                 self._send_buffer = bytearray()
                 self._writing = True
-                await stream.send_all(data)
+                # no scheduling round after a write the kernel took whole: this loop waits on
+                # its wake-up event between writes (lbactors/streams.py)
+                await send_all_soon(stream, data)
                 self._writing = False
                 self._last_send = trio.current_time()
                 drained = self._drained
