@@ -290,8 +290,9 @@ class ActorSystem:
         #: (due time, sequence number, entry); items of dropped entries are skipped when due
         self._due: list[tuple[float, int, _Pending]] = []
         self._sequence = itertools.count()
-        #: set when an entry becomes the first one due
-        self._due_changed = trio.Event()
+        #: the wait of :meth:`reassert_due` for the first entry due: an entry that becomes the
+        #: first one moves its deadline (no wake-up, no scheduling round per operation)
+        self._due_wait: trio.CancelScope | None = None
         #: created objects' entries sent again (Octavia's commit race), since start
         self.reassertions_sent = 0
         #: trio's clock, read directly on the hot path (what trio.current_time() reads)
@@ -409,9 +410,12 @@ class ActorSystem:
             return
         due = self._due
         while True:
-            with trio.move_on_at(due[0][0] if due else math.inf):
-                await self._due_changed.wait()
-            self._due_changed = trio.Event()
+            with trio.move_on_at(due[0][0] if due else math.inf) as wait:
+                self._due_wait = wait
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._due_wait = None
             now = trio.current_time()
             ready: dict[str, list[tuple[int, _Pending]]] = {}
             while due and due[0][0] <= now:
@@ -807,8 +811,9 @@ class ActorSystem:
         token = next(self._sequence)
         pending.token = token
         heapq.heappush(self._due, (when, token, pending))
-        if self._due[0][1] == token:
-            self._due_changed.set()
+        wait = self._due_wait
+        if wait is not None and when < wait.deadline:
+            wait.deadline = when
 
     def _advance(self, pending: _Pending, now: float) -> None:
         """``pending`` was just sent: schedule its next re-assertion, or forget it."""
