@@ -553,7 +553,7 @@ def _conditions(args: argparse.Namespace) -> str:
 
     return (f"Conditions: {os.cpu_count()} CPUs shared by broker, driver and target; members "
             f"K={args.members}, updates {'off' if args.no_updates else 'on'}; daemon workers "
-            f"{args.workers or 'default (one per CPU)'}; command `python -m bench "
+            f"{args.workers or 'default (one per CPU but one)'}; command `python -m bench "
             f"{' '.join(sys.argv[1:])}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
 

@@ -65,7 +65,7 @@ def _keys_help() -> str:
         if dotted == "amqp.host":
             shown = "<this host's name>"
         elif dotted == "daemon.workers":
-            shown = "0 (= number of CPUs)"
+            shown = "0 (= CPUs - 1, at least 1)"
         lines.append(f"  {dotted:<30} {env_var_name(dotted):<40} {shown}")
     return "\n".join(lines)
 
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         metavar="N",
-        help="worker processes (daemon.workers; 0 = number of CPUs; default 0)",
+        help="worker processes (daemon.workers; 0 = one per CPU but one, at least one; default 0)",
     )
     serve.add_argument(
         "--amqp-url",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -881,3 +882,14 @@ async def test_a_poison_outcome_not_yet_passed_on_is_dropped_by_abandon(
             await trio.testing.wait_all_tasks_blocked()
             assert received_outcomes(outcomes) == []
             assert router.workers[0].alive
+
+
+def test_default_worker_count_leaves_a_cpu_to_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``daemon.workers = 0``: one per CPU the process may run on (its affinity, not the
+    machine's count), but one, and never none."""
+    from supervisor.router import default_worker_count
+
+    for cpus, expected in [(1, 1), (2, 1), (3, 2), (16, 15)]:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        monkeypatch.setattr(os, "cpu_count", lambda: 64)
+        assert default_worker_count() == expected
