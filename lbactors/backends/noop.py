@@ -596,10 +596,8 @@ class NoopBackend(Backend):
         """A start line, and an end line however the call ends (``trace_file``). A call of an
         object whose load balancer this backend cannot tell (a cascade's child, run by a
         daemon that took its load balancer over and never saw its tree) is traced without
-        one: ``-``, no key, so never taken for a call of another key."""
-        if not self.trace_file:
-            yield
-            return
+        one: ``-``, no key, so never taken for a call of another key. Only entered with a
+        ``trace_file`` (the calls go around it without one)."""
         lb_id = self._placed_lb(kind, obj, old)
         key = (self.lb_affinity_key(lb_id) or lb_id) if lb_id else ""
         self._trace_line("start", method, lb_id, key)
@@ -675,6 +673,9 @@ class NoopBackend(Backend):
     async def _put(
         self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None = None
     ) -> None:
+        if not self.trace_file:  # the usual case: no context manager per call
+            await self._put_traced(kind, action, obj, old)
+            return
         with self._traced(f"{kind}_{action}", kind, obj, old):
             await self._put_traced(kind, action, obj, old)
 
@@ -718,6 +719,9 @@ class NoopBackend(Backend):
                 path.touch()
 
     async def _remove(self, kind: str, obj: OctaviaObject) -> None:
+        if not self.trace_file:
+            await self._remove_traced(kind, obj)
+            return
         with self._traced(f"{kind}_delete", kind, obj, None):
             await self._remove_traced(kind, obj)
 
