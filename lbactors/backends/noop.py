@@ -403,7 +403,8 @@ def _drop_last(record: list[Any]) -> bool:
     """Remove the last entry of ``record`` without unpacking the others, unless another
     entry may refer to it (a listener's ``default_pool_id`` to a pool created after it, say:
     its reference's bytes appear in the others' fields; a false alarm only costs the slow
-    way). Whether it was removed. Its other ids stay until another entry is deleted (:func:`_delete`)."""
+    way). Whether it was removed. Its other ids stay until another entry is deleted
+    (:func:`_delete`)."""
     blob: bytes = record[1]
     n = len(record) - _IDS
     _, start = _extra_span(record)
@@ -453,8 +454,14 @@ def _delete(record: list[Any], i: int) -> None:
                 x = -1
             ext = moved.get(x)
             if ext is None:
-                ext = moved[x] = _ref_ext(_EXTRA_EXTS, _EXT_EXTRA, len(kept))
-                kept.append(_extra_item(deleted_id) if x < 0 else extra[x])
+                # the deleted id may be another id already (referred to before its entry was)
+                item = _extra_item(deleted_id) if x < 0 else extra[x]
+                if item in kept:
+                    j = kept.index(item)
+                else:
+                    j = len(kept)
+                    kept.append(item)
+                ext = moved[x] = _ref_ext(_EXTRA_EXTS, _EXT_EXTRA, j)
             fields[k] = ext
     # the entries' arrays one after the other: their array's encoding without its header
     body = memoryview(_encode(entries))[len(_array_header(n - 1)) :]
