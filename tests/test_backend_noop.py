@@ -7,12 +7,14 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from lbactors.backends import Backend, BackendError, load_backend, register_backend
+from lbactors.backends import Backend, BackendError, load_backend, noop, register_backend
 from lbactors.backends.noop import NoopBackend
 from lbactors.messages import decode_request
 from lbactors.model import CLASS_OF_KIND, Listener, LoadBalancer, Member, Pool
-from tests.test_messages import LB, LISTENER, MEMBER, POOL, Payloads
+from tests.test_messages import LB, LISTENER, MEMBER, MEMBER2, POOL, PROJECT, Payloads
 
 P = Payloads()
 
@@ -404,3 +406,194 @@ async def test_deleting_the_last_entry_never_leaves_a_reference_to_its_place() -
         assert ("member", "m-9") in backend.tree(LB)
         await backend.member_delete(extra)
         assert backend.tree(LB) == before
+
+
+# --------------------------------------------------------------------------- packed trees
+
+#: ids in every form a tree keeps (UUID, 32 hex digits, other strings), some shared between
+#: kinds' fields, so that references go to entries, to other ids, and change between them
+_LISTENER_IDS = [LISTENER, "listener-two"]
+_POOL_IDS = [POOL, "0123456789abcdef0123456789abcd01", "pool-three"]
+_MEMBER_IDS = [MEMBER, MEMBER2, "m-3"]
+_SUBNETS = [
+    "33333333-4444-4555-8666-77778888aaaa",
+    "abcdefabcdefabcdefabcdefabcdef12",
+    "subnet-x",
+    "A3333333-4444-4555-8666-77778888AAAA",  # not lowercase: kept as a string
+    POOL,  # an entry's id when that pool exists
+    LB,
+    MEMBER,  # a member's subnet_id equal to a member's id, even its own
+]
+_PROJECTS = [PROJECT, "other-project", "11111111-2222-4333-8444-555566667777"]
+
+
+def _own(item: Any) -> Any:
+    """``item`` as the backend keeps it: without its nested objects."""
+    nested = {
+        name: None
+        for name, value in msgspec.structs.asdict(item).items()
+        if isinstance(value, (msgspec.Struct, list)) and name != "allowed_cidrs"
+    }
+    return msgspec.structs.replace(item, **nested)
+
+
+_BASE: dict[str, Any] = {}
+
+
+def _tree_object(kind: str, slot: int, ref: int, subnet: int, project: int, n: int) -> Any:
+    """One object of the property test's tree, its references chosen by the indexes."""
+    if not _BASE:
+        _BASE.update(
+            loadbalancer=_own(lb()),
+            listener=_own(listener()),
+            pool=_own(obj("pool_create")),
+            member=_own(member()),
+        )
+    base = _BASE[kind]
+    project_id = _PROJECTS[project % len(_PROJECTS)]
+    if kind == "loadbalancer":
+        return msgspec.structs.replace(
+            base, project_id=project_id, vip_subnet_id=_SUBNETS[subnet % len(_SUBNETS)],
+            name=f"lb-{n}",
+        )
+    if kind == "listener":
+        object_id = _LISTENER_IDS[slot % len(_LISTENER_IDS)]
+        default_pool = None if ref % 4 == 3 else _POOL_IDS[ref % len(_POOL_IDS)]
+        return msgspec.structs.replace(
+            base, id=object_id, listener_id=object_id, project_id=project_id,
+            default_pool_id=default_pool, protocol_port=80 + n, loadbalancer_id=LB,
+        )
+    if kind == "pool":
+        object_id = _POOL_IDS[slot % len(_POOL_IDS)]
+        listener_id = None if ref % 3 == 2 else _LISTENER_IDS[ref % len(_LISTENER_IDS)]
+        return msgspec.structs.replace(
+            base, id=object_id, pool_id=object_id, project_id=project_id,
+            listener_id=listener_id, name=f"pool-{n}", loadbalancer_id=LB,
+        )
+    object_id = _MEMBER_IDS[slot % len(_MEMBER_IDS)]
+    return msgspec.structs.replace(
+        base, id=object_id, member_id=object_id, project_id=project_id,
+        pool_id=_POOL_IDS[ref % len(_POOL_IDS)], subnet_id=_SUBNETS[subnet % len(_SUBNETS)],
+        weight=n % 256, admin_state_up=n % 5 != 0, loadbalancer_id=LB,
+    )
+
+
+_STEP = st.tuples(
+    st.sampled_from(["create", "update", "delete"]),
+    st.sampled_from(["loadbalancer", "listener", "pool", "pool", "member", "member", "member"]),
+    st.integers(0, 2),  # which object of its kind
+    st.integers(0, 5),  # which entry it refers to (pool, listener)
+    st.integers(0, 6),  # which subnet
+    st.integers(0, 2),  # which project
+)
+
+
+async def _apply(backend: NoopBackend, action: str, item: Any, old: Any) -> None:
+    kind = type(item).__name__.lower()
+    if action == "delete":
+        await getattr(backend, f"{kind}_delete")(item)
+    elif action == "update":
+        args = (old, item, None) if kind == "listener" else (old, item)
+        await getattr(backend, f"{kind}_update")(*args)
+    else:
+        args = (item, None) if kind == "listener" else (item,)
+        await getattr(backend, f"{kind}_create")(*args)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_STEP, max_size=40))
+def test_a_packed_tree_is_what_a_dict_of_its_objects_would_be(steps: list[Any]) -> None:
+    """Any sequence of creates, updates and deletes (of the last entry, of one in the middle,
+    of entries others refer to, of the load balancer) leaves the tree a dict of the objects
+    would be, every reference to an entry or another id resolved as it was written."""
+
+    async def run() -> None:
+        backend = NoopBackend()
+        model: dict[tuple[str, str], Any] = {}
+        for n, (action, kind, slot, ref, subnet, project) in enumerate(steps):
+            item = _tree_object(kind, slot, ref, subnet, project, n)
+            key = (kind, item.id)
+            await _apply(backend, action, item, model.get(key, item))
+            if action == "delete" and kind == "loadbalancer":
+                model.clear()
+            elif action == "delete":
+                model.pop(key, None)
+            else:
+                model[key] = item
+            assert backend.tree(LB) == model
+            if model:
+                items = _other_ids(backend)
+                assert all(items.count(item) == 1 for item in items)  # each kept once
+            for kind_, object_id in model:
+                assert backend.lb_of(kind_, object_id) == LB
+
+    trio.run(run)
+
+
+def _other_ids(backend: NoopBackend) -> list[Any]:
+    """The tree's other ids as its blob packs them."""
+    record = backend._trees[LB]
+    begin, end = noop._extra_span(record)
+    items: list[Any] = noop._decode_packed(record[1][begin:end])
+    return items
+
+
+async def test_other_ids_are_kept_once_and_dropped_when_nobody_refers_to_them() -> None:
+    """A tree keeps each other id once however many objects refer to it, also one that was
+    another id before it was an entry's; a delete in the middle of the tree drops the other
+    ids nobody refers to any more (left by updates and by deletes of the last entry): the
+    blob is then as small as that of the same objects created afresh."""
+    with trio.fail_after(10):
+        backend = NoopBackend()
+        m1 = _tree_object("member", 0, 0, 0, 0, 1)
+        m2 = _tree_object("member", 1, 0, 0, 0, 2)  # same pool, subnet and project
+        m3 = _tree_object("member", 2, 1, 1, 1, 3)
+        await backend.member_create(m1)  # its pool_id: another id (no such entry yet)
+        await backend.pool_create(_tree_object("pool", 0, 2, 0, 0, 4))  # that pool: an entry
+        await backend.member_create(m2)
+        await backend.member_create(m3)
+        assert len(_other_ids(backend)) == 6  # m1's and m3's pool, subnet and project
+        await backend.member_update(m3, _tree_object("member", 2, 1, 2, 2, 5))  # 2 new ones
+        assert len(_other_ids(backend)) == 8
+        await backend.pool_delete(_tree_object("pool", 0, 2, 0, 0, 4))  # in the middle
+        items = _other_ids(backend)
+        assert all(items.count(item) == 1 for item in items)
+        assert len(items) == 6  # the pool's id once; m3's old subnet and project dropped
+        fresh = NoopBackend()
+        for item in (m1, m2, _tree_object("member", 2, 1, 2, 2, 5)):
+            await fresh.member_create(item)
+        assert len(backend._trees[LB][1]) == len(fresh._trees[LB][1])
+        assert backend.tree(LB) == fresh.tree(LB)
+
+
+async def test_creates_updates_and_deletes_never_unpack_the_other_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A create appends, an update replaces its entry's bytes, a delete cuts off the last
+    entry or moves the references of the others: none of them decodes a tree's fields into
+    strings (the ext hook that unpacks references and ids), only ``tree()`` does."""
+    with trio.fail_after(10):
+
+        def unpacking(*args: Any) -> Any:
+            raise AssertionError("the tree was unpacked")
+
+        backend = NoopBackend()
+        steps = [("create", _tree_object(kind, slot, ref, 3 + slot, 0, slot))
+                 for kind, slot, ref in [("loadbalancer", 0, 0), ("listener", 0, 1),
+                                         ("pool", 0, 0), ("member", 0, 0), ("member", 1, 0),
+                                         ("pool", 1, 0), ("listener", 1, 2)]]
+        steps += [("update", _tree_object("member", 0, 1, 1, 2, 9)),
+                  ("delete", _tree_object("listener", 1, 2, 0, 0, 0)),  # the last
+                  ("delete", _tree_object("pool", 0, 0, 0, 0, 0)),  # referred to
+                  ("delete", _tree_object("member", 1, 0, 0, 0, 0))]
+        model: dict[tuple[str, str], Any] = {}
+        for action, item in steps:
+            monkeypatch.setattr(noop, "_decode", unpacking)
+            key = (type(item).__name__.lower(), item.id)
+            await _apply(backend, action, item, model.get(key, item))
+            monkeypatch.undo()
+            if action == "delete":
+                del model[key]
+            else:
+                model[key] = item
+            assert backend.tree(LB) == model

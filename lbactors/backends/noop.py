@@ -53,6 +53,7 @@ import time
 from array import array
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,7 +150,8 @@ class _Packing:
         return values
 
     def pack(self, values: list[Any], object_id: str, lb_id: str, refs: _Refs) -> list[Any]:
-        packed = list(values)
+        """``values`` (from :meth:`values` or :meth:`unpack`) packed, in place."""
+        packed = values
         for i in self.id_fields:
             value = packed[i]
             if value is None:
@@ -194,45 +196,70 @@ _EXT_REF = 3  # the tree's entry n
 _EXT_EXTRA = 4  # the tree's other id n
 
 
+def _index_bytes(i: int) -> bytes:
+    return i.to_bytes(1 + (i > 255) + (i > 65535), "big")
+
+
+#: the references to entries and other ids 0..255, built once (an Ext is immutable): a
+#: tree's fields refer to its first few entries and other ids over and over
+_REF_EXTS = tuple(msgspec.msgpack.Ext(_EXT_REF, _index_bytes(i)) for i in range(256))
+_EXTRA_EXTS = tuple(msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(i)) for i in range(256))
+
+
+def _ref_ext(table: tuple[msgspec.msgpack.Ext, ...], code: int, i: int) -> msgspec.msgpack.Ext:
+    return table[i] if i < 256 else msgspec.msgpack.Ext(code, _index_bytes(i))
+
+
+@lru_cache(maxsize=1024)
+def _extra_item(value: str) -> str | msgspec.msgpack.Ext:
+    """How another id is kept in a tree's array of other ids: a lowercase UUID or 32
+    lowercase hex digits as an Ext of their 16 bytes, any other id as itself. Cached (not
+    per tree): the same project and subnet ids come back in tree after tree."""
+    if _UUID.fullmatch(value):
+        return msgspec.msgpack.Ext(_EXT_UUID, bytes.fromhex(value.replace("-", "")))
+    if _HEX32.fullmatch(value):
+        return msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value))
+    return value
+
+
 class _Refs:
     """The ids a tree's fields refer to: its entries' ids (by entry), and its other ids, each
     kept once (ids in the forms Octavia and Keystone write them, a lowercase UUID or 32
-    lowercase hex digits, as 16 bytes; others as strings). Entries and other ids are numbered
-    apart, so that appending an entry or another id leaves every reference as it was."""
+    lowercase hex digits, as 16 bytes; others as strings: :func:`_extra_item`). Entries and
+    other ids are numbered apart, so that appending an entry or another id leaves every
+    reference as it was.
 
-    __slots__ = ("added", "extra", "index")
+    Looked up as asked, nothing built ahead: an entry's id in the list of entry ids (a few
+    string comparisons in C), another id by its packed form in the tree's other ids as they
+    are packed (``extra``: strings and Exts, decoded without the ext hook, so never turned
+    into strings). An id that is both an entry's and another id refers to the entry."""
 
-    def __init__(self, entry_ids: Sequence[str], extra: list[str]) -> None:
-        self.index: dict[str, msgspec.msgpack.Ext] = {}
-        for i, value in enumerate(extra):
-            self.index.setdefault(value, msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(i)))
-        for i, object_id in enumerate(entry_ids):
-            self.index[object_id] = msgspec.msgpack.Ext(_EXT_REF, _index_bytes(i))
+    __slots__ = ("added", "entry_ids", "extra")
+
+    def __init__(self, entry_ids: list[str], extra: list[str | msgspec.msgpack.Ext]) -> None:
+        self.entry_ids = entry_ids
         self.extra = extra
         self.added = False
 
     def ref(self, value: str) -> msgspec.msgpack.Ext:
-        ext = self.index.get(value)
-        if ext is None:
-            ext = self.index[value] = msgspec.msgpack.Ext(_EXT_EXTRA, _index_bytes(len(self.extra)))
-            self.extra.append(value)
+        entry_ids = self.entry_ids
+        if value in entry_ids:
+            return _ref_ext(_REF_EXTS, _EXT_REF, entry_ids.index(value))
+        item = _extra_item(value)
+        extra = self.extra
+        if item in extra:
+            i = extra.index(item)
+        else:
+            i = len(extra)
+            extra.append(item)
             self.added = True
-        return ext
+        return _ref_ext(_EXTRA_EXTS, _EXT_EXTRA, i)
 
     def encoded_extra(self) -> bytes:
-        packed: list[Any] = []
-        for value in self.extra:
-            if _UUID.fullmatch(value):
-                packed.append(msgspec.msgpack.Ext(_EXT_UUID, bytes.fromhex(value.replace("-", ""))))
-            elif _HEX32.fullmatch(value):
-                packed.append(msgspec.msgpack.Ext(_EXT_HEX32, bytes.fromhex(value)))
-            else:
-                packed.append(value)
-        return _encode(packed)
-
-
-def _index_bytes(i: int) -> bytes:
-    return i.to_bytes(1 + (i > 255) + (i > 65535), "big")
+        """The tree's other ids as the blob keeps them: their length (``_LEN`` bytes), then
+        their msgpack array."""
+        encoded = _encode(self.extra)
+        return len(encoded).to_bytes(_LEN, "big") + encoded
 
 
 def _ext(code: int, data: memoryview) -> Any:
@@ -247,8 +274,13 @@ def _ext(code: int, data: memoryview) -> Any:
 
 
 _encode = msgspec.msgpack.Encoder().encode
+#: unpacks a tree: references as :class:`_Ref`, other ids as strings
 _decode = msgspec.msgpack.Decoder(list, ext_hook=_ext).decode
+#: a tree's other ids as they are packed (strings and Exts), to look ids up and append
+_decode_packed = msgspec.msgpack.Decoder(list[str | msgspec.msgpack.Ext]).decode
 _decode_raw = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+#: a tree's entries with their references as Exts (to move them, nothing else unpacked)
+_decode_plain = msgspec.msgpack.Decoder(list).decode
 _PACKING: tuple[_Packing, ...] = tuple(_Packing(CLASS_OF_KIND[kind]) for kind in _KINDS)
 
 #: a tree is a list: ``[lb_id, blob, id of entry 0, id of entry 1, ...]``; the blob: each
@@ -274,13 +306,13 @@ def _codes(record: list[Any]) -> bytes:
     return codes
 
 
-def _parts(record: list[Any]) -> tuple[list[str], int]:
-    """A tree's other ids, and where its entries' fields start in the blob."""
+def _extra_span(record: list[Any]) -> tuple[int, int]:
+    """Where a tree's array of other ids is in its blob; the second also where its entries'
+    fields start."""
     blob: bytes = record[1]
     n = len(record) - _IDS
     size = int.from_bytes(blob[n : n + _LEN], "big")
-    extra: list[str] = _decode(memoryview(blob)[n + _LEN : n + _LEN + size])
-    return extra, n + _LEN + size
+    return n + _LEN, n + _LEN + size
 
 
 def _entries(record: list[Any]) -> list[tuple[str, int, list[Any]]]:
@@ -290,7 +322,8 @@ def _entries(record: list[Any]) -> list[tuple[str, int, list[Any]]]:
     if not blob:  # a new tree
         return []
     n = len(record) - _IDS
-    extra, start = _parts(record)
+    begin, start = _extra_span(record)
+    extra: list[str] = _decode(memoryview(blob)[begin:start])
     packed = _decode(_array_header(n) + blob[start:])
     ids = record[_IDS:]
     return [
@@ -308,12 +341,19 @@ def _store(record: list[Any], entries: list[tuple[str, int, list[Any]]]) -> None
         _encode(_PACKING[code >> 1].pack(values, object_id, lb_id, refs))
         for object_id, code, values in entries
     )
-    extra = refs.encoded_extra()
     codes = bytes(code for _, code, _ in entries)
-    blob = codes + len(extra).to_bytes(_LEN, "big") + extra + body
+    blob = codes + refs.encoded_extra() + body
     # cleared then refilled: the list's storage fits (an append would over-allocate)
     record.clear()
     record.extend((lb_id, blob, *entry_ids))
+
+
+def _packed_refs(record: list[Any], entry_ids: list[str]) -> tuple[_Refs, int, int]:
+    """The references of a tree whose entries will have ``entry_ids``; where its other ids
+    are in its blob, and where its entries' fields start."""
+    begin, start = _extra_span(record)
+    extra = _decode_packed(memoryview(record[1])[begin:start])
+    return _Refs(entry_ids, extra), begin, start
 
 
 def _append(record: list[Any], object_id: str, code: int, values: list[Any]) -> None:
@@ -324,16 +364,12 @@ def _append(record: list[Any], object_id: str, code: int, values: list[Any]) -> 
         return
     lb_id: str = record[0]
     n = len(record) - _IDS
-    entry_ids = [*record[_IDS:], object_id]
-    extra, start = _parts(record)
-    refs = _Refs(entry_ids, extra)
+    entry_ids = record[_IDS:]
+    entry_ids.append(object_id)
+    refs, begin, start = _packed_refs(record, entry_ids)
     fields = _encode(_PACKING[code >> 1].pack(values, object_id, lb_id, refs))
-    if refs.added:
-        encoded = refs.encoded_extra()
-        head = len(encoded).to_bytes(_LEN, "big") + encoded
-    else:
-        head = blob[n:start]
-    blob = blob[:n] + bytes((code,)) + head + blob[start:] + fields
+    head = refs.encoded_extra() if refs.added else blob[n:start]
+    blob = b"".join((blob[:n], bytes((code,)), head, blob[start:], fields))
     record.clear()
     record.extend((lb_id, blob, *entry_ids))
 
@@ -347,42 +383,92 @@ def _raw_entries(record: list[Any], n: int, start: int) -> list[msgspec.Raw]:
 def _replace(record: list[Any], i: int, code: int, values: list[Any]) -> None:
     """Entry ``i`` of ``record`` takes ``code`` and ``values`` (an update), without unpacking
     the others: entries keep their indexes, and a new other id is appended, so every
-    reference stays as it was."""
+    reference stays as it was; the bytes of the others are copied as they are."""
     blob: bytes = record[1]
     lb_id: str = record[0]
     n = len(record) - _IDS
-    extra, start = _parts(record)
-    raws = _raw_entries(record, n, start)
-    refs = _Refs(record[_IDS:], extra)
+    refs, begin, start = _packed_refs(record, record[_IDS:])
     fields = _encode(_PACKING[code >> 1].pack(values, record[_IDS + i], lb_id, refs))
-    if refs.added:
-        encoded = refs.encoded_extra()
-        head = len(encoded).to_bytes(_LEN, "big") + encoded
-    else:
-        head = blob[n:start]
-    codes = bytearray(blob[:n])
-    codes[i] = code
-    record[1] = bytes(codes) + head + b"".join(
-        fields if j == i else bytes(raw) for j, raw in enumerate(raws)
+    head = refs.encoded_extra() if refs.added else blob[n:start]
+    # entry i's bytes: after those of the entries before it
+    raws = _raw_entries(record, n, start)
+    first = start + sum(map(len, raws[:i]))
+    after = first + len(raws[i])
+    record[1] = b"".join(
+        (blob[:i], bytes((code,)), blob[i + 1 : n], head, blob[start:first], fields, blob[after:])
     )
 
 
 def _drop_last(record: list[Any]) -> bool:
     """Remove the last entry of ``record`` without unpacking the others, unless another
     entry may refer to it (a listener's ``default_pool_id`` to a pool created after it, say:
-    its reference's bytes appear in that entry; a false alarm only costs the slow way).
-    Whether it was removed. Its other ids stay until the tree is next packed whole."""
+    its reference's bytes appear in the others' fields; a false alarm only costs the slow
+    way). Whether it was removed. Its other ids stay until another entry is deleted
+    (:func:`_delete`)."""
     blob: bytes = record[1]
     n = len(record) - _IDS
-    _, start = _parts(record)
-    raws = _raw_entries(record, n, start)
-    reference = _encode(msgspec.msgpack.Ext(_EXT_REF, _index_bytes(n - 1)))
-    kept = [bytes(raw) for raw in raws[:-1]]
-    if any(reference in raw for raw in kept):
+    _, start = _extra_span(record)
+    last = len(_raw_entries(record, n, start)[-1])
+    end = len(blob) - last  # where the last entry's fields start
+    reference = _encode(_ref_ext(_REF_EXTS, _EXT_REF, n - 1))
+    if blob.find(reference, start, end) >= 0:
         return False
-    record[1] = blob[: n - 1] + blob[n:start] + b"".join(kept)
+    record[1] = blob[: n - 1] + blob[n:end]
     del record[-1]
     return True
+
+
+def _delete(record: list[Any], i: int) -> None:
+    """Remove entry ``i`` of ``record`` without unpacking the others (their fields are
+    decoded, references left as Exts, and only the references moved): a reference to a later
+    entry takes its new place, one to entry ``i`` becomes one to another id (its id), and the
+    other ids nobody refers to any more are dropped, the rest renumbered."""
+    lb_id: str = record[0]
+    blob: bytes = record[1]
+    n = len(record) - _IDS
+    begin, start = _extra_span(record)
+    extra = _decode_packed(memoryview(blob)[begin:start])
+    entries: list[list[Any]] = _decode_plain(_array_header(n) + blob[start:])
+    entry_ids = record[_IDS:]
+    deleted_id = entry_ids.pop(i)
+    del entries[i]
+    codes = blob[:i] + blob[i + 1 : n]
+    kept: list[str | msgspec.msgpack.Ext] = []
+    #: old other id (the deleted entry: -1) -> its reference in the packed tree
+    moved: dict[int, msgspec.msgpack.Ext] = {}
+    for fields, code in zip(entries, codes, strict=True):
+        size = len(fields)
+        for k in _PACKING[code >> 1].id_fields:
+            if k >= size:
+                break
+            value = fields[k]
+            if type(value) is not msgspec.msgpack.Ext:
+                continue
+            x = int.from_bytes(value.data, "big")
+            if value.code == _EXT_REF:
+                if x < i:
+                    continue
+                if x > i:
+                    fields[k] = _ref_ext(_REF_EXTS, _EXT_REF, x - 1)
+                    continue
+                x = -1
+            ext = moved.get(x)
+            if ext is None:
+                # the deleted id may be another id already (referred to before its entry was)
+                item = _extra_item(deleted_id) if x < 0 else extra[x]
+                if item in kept:
+                    j = kept.index(item)
+                else:
+                    j = len(kept)
+                    kept.append(item)
+                ext = moved[x] = _ref_ext(_EXTRA_EXTS, _EXT_EXTRA, j)
+            fields[k] = ext
+    # the entries' arrays one after the other: their array's encoding without its header
+    body = memoryview(_encode(entries))[len(_array_header(n - 1)) :]
+    encoded = _encode(kept)
+    blob = b"".join((codes, len(encoded).to_bytes(_LEN, "big"), encoded, body))
+    record.clear()
+    record.extend((lb_id, blob, *entry_ids))
 
 
 def _find(record: list[Any], kind_code: int, object_id: str) -> int:
@@ -516,7 +602,8 @@ class NoopBackend(Backend):
         #: and the ids as strings (the actor layer's operating statuses share them): 100 000
         #: resident trees fit in memory. A create appends to the blob (:func:`_append`), an
         #: update replaces its entry's bytes (:func:`_replace`), a delete of the last entry
-        #: nobody refers to cuts it off (:func:`_drop_last`); another delete re-packs the tree.
+        #: nobody refers to cuts it off (:func:`_drop_last`); another delete moves the
+        #: references of the others (:func:`_delete`). None of them unpacks the other entries.
         self._trees: dict[str, list[Any]] = {}
         #: object id (not a load balancer's) -> the tree it belongs to. Keyed by the id alone:
         #: Octavia's ids are UUIDs, unique across kinds (the tree's entry has the kind)
@@ -596,10 +683,8 @@ class NoopBackend(Backend):
         """A start line, and an end line however the call ends (``trace_file``). A call of an
         object whose load balancer this backend cannot tell (a cascade's child, run by a
         daemon that took its load balancer over and never saw its tree) is traced without
-        one: ``-``, no key, so never taken for a call of another key."""
-        if not self.trace_file:
-            yield
-            return
+        one: ``-``, no key, so never taken for a call of another key. Only entered with a
+        ``trace_file`` (the calls go around it without one)."""
         lb_id = self._placed_lb(kind, obj, old)
         key = (self.lb_affinity_key(lb_id) or lb_id) if lb_id else ""
         self._trace_line("start", method, lb_id, key)
@@ -675,6 +760,9 @@ class NoopBackend(Backend):
     async def _put(
         self, kind: str, action: str, obj: OctaviaObject, old: OctaviaObject | None = None
     ) -> None:
+        if not self.trace_file:  # the usual case: no context manager per call
+            await self._put_traced(kind, action, obj, old)
+            return
         with self._traced(f"{kind}_{action}", kind, obj, old):
             await self._put_traced(kind, action, obj, old)
 
@@ -718,6 +806,9 @@ class NoopBackend(Backend):
                 path.touch()
 
     async def _remove(self, kind: str, obj: OctaviaObject) -> None:
+        if not self.trace_file:
+            await self._remove_traced(kind, obj)
+            return
         with self._traced(f"{kind}_delete", kind, obj, None):
             await self._remove_traced(kind, obj)
 
@@ -742,10 +833,8 @@ class NoopBackend(Backend):
         if record is None or i < 0:
             return  # never seen or already deleted: done
         if not (i == len(record) - _IDS - 1 and _drop_last(record)):
-            # entries may refer to it, or to those after it by their place: packed anew
-            entries = _entries(record)
-            del entries[i]
-            _store(record, entries)
+            # entries may refer to it, or to those after it by their place
+            _delete(record, i)
         self._forget(record, obj.id, kind_code)
         if len(record) == _IDS:
             del self._trees[record[0]]
