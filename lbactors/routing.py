@@ -48,8 +48,10 @@ def shard(key: str, workers: int) -> int:
 
     A keyed hash, unlike ``hash()`` (salted per process): every process and every run agree.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, not {workers}")
+    if workers <= 1:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, not {workers}")
+        return 0  # one worker: no hash to compute
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % workers
 
